@@ -1,0 +1,170 @@
+/* fd helpers: cleanup, flags, SCM_RIGHTS passing. */
+#include "ferry/fd.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "ferry/error.h"
+
+void ferry_fd_close_quietly(FerryFd fd)
+{
+  if (fd < 0)
+    return;
+  int saved = errno;
+  close(fd); /* Linux closes the fd even when close(2) reports EINTR. */
+  errno = saved;
+}
+
+void ferry_fd_clear(int *fd)
+{
+  ferry_fd_close_quietly(*fd);
+  *fd = -1;
+}
+
+gboolean ferry_fd_set_cloexec(int fd, GError **error)
+{
+  int flags = fcntl(fd, F_GETFD);
+  if (flags < 0 || fcntl(fd, F_SETFD, flags | FD_CLOEXEC) < 0)
+    return ferry_error_set_errno(error, errno, "set close-on-exec on fd %d", fd);
+  return TRUE;
+}
+
+gboolean ferry_fd_set_nonblocking(int fd, gboolean nonblocking, GError **error)
+{
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0)
+    return ferry_error_set_errno(error, errno, "get flags of fd %d", fd);
+  int want = nonblocking ? (flags | O_NONBLOCK) : (flags & ~O_NONBLOCK);
+  if (want != flags && fcntl(fd, F_SETFL, want) < 0)
+    return ferry_error_set_errno(error, errno, "set O_NONBLOCK on fd %d", fd);
+  return TRUE;
+}
+
+gboolean ferry_socketpair(int fds[2], gboolean nonblocking, GError **error)
+{
+  int type = SOCK_STREAM | SOCK_CLOEXEC | (nonblocking ? SOCK_NONBLOCK : 0);
+  if (socketpair(AF_UNIX, type, 0, fds) < 0)
+    return ferry_error_set_errno(error, errno, "socketpair");
+  return TRUE;
+}
+
+/* A message with rights must carry data; more than a page is a caller's mistake. */
+#define FD_MSG_MAX_DATA 4096
+
+gboolean ferry_fd_send(int sock, int fd, const void *data, gsize len, GError **error)
+{
+  if (len == 0 || len > FD_MSG_MAX_DATA || data == NULL) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                "send fd %d: data must be 1 to %d bytes, not %" G_GSIZE_FORMAT, fd,
+                FD_MSG_MAX_DATA, len);
+    return FALSE;
+  }
+  if (fd < 0) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "send fd: invalid fd %d",
+                fd);
+    return FALSE;
+  }
+  union {
+    char buf[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } control;
+  memset(&control, 0, sizeof(control));
+  struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
+  struct msghdr msg = {
+      .msg_iov = &iov,
+      .msg_iovlen = 1,
+      .msg_control = control.buf,
+      .msg_controllen = sizeof(control.buf),
+  };
+  struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+  cmsg->cmsg_level = SOL_SOCKET;
+  cmsg->cmsg_type = SCM_RIGHTS;
+  cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
+
+  ssize_t n;
+  do
+    n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+  while (n < 0 && errno == EINTR);
+  if (n < 0)
+    return ferry_error_set_errno(error, errno, "send fd %d over socket %d", fd, sock);
+  if ((gsize)n != len) {
+    /* The fd went with the first byte; the rest is plain data. */
+    if (!ferry_write_all(sock, (const char *)data + n, len - (gsize)n, error))
+      return FALSE;
+  }
+  return TRUE;
+}
+
+/* Close every fd a control message carries except the first, which is returned. */
+static int take_first_fd(struct msghdr *msg)
+{
+  int first = -1;
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c != NULL; c = CMSG_NXTHDR(msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+      continue;
+    gsize n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (gsize i = 0; i < n; i++) {
+      int fd;
+      memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      if (first < 0)
+        first = fd;
+      else
+        ferry_fd_close_quietly(fd);
+    }
+  }
+  return first;
+}
+
+gboolean ferry_fd_recv(int sock, void *data, gsize len, gsize *received, int *fd_out,
+                       GError **error)
+{
+  *fd_out = -1;
+  *received = 0;
+  /* Room for a few fds, so that extra ones arrive whole and can be closed rather than
+   * being cut off (MSG_CTRUNC closes them in the kernel anyway). */
+  union {
+    char buf[CMSG_SPACE(sizeof(int) * 8)];
+    struct cmsghdr align;
+  } control;
+  struct iovec iov = {.iov_base = data, .iov_len = len};
+  struct msghdr msg = {
+      .msg_iov = &iov,
+      .msg_iovlen = 1,
+      .msg_control = control.buf,
+      .msg_controllen = sizeof(control.buf),
+  };
+  ssize_t n;
+  do
+    n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+  while (n < 0 && errno == EINTR);
+  if (n < 0)
+    return ferry_error_set_errno(error, errno, "receive fd over socket %d", sock);
+  int fd = take_first_fd(&msg);
+  if (n == 0 && fd < 0) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE,
+                "receive fd over socket %d: peer closed", sock);
+    return FALSE;
+  }
+  *received = (gsize)n;
+  *fd_out = fd;
+  return TRUE;
+}
+
+gboolean ferry_write_all(int fd, const void *buf, gsize len, GError **error)
+{
+  const char *p = buf;
+  while (len > 0) {
+    ssize_t n = write(fd, p, len);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0)
+      return ferry_error_set_errno(error, errno, "write to fd %d", fd);
+    p += n;
+    len -= (gsize)n;
+  }
+  return TRUE;
+}
