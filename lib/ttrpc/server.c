@@ -543,10 +543,18 @@ gboolean ferry_ttrpc_server_listen_unix(FerryTtrpcServer *server, const char *pa
   g_auto(FerryFd) fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0)
     return ferry_error_set_errno(error, errno, "listen on %s: socket", path);
-  /* Replace a stale socket file, but never another kind of file. */
+  /* Replace a socket file left by a server that is gone, but neither a live server's
+   * socket nor another kind of file. */
   struct stat st;
-  if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+  if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode)) {
+    g_auto(FerryFd) probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (probe >= 0 && connect(probe, (struct sockaddr *)&addr, sizeof(addr)) == 0) {
+      g_set_error(error, FERRY_ERROR, FERRY_ERROR_ALREADY_EXISTS,
+                  "listen on %s: another server is listening there", path);
+      return FALSE;
+    }
     unlink(path);
+  }
   if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0)
     return ferry_error_set_errno(error, errno, "listen on %s: bind", path);
   if (listen(fd, 128) < 0) {

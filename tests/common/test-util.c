@@ -1,0 +1,72 @@
+#include "test-util.h"
+
+#include <ftw.h>
+#include <stdio.h>
+#include <unistd.h>
+
+GByteArray *test_hex(const char *hex)
+{
+  GByteArray *out = g_byte_array_new();
+  int nibble = -1;
+  for (const char *p = hex; *p; p++) {
+    if (*p == ' ' || *p == '|')
+      continue;
+    int v = g_ascii_xdigit_value(*p);
+    if (v < 0)
+      g_error("bad hex digit '%c' in %s", *p, hex);
+    if (nibble < 0) {
+      nibble = v;
+    } else {
+      guint8 b = (guint8)(nibble << 4 | v);
+      g_byte_array_append(out, &b, 1);
+      nibble = -1;
+    }
+  }
+  if (nibble >= 0)
+    g_error("odd number of hex digits in %s", hex);
+  return out;
+}
+
+char *test_to_hex(const guint8 *data, gsize len)
+{
+  GString *s = g_string_sized_new(len * 2 + 1);
+  for (gsize i = 0; i < len; i++)
+    g_string_append_printf(s, "%02x", data[i]);
+  return g_string_free(s, FALSE);
+}
+
+static gboolean on_timeout(gpointer p)
+{
+  *(gboolean *)p = TRUE;
+  return G_SOURCE_REMOVE;
+}
+
+gboolean test_run_until(const gboolean *flag, guint timeout_ms)
+{
+  gboolean expired = FALSE;
+  guint id = g_timeout_add(timeout_ms, on_timeout, &expired);
+  while (!*flag && !expired)
+    g_main_context_iteration(NULL, TRUE);
+  if (!expired)
+    g_source_remove(id);
+  return *flag;
+}
+
+char *test_make_tmpdir(void)
+{
+  g_autoptr(GError) error = NULL;
+  char *dir = g_dir_make_tmp("ferry-test-XXXXXX", &error);
+  g_assert_no_error(error);
+  return dir;
+}
+
+static int remove_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+  return remove(path);
+}
+
+void test_rm_rf(const char *path)
+{
+  if (path != NULL)
+    nftw(path, remove_one, 16, FTW_DEPTH | FTW_PHYS);
+}

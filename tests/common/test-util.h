@@ -1,0 +1,18 @@
+/* Small helpers shared by the test programs. */
+#pragma once
+
+#include <glib.h>
+
+/* Parse hex digits, ignoring spaces and '|'. Aborts the test on a bad digit. */
+GByteArray *test_hex(const char *hex);
+
+/* Lower-case hex of bytes; the caller frees it. */
+char *test_to_hex(const guint8 *data, gsize len);
+
+/* Iterate the thread-default main context until *flag is TRUE or `timeout_ms`
+ * passes; FALSE on timeout. */
+gboolean test_run_until(const gboolean *flag, guint timeout_ms);
+
+/* A new private temporary directory (removed by test_rm_rf). */
+char *test_make_tmpdir(void);
+void test_rm_rf(const char *path);
