@@ -136,8 +136,7 @@ gboolean ferry_ttrpc_server_register(FerryTtrpcServer *server, const char *servi
 /* Listen on a filesystem unix socket at `path` (an existing socket file there is
  * replaced) and serve every connection accepted on it. The socket file is removed
  * when the server shuts down. */
-gboolean ferry_ttrpc_server_listen_unix(FerryTtrpcServer *server, const char *path,
-                                        GError **error);
+gboolean ferry_ttrpc_server_listen_unix(FerryTtrpcServer *server, const char *path, GError **error);
 
 /* Serve connections accepted on an already listening socket; takes ownership. */
 gboolean ferry_ttrpc_server_listen_fd(FerryTtrpcServer *server, int listen_fd, GError **error);
@@ -271,8 +270,8 @@ guint32 ferry_ttrpc_client_call(FerryTtrpcClient *client, const char *service, c
 
 /* Start a server-streaming call: `on_message` for each message, then `done` once with
  * response NULL and error NULL (clean end) or an error. Returns the stream id. */
-guint32 ferry_ttrpc_client_stream(FerryTtrpcClient *client, const char *service,
-                                  const char *method, const ProtobufCMessage *request,
+guint32 ferry_ttrpc_client_stream(FerryTtrpcClient *client, const char *service, const char *method,
+                                  const ProtobufCMessage *request,
                                   const ProtobufCMessageDescriptor *message_desc,
                                   const FerryTtrpcCallOptions *options,
                                   FerryTtrpcStreamFunc on_message, FerryTtrpcReplyFunc done,
@@ -288,8 +287,7 @@ gboolean ferry_ttrpc_client_cancel(FerryTtrpcClient *client, guint32 stream_id);
  * protobuf_c_message_free_unpacked(msg, NULL)) or NULL with *error set.
  */
 ProtobufCMessage *ferry_ttrpc_client_call_sync(FerryTtrpcClient *client, const char *service,
-                                               const char *method,
-                                               const ProtobufCMessage *request,
+                                               const char *method, const ProtobufCMessage *request,
                                                const ProtobufCMessageDescriptor *response_desc,
                                                const FerryTtrpcCallOptions *options,
                                                GError **error);

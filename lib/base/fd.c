@@ -58,13 +58,12 @@ gboolean ferry_fd_send(int sock, int fd, const void *data, gsize len, GError **e
 {
   if (len == 0 || len > FD_MSG_MAX_DATA || data == NULL) {
     g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
-                "send fd %d: data must be 1 to %d bytes, not %" G_GSIZE_FORMAT, fd,
-                FD_MSG_MAX_DATA, len);
+                "send fd %d: data must be 1 to %d bytes, not %" G_GSIZE_FORMAT, fd, FD_MSG_MAX_DATA,
+                len);
     return FALSE;
   }
   if (fd < 0) {
-    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "send fd: invalid fd %d",
-                fd);
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "send fd: invalid fd %d", fd);
     return FALSE;
   }
   union {
@@ -72,12 +71,12 @@ gboolean ferry_fd_send(int sock, int fd, const void *data, gsize len, GError **e
     struct cmsghdr align;
   } control;
   memset(&control, 0, sizeof(control));
-  struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
+  struct iovec iov = { .iov_base = (void *)data, .iov_len = len };
   struct msghdr msg = {
-      .msg_iov = &iov,
-      .msg_iovlen = 1,
-      .msg_control = control.buf,
-      .msg_controllen = sizeof(control.buf),
+    .msg_iov = &iov,
+    .msg_iovlen = 1,
+    .msg_control = control.buf,
+    .msg_controllen = sizeof(control.buf),
   };
   struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
   cmsg->cmsg_level = SOL_SOCKET;
@@ -130,12 +129,12 @@ gboolean ferry_fd_recv(int sock, void *data, gsize len, gsize *received, int *fd
     char buf[CMSG_SPACE(sizeof(int) * 8)];
     struct cmsghdr align;
   } control;
-  struct iovec iov = {.iov_base = data, .iov_len = len};
+  struct iovec iov = { .iov_base = data, .iov_len = len };
   struct msghdr msg = {
-      .msg_iov = &iov,
-      .msg_iovlen = 1,
-      .msg_control = control.buf,
-      .msg_controllen = sizeof(control.buf),
+    .msg_iov = &iov,
+    .msg_iovlen = 1,
+    .msg_control = control.buf,
+    .msg_controllen = sizeof(control.buf),
   };
   ssize_t n;
   do

@@ -6,14 +6,14 @@
 #include <string.h>
 #include <unistd.h>
 
-static const char *const level_names[] = {"debug", "info", "warning", "error"};
+static const char *const level_names[] = { "debug", "info", "warning", "error" };
 
 static struct {
   gboolean initialized;
   FerryLogLevel level;
   int fd;
   GPtrArray *context; /* key, value, key, value ... (owned strings) */
-} log_state = {FALSE, FERRY_LOG_INFO, 2, NULL};
+} log_state = { FALSE, FERRY_LOG_INFO, 2, NULL };
 
 G_LOCK_DEFINE_STATIC(log_lock);
 
@@ -192,8 +192,8 @@ void ferry_logv(FerryLogLevel level, const char *msg, va_list kv)
     g_ptr_array_add(fields, va_arg(kv, char *));
   }
   g_ptr_array_add(fields, NULL);
-  g_autofree char *line = ferry_log_format(level, g_get_real_time(), msg,
-                                           (const char *const *)fields->pdata);
+  g_autofree char *line =
+      ferry_log_format(level, g_get_real_time(), msg, (const char *const *)fields->pdata);
   g_autofree char *with_nl = g_strconcat(line, "\n", NULL);
   int fd = log_state.fd;
   G_UNLOCK(log_lock);

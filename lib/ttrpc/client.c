@@ -102,8 +102,7 @@ static void on_response(FerryTtrpcClient *client, const FerryTtrpcHeader *h, con
   Ttrpc__Response *resp = ttrpc__response__unpack(NULL, h->length, data);
   if (resp == NULL) {
     g_autoptr(GError) error = g_error_new(FERRY_ERROR, FERRY_ERROR_INTERNAL,
-                                          "ttrpc: undecodable Response on stream %u",
-                                          h->stream_id);
+                                          "ttrpc: undecodable Response on stream %u", h->stream_id);
     complete(client, call, NULL, error);
     return;
   }
@@ -142,8 +141,8 @@ static void on_data(FerryTtrpcClient *client, const FerryTtrpcHeader *h, const g
   if (!(h->flags & FERRY_TTRPC_FLAG_NO_DATA)) {
     ProtobufCMessage *msg = protobuf_c_message_unpack(call->desc, NULL, h->length, data);
     if (msg == NULL) {
-      fail_call(client, h->stream_id, FERRY_ERROR_INTERNAL,
-                "ttrpc: undecodable %s on stream %u", call->desc->name, h->stream_id);
+      fail_call(client, h->stream_id, FERRY_ERROR_INTERNAL, "ttrpc: undecodable %s on stream %u",
+                call->desc->name, h->stream_id);
       return;
     }
     call->on_message(client, msg, call->user_data);
@@ -173,8 +172,7 @@ static void on_frame(TtrpcConn *conn, const FerryTtrpcHeader *h, const guint8 *d
 static void on_oversize(TtrpcConn *conn, const FerryTtrpcHeader *h, gpointer ud)
 {
   fail_call(ud, h->stream_id, FERRY_ERROR_RESOURCE_EXHAUSTED,
-            "message length %u exceed maximum message size of %u", h->length,
-            FERRY_TTRPC_MAX_DATA);
+            "message length %u exceed maximum message size of %u", h->length, FERRY_TTRPC_MAX_DATA);
 }
 
 static gint compare_sid(gconstpointer a, gconstpointer b)
@@ -203,9 +201,9 @@ static void on_closed(TtrpcConn *conn, const GError *error, gpointer ud)
 }
 
 static const TtrpcConnHandlers client_conn_handlers = {
-    .frame = on_frame,
-    .oversize = on_oversize,
-    .closed = on_closed,
+  .frame = on_frame,
+  .oversize = on_oversize,
+  .closed = on_closed,
 };
 
 /* --------------------------------------------------------------- create -- */
@@ -228,7 +226,7 @@ FerryTtrpcClient *ferry_ttrpc_client_new(int fd, GError **error)
 FerryTtrpcClient *ferry_ttrpc_client_connect_unix(const char *address, GError **error)
 {
   const char *path = g_str_has_prefix(address, "unix://") ? address + 7 : address;
-  struct sockaddr_un addr = {.sun_family = AF_UNIX};
+  struct sockaddr_un addr = { .sun_family = AF_UNIX };
   if (*path == '\0' || strlen(path) >= sizeof(addr.sun_path)) {
     g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
                 "connect to %s: not a usable unix socket path", address);
@@ -326,8 +324,8 @@ static guint32 start_call(FerryTtrpcClient *client, const char *service, const c
       if (options != NULL && options->timeout_ns > 0)
         req.timeout_nano = options->timeout_ns;
       guint8 flags = on_message != NULL ? FERRY_TTRPC_FLAG_REMOTE_CLOSED : 0;
-      ttrpc_conn_send_message(client->conn, call->sid, FERRY_TTRPC_TYPE_REQUEST, flags,
-                              &req.base, &error);
+      ttrpc_conn_send_message(client->conn, call->sid, FERRY_TTRPC_TYPE_REQUEST, flags, &req.base,
+                              &error);
     }
   }
   if (error != NULL) {
@@ -352,8 +350,8 @@ guint32 ferry_ttrpc_client_call(FerryTtrpcClient *client, const char *service, c
                     user_data);
 }
 
-guint32 ferry_ttrpc_client_stream(FerryTtrpcClient *client, const char *service,
-                                  const char *method, const ProtobufCMessage *request,
+guint32 ferry_ttrpc_client_stream(FerryTtrpcClient *client, const char *service, const char *method,
+                                  const ProtobufCMessage *request,
                                   const ProtobufCMessageDescriptor *message_desc,
                                   const FerryTtrpcCallOptions *options,
                                   FerryTtrpcStreamFunc on_message, FerryTtrpcReplyFunc done,
@@ -391,13 +389,11 @@ static void on_sync_done(FerryTtrpcClient *client, const ProtobufCMessage *respo
 }
 
 ProtobufCMessage *ferry_ttrpc_client_call_sync(FerryTtrpcClient *client, const char *service,
-                                               const char *method,
-                                               const ProtobufCMessage *request,
+                                               const char *method, const ProtobufCMessage *request,
                                                const ProtobufCMessageDescriptor *response_desc,
-                                               const FerryTtrpcCallOptions *options,
-                                               GError **error)
+                                               const FerryTtrpcCallOptions *options, GError **error)
 {
-  SyncResult r = {0};
+  SyncResult r = { 0 };
   client_ref(client);
   ferry_ttrpc_client_call(client, service, method, request, response_desc, options, on_sync_done,
                           &r);

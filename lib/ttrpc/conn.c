@@ -49,7 +49,7 @@ static gboolean conn_source_dispatch(GSource *source, GSourceFunc cb, gpointer u
 }
 
 static GSourceFuncs conn_source_funcs = {
-    .dispatch = conn_source_dispatch,
+  .dispatch = conn_source_dispatch,
 };
 
 TtrpcConn *ttrpc_conn_new(int fd, const TtrpcConnHandlers *handlers, gpointer ud, GError **error)
@@ -153,8 +153,7 @@ static void flush(TtrpcConn *conn)
       g_byte_array_remove_range(conn->out, 0, (guint)conn->out_off);
       conn->out_off = 0;
     }
-    g_source_modify_unix_fd(conn->source, conn->fd_tag,
-                            G_IO_IN | G_IO_OUT | G_IO_HUP | G_IO_ERR);
+    g_source_modify_unix_fd(conn->source, conn->fd_tag, G_IO_IN | G_IO_OUT | G_IO_HUP | G_IO_ERR);
   }
 }
 
@@ -191,7 +190,7 @@ gboolean ttrpc_conn_send_message(TtrpcConn *conn, guint32 sid, FerryTtrpcType ty
   /* Pack straight into the write buffer: no intermediate copy. */
   gsize at = conn->out->len;
   g_byte_array_set_size(conn->out, (guint)(at + FERRY_TTRPC_HEADER_SIZE + len));
-  FerryTtrpcHeader h = {(guint32)len, sid, (guint8)type, flags};
+  FerryTtrpcHeader h = { (guint32)len, sid, (guint8)type, flags };
   ferry_ttrpc_header_encode(&h, conn->out->data + at);
   if (len > 0)
     protobuf_c_message_pack(message, conn->out->data + at + FERRY_TTRPC_HEADER_SIZE);
@@ -236,8 +235,8 @@ static void conn_handle_io(TtrpcConn *conn, GIOCondition cond)
         break;
       }
       if (n == 0) {
-        g_autoptr(GError) eof = g_error_new(FERRY_ERROR, FERRY_ERROR_UNAVAILABLE,
-                                            "ttrpc connection closed by peer");
+        g_autoptr(GError) eof =
+            g_error_new(FERRY_ERROR, FERRY_ERROR_UNAVAILABLE, "ttrpc connection closed by peer");
         ttrpc_conn_close(conn, eof);
         break;
       }

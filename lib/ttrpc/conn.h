@@ -22,8 +22,7 @@ typedef struct {
 
 /* Takes ownership of fd (made non-blocking, close-on-exec). NULL with error if the
  * fd cannot be set up (it is closed then). */
-TtrpcConn *ttrpc_conn_new(int fd, const TtrpcConnHandlers *handlers, gpointer ud,
-                          GError **error);
+TtrpcConn *ttrpc_conn_new(int fd, const TtrpcConnHandlers *handlers, gpointer ud, GError **error);
 
 TtrpcConn *ttrpc_conn_ref(TtrpcConn *conn);
 void ttrpc_conn_unref(TtrpcConn *conn);

@@ -102,7 +102,7 @@ GBytes *ferry_ttrpc_frame_encode(guint32 stream_id, FerryTtrpcType type, guint8 
     return NULL;
   }
   guint8 *out = g_malloc(FERRY_TTRPC_HEADER_SIZE + len);
-  FerryTtrpcHeader h = {(guint32)len, stream_id, (guint8)type, flags};
+  FerryTtrpcHeader h = { (guint32)len, stream_id, (guint8)type, flags };
   ferry_ttrpc_header_encode(&h, out);
   if (len > 0)
     memcpy(out + FERRY_TTRPC_HEADER_SIZE, data, len);

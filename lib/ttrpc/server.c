@@ -114,9 +114,8 @@ gboolean ferry_ttrpc_server_register(FerryTtrpcServer *server, const char *servi
     const ProtobufCMethodDescriptor *md =
         protobuf_c_service_descriptor_get_method_by_name(desc, m->name);
     if (md == NULL || m->handler == NULL) {
-      g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
-                  "ttrpc service %s: %s %s", name, md == NULL ? "no method" : "no handler for",
-                  m->name);
+      g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "ttrpc service %s: %s %s", name,
+                  md == NULL ? "no method" : "no handler for", m->name);
       service_free(s);
       return FALSE;
     }
@@ -206,8 +205,7 @@ void ferry_ttrpc_call_reply(FerryTtrpcCall *call, const ProtobufCMessage *respon
   }
   TtrpcConn *conn = call->sc->conn;
   g_autoptr(GError) error = NULL;
-  if (!ttrpc_conn_send_message(conn, call->sid, FERRY_TTRPC_TYPE_RESPONSE, 0, &resp.base,
-                               &error)) {
+  if (!ttrpc_conn_send_message(conn, call->sid, FERRY_TTRPC_TYPE_RESPONSE, 0, &resp.base, &error)) {
     /* Too large for a frame: tell the caller rather than leaving it waiting. */
     if (ttrpc_conn_is_open(conn))
       send_status(conn, call->sid, ferry_error_to_status_code(error), error->message);
@@ -239,8 +237,7 @@ void ferry_ttrpc_call_finish(FerryTtrpcCall *call, const GError *error)
   TtrpcConn *conn = call->sc != NULL ? call->sc->conn : NULL;
   if (call_detach(call))
     ttrpc_conn_send_message(conn, call->sid, FERRY_TTRPC_TYPE_DATA,
-                            FERRY_TTRPC_FLAG_REMOTE_CLOSED | FERRY_TTRPC_FLAG_NO_DATA, NULL,
-                            NULL);
+                            FERRY_TTRPC_FLAG_REMOTE_CLOSED | FERRY_TTRPC_FLAG_NO_DATA, NULL, NULL);
   call_free(call);
 }
 
@@ -333,8 +330,7 @@ static void dispatch_request(ServerConn *sc, const FerryTtrpcHeader *h, const gu
   }
   sc->last_sid = h->stream_id;
   if (h->flags & FERRY_TTRPC_FLAG_REMOTE_OPEN) {
-    send_status(conn, h->stream_id, FERRY_ERROR_UNIMPLEMENTED,
-                "client streaming is not supported");
+    send_status(conn, h->stream_id, FERRY_ERROR_UNIMPLEMENTED, "client streaming is not supported");
     return;
   }
   if (g_hash_table_size(sc->calls) >= MAX_CALLS_PER_CONNECTION) {
@@ -349,8 +345,8 @@ static void dispatch_request(ServerConn *sc, const FerryTtrpcHeader *h, const gu
     return;
   }
   Service *service = g_hash_table_lookup(sc->server->services, env->service);
-  const Method *method = service != NULL ? g_hash_table_lookup(service->methods, env->method)
-                                         : NULL;
+  const Method *method =
+      service != NULL ? g_hash_table_lookup(service->methods, env->method) : NULL;
   if (method == NULL) {
     g_autofree char *msg = service == NULL ? g_strdup_printf("service %s", env->service)
                                            : g_strdup_printf("method %s", env->method);
@@ -403,8 +399,7 @@ static void on_frame(TtrpcConn *conn, const FerryTtrpcHeader *h, const guint8 *d
     /* No method takes a client stream: Data for a live call is ignored, for any other
      * stream it is an error, as in containerd/ttrpc >= 1.2. */
     if (!g_hash_table_contains(sc->calls, GUINT_TO_POINTER(h->stream_id)))
-      send_status(conn, h->stream_id, FERRY_ERROR_INVALID_ARGUMENT,
-                  "StreamID is no longer active");
+      send_status(conn, h->stream_id, FERRY_ERROR_INVALID_ARGUMENT, "StreamID is no longer active");
     break;
   default:
     /* Responses from a client and unknown types are ignored "for future compat". */
@@ -442,17 +437,16 @@ static void on_conn_closed(TtrpcConn *conn, const GError *error, gpointer ud)
 }
 
 static const TtrpcConnHandlers server_conn_handlers = {
-    .frame = on_frame,
-    .oversize = on_oversize,
-    .closed = on_conn_closed,
+  .frame = on_frame,
+  .oversize = on_oversize,
+  .closed = on_conn_closed,
 };
 
 gboolean ferry_ttrpc_server_add_connection(FerryTtrpcServer *server, int fd, GError **error)
 {
   if (server->shut_down) {
     ferry_fd_close_quietly(fd);
-    g_set_error(error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION,
-                "ttrpc server is shut down");
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION, "ttrpc server is shut down");
     return FALSE;
   }
   ServerConn *sc = g_new0(ServerConn, 1);
@@ -505,8 +499,7 @@ static gboolean add_listener(FerryTtrpcServer *server, int fd, const char *path,
 {
   if (server->shut_down) {
     ferry_fd_close_quietly(fd);
-    g_set_error(error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION,
-                "ttrpc server is shut down");
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION, "ttrpc server is shut down");
     return FALSE;
   }
   if (!ferry_fd_set_nonblocking(fd, TRUE, error) || !ferry_fd_set_cloexec(fd, error)) {
@@ -530,10 +523,9 @@ gboolean ferry_ttrpc_server_listen_fd(FerryTtrpcServer *server, int listen_fd, G
   return add_listener(server, listen_fd, NULL, error);
 }
 
-gboolean ferry_ttrpc_server_listen_unix(FerryTtrpcServer *server, const char *path,
-                                        GError **error)
+gboolean ferry_ttrpc_server_listen_unix(FerryTtrpcServer *server, const char *path, GError **error)
 {
-  struct sockaddr_un addr = {.sun_family = AF_UNIX};
+  struct sockaddr_un addr = { .sun_family = AF_UNIX };
   if (strlen(path) >= sizeof(addr.sun_path)) {
     g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
                 "listen on %s: path longer than %zu bytes", path, sizeof(addr.sun_path) - 1);

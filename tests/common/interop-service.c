@@ -1,6 +1,9 @@
 /* ferry.test.v1.Interop in C: the peer of the Go implementation in tests/interop. */
 #include "interop-service.h"
 
+#include <glib-unix.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -158,17 +161,54 @@ static void handle_count(FerryTtrpcCall *call, const ProtobufCMessage *req, gpoi
 }
 
 static const FerryTtrpcMethodImpl interop_methods[] = {
-    {"Echo", handle_echo, FERRY_TTRPC_UNARY},
-    {"Deadline", handle_deadline, FERRY_TTRPC_UNARY},
-    {"Fail", handle_fail, FERRY_TTRPC_UNARY},
-    {"Sleep", handle_sleep, FERRY_TTRPC_UNARY},
-    {"Big", handle_big, FERRY_TTRPC_UNARY},
-    {"Count", handle_count, FERRY_TTRPC_SERVER_STREAMING},
-    {NULL, NULL, 0},
+  { "Echo", handle_echo, FERRY_TTRPC_UNARY },
+  { "Deadline", handle_deadline, FERRY_TTRPC_UNARY },
+  { "Fail", handle_fail, FERRY_TTRPC_UNARY },
+  { "Sleep", handle_sleep, FERRY_TTRPC_UNARY },
+  { "Big", handle_big, FERRY_TTRPC_UNARY },
+  { "Count", handle_count, FERRY_TTRPC_SERVER_STREAMING },
+  { NULL, NULL, 0 },
 };
 
 gboolean ferry_test_interop_register(FerryTtrpcServer *server, GError **error)
 {
   return ferry_ttrpc_server_register(server, NULL, &ferry__test__v1__interop__descriptor,
                                      interop_methods, NULL, error);
+}
+
+static gboolean on_quit_signal(gpointer loop)
+{
+  g_main_loop_quit(loop);
+  return G_SOURCE_CONTINUE; /* removed by ferry_test_interop_serve(), which holds the ids */
+}
+
+int ferry_test_interop_serve(const char *socket_path, const char *who)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(FerryTtrpcServer) server = ferry_ttrpc_server_new();
+  if (!ferry_test_interop_register(server, &error) ||
+      !ferry_ttrpc_server_listen_unix(server, socket_path, &error)) {
+    fprintf(stderr, "%s: %s\n", who, error->message);
+    return 1;
+  }
+  g_autoptr(GMainLoop) loop = g_main_loop_new(NULL, FALSE);
+  guint term_id = g_unix_signal_add(SIGTERM, on_quit_signal, loop);
+  guint int_id = g_unix_signal_add(SIGINT, on_quit_signal, loop);
+  printf("ready\n");
+  fflush(stdout);
+  g_main_loop_run(loop);
+  g_clear_handle_id(&term_id, g_source_remove);
+  g_clear_handle_id(&int_id, g_source_remove);
+  ferry_ttrpc_server_shutdown(server);
+  return 0;
+}
+
+const char *ferry_test_socket_arg(int argc, char **argv, int skip)
+{
+  if (argc != skip + 2)
+    return NULL;
+  const char *flag = argv[skip];
+  if (!g_str_equal(flag, "-socket") && !g_str_equal(flag, "--socket"))
+    return NULL;
+  return argv[skip + 1];
 }

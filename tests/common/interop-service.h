@@ -14,3 +14,12 @@
 
 /* Register the service on `server` under its proto name. */
 gboolean ferry_test_interop_register(FerryTtrpcServer *server, GError **error);
+
+/* Serve the service on a unix socket until SIGTERM or SIGINT: prints "ready" once
+ * listening, shuts down (removing the socket file) on the signal. Returns the exit
+ * status; `who` prefixes error messages. */
+int ferry_test_interop_serve(const char *socket_path, const char *who);
+
+/* The PATH of a "-socket PATH" (or "--socket PATH") command line of exactly that,
+ * after `skip` leading arguments; NULL otherwise. */
+const char *ferry_test_socket_arg(int argc, char **argv, int skip);

@@ -113,11 +113,11 @@ static void test_extra_fds_closed(void)
     struct cmsghdr align;
   } control;
   memset(&control, 0, sizeof(control));
-  struct iovec iov = {.iov_base = "x", .iov_len = 1};
-  struct msghdr msg = {.msg_iov = &iov,
-                       .msg_iovlen = 1,
-                       .msg_control = control.buf,
-                       .msg_controllen = sizeof(control.buf)};
+  struct iovec iov = { .iov_base = "x", .iov_len = 1 };
+  struct msghdr msg = { .msg_iov = &iov,
+                        .msg_iovlen = 1,
+                        .msg_control = control.buf,
+                        .msg_controllen = sizeof(control.buf) };
   struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
   cmsg->cmsg_level = SOL_SOCKET;
   cmsg->cmsg_type = SCM_RIGHTS;

@@ -7,15 +7,15 @@
 
 static void test_format_plain(void)
 {
-  const char *fields[] = {"sandbox", "sb1", "n", "42", NULL};
+  const char *fields[] = { "sandbox", "sb1", "n", "42", NULL };
   g_autofree char *line = ferry_log_format(FERRY_LOG_INFO, 0, "started", fields);
   g_assert_cmpstr(line, ==, "level=info msg=started sandbox=sb1 n=42");
 }
 
 static void test_format_quotes_and_escapes(void)
 {
-  const char *fields[] = {"path", "/a b", "q", "say \"hi\"", "eq", "a=b", "nl", "x\ny",
-                          "empty", "", "ctl", "\x01", NULL};
+  const char *fields[] = { "path", "/a b",  "q", "say \"hi\"", "eq",   "a=b", "nl",
+                           "x\ny", "empty", "",  "ctl",        "\x01", NULL };
   g_autofree char *line = ferry_log_format(FERRY_LOG_ERROR, 0, "two words", fields);
   g_assert_cmpstr(line, ==,
                   "level=error msg=\"two words\" path=\"/a b\" q=\"say \\\"hi\\\"\" "
@@ -24,7 +24,7 @@ static void test_format_quotes_and_escapes(void)
 
 static void test_format_null_value(void)
 {
-  const char *fields[] = {"k", NULL, NULL};
+  const char *fields[] = { "k", NULL, NULL };
   /* A NULL value is written empty; the array still ends at the next key slot. */
   g_autofree char *line = ferry_log_format(FERRY_LOG_DEBUG, 0, "m", fields);
   g_assert_cmpstr(line, ==, "level=debug msg=m k=");

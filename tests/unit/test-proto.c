@@ -197,23 +197,23 @@ static void assert_service(const ProtobufCServiceDescriptor *d, const char *name
 static void test_task_service(void)
 {
   static const char *const methods[] = {
-      "State(containerd.task.v2.StateRequest) containerd.task.v2.StateResponse",
-      "Create(containerd.task.v2.CreateTaskRequest) containerd.task.v2.CreateTaskResponse",
-      "Start(containerd.task.v2.StartRequest) containerd.task.v2.StartResponse",
-      "Delete(containerd.task.v2.DeleteRequest) containerd.task.v2.DeleteResponse",
-      "Pids(containerd.task.v2.PidsRequest) containerd.task.v2.PidsResponse",
-      "Pause(containerd.task.v2.PauseRequest) google.protobuf.Empty",
-      "Resume(containerd.task.v2.ResumeRequest) google.protobuf.Empty",
-      "Checkpoint(containerd.task.v2.CheckpointTaskRequest) google.protobuf.Empty",
-      "Kill(containerd.task.v2.KillRequest) google.protobuf.Empty",
-      "Exec(containerd.task.v2.ExecProcessRequest) google.protobuf.Empty",
-      "ResizePty(containerd.task.v2.ResizePtyRequest) google.protobuf.Empty",
-      "CloseIO(containerd.task.v2.CloseIORequest) google.protobuf.Empty",
-      "Update(containerd.task.v2.UpdateTaskRequest) google.protobuf.Empty",
-      "Wait(containerd.task.v2.WaitRequest) containerd.task.v2.WaitResponse",
-      "Stats(containerd.task.v2.StatsRequest) containerd.task.v2.StatsResponse",
-      "Connect(containerd.task.v2.ConnectRequest) containerd.task.v2.ConnectResponse",
-      "Shutdown(containerd.task.v2.ShutdownRequest) google.protobuf.Empty",
+    "State(containerd.task.v2.StateRequest) containerd.task.v2.StateResponse",
+    "Create(containerd.task.v2.CreateTaskRequest) containerd.task.v2.CreateTaskResponse",
+    "Start(containerd.task.v2.StartRequest) containerd.task.v2.StartResponse",
+    "Delete(containerd.task.v2.DeleteRequest) containerd.task.v2.DeleteResponse",
+    "Pids(containerd.task.v2.PidsRequest) containerd.task.v2.PidsResponse",
+    "Pause(containerd.task.v2.PauseRequest) google.protobuf.Empty",
+    "Resume(containerd.task.v2.ResumeRequest) google.protobuf.Empty",
+    "Checkpoint(containerd.task.v2.CheckpointTaskRequest) google.protobuf.Empty",
+    "Kill(containerd.task.v2.KillRequest) google.protobuf.Empty",
+    "Exec(containerd.task.v2.ExecProcessRequest) google.protobuf.Empty",
+    "ResizePty(containerd.task.v2.ResizePtyRequest) google.protobuf.Empty",
+    "CloseIO(containerd.task.v2.CloseIORequest) google.protobuf.Empty",
+    "Update(containerd.task.v2.UpdateTaskRequest) google.protobuf.Empty",
+    "Wait(containerd.task.v2.WaitRequest) containerd.task.v2.WaitResponse",
+    "Stats(containerd.task.v2.StatsRequest) containerd.task.v2.StatsResponse",
+    "Connect(containerd.task.v2.ConnectRequest) containerd.task.v2.ConnectResponse",
+    "Shutdown(containerd.task.v2.ShutdownRequest) google.protobuf.Empty",
   };
 
   assert_service(&containerd__task__v2__task__descriptor, "containerd.task.v2.Task", methods,
@@ -223,7 +223,7 @@ static void test_task_service(void)
 static void test_events_service(void)
 {
   static const char *const methods[] = {
-      "Forward(containerd.services.events.ttrpc.v1.ForwardRequest) google.protobuf.Empty",
+    "Forward(containerd.services.events.ttrpc.v1.ForwardRequest) google.protobuf.Empty",
   };
 
   assert_service(&containerd__services__events__ttrpc__v1__events__descriptor,
@@ -234,15 +234,15 @@ static void test_migration_service(void)
 {
   /* Notifications is server-streaming; protobuf-c descriptors carry no streaming flag. */
   static const char *const methods[] = {
-      "PrepareAndExportSandbox(PrepareAndExportSandboxRequest) PrepareAndExportSandboxResponse",
-      "ImportSandbox(ImportSandboxRequest) ImportSandboxResponse",
-      "PrepareSandbox(PrepareSandboxRequest) PrepareSandboxResponse",
-      "TransferSandbox(TransferSandboxRequest) TransferSandboxResponse",
-      "FinalizeSandbox(FinalizeSandboxRequest) FinalizeSandboxResponse",
-      "CreateDuplicateSocket(CreateDuplicateSocketRequest) CreateDuplicateSocketResponse",
-      "Notifications(NotificationsRequest) NotificationsResponse",
-      "Cancel(CancelRequest) CancelResponse",
-      "Cleanup(CleanupRequest) CleanupResponse",
+    "PrepareAndExportSandbox(PrepareAndExportSandboxRequest) PrepareAndExportSandboxResponse",
+    "ImportSandbox(ImportSandboxRequest) ImportSandboxResponse",
+    "PrepareSandbox(PrepareSandboxRequest) PrepareSandboxResponse",
+    "TransferSandbox(TransferSandboxRequest) TransferSandboxResponse",
+    "FinalizeSandbox(FinalizeSandboxRequest) FinalizeSandboxResponse",
+    "CreateDuplicateSocket(CreateDuplicateSocketRequest) CreateDuplicateSocketResponse",
+    "Notifications(NotificationsRequest) NotificationsResponse",
+    "Cancel(CancelRequest) CancelResponse",
+    "Cleanup(CleanupRequest) CleanupResponse",
   };
 
   /* No proto package: the wire name is the bare service name. */
@@ -254,75 +254,75 @@ static void test_migration_service(void)
 static void test_task_fields(void)
 {
   static const MessageShape shapes[] = {
-      {&containerd__types__mount__descriptor,
-       "containerd.types.Mount { type 1 string; source 2 string; target 3 string; "
-       "options 4 string[] }"},
-      {&containerd__v1__types__process_info__descriptor,
-       "containerd.v1.types.ProcessInfo { pid 1 uint32; info 2 google.protobuf.Any }"},
-      {&containerd__task__v2__state_request__descriptor,
-       "containerd.task.v2.StateRequest { id 1 string; exec_id 2 string }"},
-      {&containerd__task__v2__state_response__descriptor,
-       "containerd.task.v2.StateResponse { id 1 string; bundle 2 string; pid 3 uint32; "
-       "status 4 containerd.v1.types.Status; stdin 5 string; stdout 6 string; stderr 7 string; "
-       "terminal 8 bool; exit_status 9 uint32; exited_at 10 google.protobuf.Timestamp; "
-       "exec_id 11 string }"},
-      {&containerd__task__v2__create_task_request__descriptor,
-       "containerd.task.v2.CreateTaskRequest { id 1 string; bundle 2 string; "
-       "rootfs 3 containerd.types.Mount[]; terminal 4 bool; stdin 5 string; stdout 6 string; "
-       "stderr 7 string; checkpoint 8 string; parent_checkpoint 9 string; "
-       "options 10 google.protobuf.Any }"},
-      {&containerd__task__v2__create_task_response__descriptor,
-       "containerd.task.v2.CreateTaskResponse { pid 1 uint32 }"},
-      {&containerd__task__v2__start_request__descriptor,
-       "containerd.task.v2.StartRequest { id 1 string; exec_id 2 string }"},
-      {&containerd__task__v2__start_response__descriptor,
-       "containerd.task.v2.StartResponse { pid 1 uint32 }"},
-      {&containerd__task__v2__delete_request__descriptor,
-       "containerd.task.v2.DeleteRequest { id 1 string; exec_id 2 string }"},
-      {&containerd__task__v2__delete_response__descriptor,
-       "containerd.task.v2.DeleteResponse { pid 1 uint32; exit_status 2 uint32; "
-       "exited_at 3 google.protobuf.Timestamp }"},
-      {&containerd__task__v2__pids_request__descriptor,
-       "containerd.task.v2.PidsRequest { id 1 string }"},
-      {&containerd__task__v2__pids_response__descriptor,
-       "containerd.task.v2.PidsResponse { processes 1 containerd.v1.types.ProcessInfo[] }"},
-      {&containerd__task__v2__pause_request__descriptor,
-       "containerd.task.v2.PauseRequest { id 1 string }"},
-      {&containerd__task__v2__resume_request__descriptor,
-       "containerd.task.v2.ResumeRequest { id 1 string }"},
-      {&containerd__task__v2__checkpoint_task_request__descriptor,
-       "containerd.task.v2.CheckpointTaskRequest { id 1 string; path 2 string; "
-       "options 3 google.protobuf.Any }"},
-      {&containerd__task__v2__kill_request__descriptor,
-       "containerd.task.v2.KillRequest { id 1 string; exec_id 2 string; signal 3 uint32; "
-       "all 4 bool }"},
-      {&containerd__task__v2__exec_process_request__descriptor,
-       "containerd.task.v2.ExecProcessRequest { id 1 string; exec_id 2 string; terminal 3 bool; "
-       "stdin 4 string; stdout 5 string; stderr 6 string; spec 7 google.protobuf.Any }"},
-      {&containerd__task__v2__resize_pty_request__descriptor,
-       "containerd.task.v2.ResizePtyRequest { id 1 string; exec_id 2 string; width 3 uint32; "
-       "height 4 uint32 }"},
-      {&containerd__task__v2__close_iorequest__descriptor,
-       "containerd.task.v2.CloseIORequest { id 1 string; exec_id 2 string; stdin 3 bool }"},
-      {&containerd__task__v2__update_task_request__descriptor,
-       "containerd.task.v2.UpdateTaskRequest { id 1 string; resources 2 google.protobuf.Any; "
-       "annotations 3 containerd.task.v2.UpdateTaskRequest.AnnotationsEntry[] }"},
-      {&containerd__task__v2__wait_request__descriptor,
-       "containerd.task.v2.WaitRequest { id 1 string; exec_id 2 string }"},
-      {&containerd__task__v2__wait_response__descriptor,
-       "containerd.task.v2.WaitResponse { exit_status 1 uint32; "
-       "exited_at 2 google.protobuf.Timestamp }"},
-      {&containerd__task__v2__stats_request__descriptor,
-       "containerd.task.v2.StatsRequest { id 1 string }"},
-      {&containerd__task__v2__stats_response__descriptor,
-       "containerd.task.v2.StatsResponse { stats 1 google.protobuf.Any }"},
-      {&containerd__task__v2__connect_request__descriptor,
-       "containerd.task.v2.ConnectRequest { id 1 string }"},
-      {&containerd__task__v2__connect_response__descriptor,
-       "containerd.task.v2.ConnectResponse { shim_pid 1 uint32; task_pid 2 uint32; "
-       "version 3 string }"},
-      {&containerd__task__v2__shutdown_request__descriptor,
-       "containerd.task.v2.ShutdownRequest { id 1 string; now 2 bool }"},
+    { &containerd__types__mount__descriptor,
+      "containerd.types.Mount { type 1 string; source 2 string; target 3 string; "
+      "options 4 string[] }" },
+    { &containerd__v1__types__process_info__descriptor,
+      "containerd.v1.types.ProcessInfo { pid 1 uint32; info 2 google.protobuf.Any }" },
+    { &containerd__task__v2__state_request__descriptor,
+      "containerd.task.v2.StateRequest { id 1 string; exec_id 2 string }" },
+    { &containerd__task__v2__state_response__descriptor,
+      "containerd.task.v2.StateResponse { id 1 string; bundle 2 string; pid 3 uint32; "
+      "status 4 containerd.v1.types.Status; stdin 5 string; stdout 6 string; stderr 7 string; "
+      "terminal 8 bool; exit_status 9 uint32; exited_at 10 google.protobuf.Timestamp; "
+      "exec_id 11 string }" },
+    { &containerd__task__v2__create_task_request__descriptor,
+      "containerd.task.v2.CreateTaskRequest { id 1 string; bundle 2 string; "
+      "rootfs 3 containerd.types.Mount[]; terminal 4 bool; stdin 5 string; stdout 6 string; "
+      "stderr 7 string; checkpoint 8 string; parent_checkpoint 9 string; "
+      "options 10 google.protobuf.Any }" },
+    { &containerd__task__v2__create_task_response__descriptor,
+      "containerd.task.v2.CreateTaskResponse { pid 1 uint32 }" },
+    { &containerd__task__v2__start_request__descriptor,
+      "containerd.task.v2.StartRequest { id 1 string; exec_id 2 string }" },
+    { &containerd__task__v2__start_response__descriptor,
+      "containerd.task.v2.StartResponse { pid 1 uint32 }" },
+    { &containerd__task__v2__delete_request__descriptor,
+      "containerd.task.v2.DeleteRequest { id 1 string; exec_id 2 string }" },
+    { &containerd__task__v2__delete_response__descriptor,
+      "containerd.task.v2.DeleteResponse { pid 1 uint32; exit_status 2 uint32; "
+      "exited_at 3 google.protobuf.Timestamp }" },
+    { &containerd__task__v2__pids_request__descriptor,
+      "containerd.task.v2.PidsRequest { id 1 string }" },
+    { &containerd__task__v2__pids_response__descriptor,
+      "containerd.task.v2.PidsResponse { processes 1 containerd.v1.types.ProcessInfo[] }" },
+    { &containerd__task__v2__pause_request__descriptor,
+      "containerd.task.v2.PauseRequest { id 1 string }" },
+    { &containerd__task__v2__resume_request__descriptor,
+      "containerd.task.v2.ResumeRequest { id 1 string }" },
+    { &containerd__task__v2__checkpoint_task_request__descriptor,
+      "containerd.task.v2.CheckpointTaskRequest { id 1 string; path 2 string; "
+      "options 3 google.protobuf.Any }" },
+    { &containerd__task__v2__kill_request__descriptor,
+      "containerd.task.v2.KillRequest { id 1 string; exec_id 2 string; signal 3 uint32; "
+      "all 4 bool }" },
+    { &containerd__task__v2__exec_process_request__descriptor,
+      "containerd.task.v2.ExecProcessRequest { id 1 string; exec_id 2 string; terminal 3 bool; "
+      "stdin 4 string; stdout 5 string; stderr 6 string; spec 7 google.protobuf.Any }" },
+    { &containerd__task__v2__resize_pty_request__descriptor,
+      "containerd.task.v2.ResizePtyRequest { id 1 string; exec_id 2 string; width 3 uint32; "
+      "height 4 uint32 }" },
+    { &containerd__task__v2__close_iorequest__descriptor,
+      "containerd.task.v2.CloseIORequest { id 1 string; exec_id 2 string; stdin 3 bool }" },
+    { &containerd__task__v2__update_task_request__descriptor,
+      "containerd.task.v2.UpdateTaskRequest { id 1 string; resources 2 google.protobuf.Any; "
+      "annotations 3 containerd.task.v2.UpdateTaskRequest.AnnotationsEntry[] }" },
+    { &containerd__task__v2__wait_request__descriptor,
+      "containerd.task.v2.WaitRequest { id 1 string; exec_id 2 string }" },
+    { &containerd__task__v2__wait_response__descriptor,
+      "containerd.task.v2.WaitResponse { exit_status 1 uint32; "
+      "exited_at 2 google.protobuf.Timestamp }" },
+    { &containerd__task__v2__stats_request__descriptor,
+      "containerd.task.v2.StatsRequest { id 1 string }" },
+    { &containerd__task__v2__stats_response__descriptor,
+      "containerd.task.v2.StatsResponse { stats 1 google.protobuf.Any }" },
+    { &containerd__task__v2__connect_request__descriptor,
+      "containerd.task.v2.ConnectRequest { id 1 string }" },
+    { &containerd__task__v2__connect_response__descriptor,
+      "containerd.task.v2.ConnectResponse { shim_pid 1 uint32; task_pid 2 uint32; "
+      "version 3 string }" },
+    { &containerd__task__v2__shutdown_request__descriptor,
+      "containerd.task.v2.ShutdownRequest { id 1 string; now 2 bool }" },
   };
 
   assert_message_shapes(shapes, G_N_ELEMENTS(shapes));
@@ -341,40 +341,40 @@ static void test_task_status_enum(void)
 static void test_events_fields(void)
 {
   static const MessageShape shapes[] = {
-      {&containerd__types__envelope__descriptor,
-       "containerd.types.Envelope { timestamp 1 google.protobuf.Timestamp; namespace 2 string; "
-       "topic 3 string; event 4 google.protobuf.Any }"},
-      {&containerd__services__events__ttrpc__v1__forward_request__descriptor,
-       "containerd.services.events.ttrpc.v1.ForwardRequest { "
-       "envelope 1 containerd.types.Envelope }"},
-      {&containerd__events__task_create__descriptor,
-       "containerd.events.TaskCreate { container_id 1 string; bundle 2 string; "
-       "rootfs 3 containerd.types.Mount[]; io 4 containerd.events.TaskIO; checkpoint 5 string; "
-       "pid 6 uint32 }"},
-      {&containerd__events__task_start__descriptor,
-       "containerd.events.TaskStart { container_id 1 string; pid 2 uint32 }"},
-      {&containerd__events__task_delete__descriptor,
-       "containerd.events.TaskDelete { container_id 1 string; pid 2 uint32; exit_status 3 uint32; "
-       "exited_at 4 google.protobuf.Timestamp; id 5 string }"},
-      {&containerd__events__task_io__descriptor,
-       "containerd.events.TaskIO { stdin 1 string; stdout 2 string; stderr 3 string; "
-       "terminal 4 bool }"},
-      {&containerd__events__task_exit__descriptor,
-       "containerd.events.TaskExit { container_id 1 string; id 2 string; pid 3 uint32; "
-       "exit_status 4 uint32; exited_at 5 google.protobuf.Timestamp }"},
-      {&containerd__events__task_oom__descriptor,
-       "containerd.events.TaskOOM { container_id 1 string }"},
-      {&containerd__events__task_exec_added__descriptor,
-       "containerd.events.TaskExecAdded { container_id 1 string; exec_id 2 string }"},
-      {&containerd__events__task_exec_started__descriptor,
-       "containerd.events.TaskExecStarted { container_id 1 string; exec_id 2 string; "
-       "pid 3 uint32 }"},
-      {&containerd__events__task_paused__descriptor,
-       "containerd.events.TaskPaused { container_id 1 string }"},
-      {&containerd__events__task_resumed__descriptor,
-       "containerd.events.TaskResumed { container_id 1 string }"},
-      {&containerd__events__task_checkpointed__descriptor,
-       "containerd.events.TaskCheckpointed { container_id 1 string; checkpoint 2 string }"},
+    { &containerd__types__envelope__descriptor,
+      "containerd.types.Envelope { timestamp 1 google.protobuf.Timestamp; namespace 2 string; "
+      "topic 3 string; event 4 google.protobuf.Any }" },
+    { &containerd__services__events__ttrpc__v1__forward_request__descriptor,
+      "containerd.services.events.ttrpc.v1.ForwardRequest { "
+      "envelope 1 containerd.types.Envelope }" },
+    { &containerd__events__task_create__descriptor,
+      "containerd.events.TaskCreate { container_id 1 string; bundle 2 string; "
+      "rootfs 3 containerd.types.Mount[]; io 4 containerd.events.TaskIO; checkpoint 5 string; "
+      "pid 6 uint32 }" },
+    { &containerd__events__task_start__descriptor,
+      "containerd.events.TaskStart { container_id 1 string; pid 2 uint32 }" },
+    { &containerd__events__task_delete__descriptor,
+      "containerd.events.TaskDelete { container_id 1 string; pid 2 uint32; exit_status 3 uint32; "
+      "exited_at 4 google.protobuf.Timestamp; id 5 string }" },
+    { &containerd__events__task_io__descriptor,
+      "containerd.events.TaskIO { stdin 1 string; stdout 2 string; stderr 3 string; "
+      "terminal 4 bool }" },
+    { &containerd__events__task_exit__descriptor,
+      "containerd.events.TaskExit { container_id 1 string; id 2 string; pid 3 uint32; "
+      "exit_status 4 uint32; exited_at 5 google.protobuf.Timestamp }" },
+    { &containerd__events__task_oom__descriptor,
+      "containerd.events.TaskOOM { container_id 1 string }" },
+    { &containerd__events__task_exec_added__descriptor,
+      "containerd.events.TaskExecAdded { container_id 1 string; exec_id 2 string }" },
+    { &containerd__events__task_exec_started__descriptor,
+      "containerd.events.TaskExecStarted { container_id 1 string; exec_id 2 string; "
+      "pid 3 uint32 }" },
+    { &containerd__events__task_paused__descriptor,
+      "containerd.events.TaskPaused { container_id 1 string }" },
+    { &containerd__events__task_resumed__descriptor,
+      "containerd.events.TaskResumed { container_id 1 string }" },
+    { &containerd__events__task_checkpointed__descriptor,
+      "containerd.events.TaskCheckpointed { container_id 1 string; checkpoint 2 string }" },
   };
 
   assert_message_shapes(shapes, G_N_ELEMENTS(shapes));
@@ -383,54 +383,54 @@ static void test_events_fields(void)
 static void test_migration_fields(void)
 {
   static const MessageShape shapes[] = {
-      {&initialize_options__descriptor,
-       "InitializeOptions { memory_transport 1 MemoryTransport; "
-       "memory_transfer_throttle_params 2 MemoryTransferThrottleParams; "
-       "compression_settings 3 CompressionSettings; checksum_verification 4 bool; "
-       "perf_tracing_enabled 5 bool; cancel_if_blackout_threshold_exceeds 6 bool; "
-       "prepare_memory_transfer_mode 7 bool }"},
-      {&memory_transfer_throttle_params__descriptor,
-       "MemoryTransferThrottleParams { skip_throttling 1 bool; throttling_scale 2 double; "
-       "minimum_throttle_percentage 3 uint32; target_number_of_brownout_transfer_passes 4 uint32; "
-       "starting_brownout_pass_number_for_throttling 5 uint32; "
-       "maximum_number_of_brownout_transfer_passes 6 uint32; "
-       "target_blackout_transfer_time 7 uint32; "
-       "blackout_time_threshold_for_cancelling_migration 8 uint32 }"},
-      {&compression_settings__descriptor, "CompressionSettings { throttle_worker_count 1 uint32 }"},
-      {&blackout_exited_event_details__descriptor,
-       "BlackoutExitedEventDetails { blackout_duration_milliseconds 1 uint64; "
-       "blackout_stop_timestamp 2 google.protobuf.Timestamp }"},
-      {&notification__descriptor,
-       "Notification { origin 1 Origin; phase 2 Phase; state 3 PhaseState; "
-       "blackout_exited 4 BlackoutExitedEventDetails oneof }"},
-      {&prepare_and_export_sandbox_request__descriptor,
-       "PrepareAndExportSandboxRequest { session_id 1 string; init_options 2 InitializeOptions }"},
-      {&prepare_and_export_sandbox_response__descriptor,
-       "PrepareAndExportSandboxResponse { config 1 google.protobuf.Any }"},
-      {&import_sandbox_request__descriptor,
-       "ImportSandboxRequest { session_id 1 string; sandbox_id 2 string; "
-       "config 3 google.protobuf.Any }"},
-      {&import_sandbox_response__descriptor, "ImportSandboxResponse { }"},
-      {&prepare_sandbox_request__descriptor,
-       "PrepareSandboxRequest { session_id 1 string; init_options 2 InitializeOptions }"},
-      {&prepare_sandbox_response__descriptor, "PrepareSandboxResponse { }"},
-      {&transfer_sandbox_request__descriptor,
-       "TransferSandboxRequest { session_id 1 string; timeout 2 google.protobuf.Duration }"},
-      {&transfer_sandbox_response__descriptor, "TransferSandboxResponse { }"},
-      {&finalize_sandbox_request__descriptor,
-       "FinalizeSandboxRequest { session_id 1 string; action 2 FinalizeAction }"},
-      {&finalize_sandbox_response__descriptor, "FinalizeSandboxResponse { }"},
-      {&create_duplicate_socket_request__descriptor,
-       "CreateDuplicateSocketRequest { session_id 1 string; protocol_info 2 bytes }"},
-      {&create_duplicate_socket_response__descriptor, "CreateDuplicateSocketResponse { }"},
-      {&notifications_request__descriptor, "NotificationsRequest { session_id 1 string }"},
-      {&notifications_response__descriptor,
-       "NotificationsResponse { message_id 1 uint32; notification 2 Notification; "
-       "start_time 3 google.protobuf.Timestamp; update_time 4 google.protobuf.Timestamp }"},
-      {&cancel_request__descriptor, "CancelRequest { session_id 1 string }"},
-      {&cancel_response__descriptor, "CancelResponse { }"},
-      {&cleanup_request__descriptor, "CleanupRequest { session_id 1 string }"},
-      {&cleanup_response__descriptor, "CleanupResponse { }"},
+    { &initialize_options__descriptor,
+      "InitializeOptions { memory_transport 1 MemoryTransport; "
+      "memory_transfer_throttle_params 2 MemoryTransferThrottleParams; "
+      "compression_settings 3 CompressionSettings; checksum_verification 4 bool; "
+      "perf_tracing_enabled 5 bool; cancel_if_blackout_threshold_exceeds 6 bool; "
+      "prepare_memory_transfer_mode 7 bool }" },
+    { &memory_transfer_throttle_params__descriptor,
+      "MemoryTransferThrottleParams { skip_throttling 1 bool; throttling_scale 2 double; "
+      "minimum_throttle_percentage 3 uint32; target_number_of_brownout_transfer_passes 4 uint32; "
+      "starting_brownout_pass_number_for_throttling 5 uint32; "
+      "maximum_number_of_brownout_transfer_passes 6 uint32; "
+      "target_blackout_transfer_time 7 uint32; "
+      "blackout_time_threshold_for_cancelling_migration 8 uint32 }" },
+    { &compression_settings__descriptor, "CompressionSettings { throttle_worker_count 1 uint32 }" },
+    { &blackout_exited_event_details__descriptor,
+      "BlackoutExitedEventDetails { blackout_duration_milliseconds 1 uint64; "
+      "blackout_stop_timestamp 2 google.protobuf.Timestamp }" },
+    { &notification__descriptor,
+      "Notification { origin 1 Origin; phase 2 Phase; state 3 PhaseState; "
+      "blackout_exited 4 BlackoutExitedEventDetails oneof }" },
+    { &prepare_and_export_sandbox_request__descriptor,
+      "PrepareAndExportSandboxRequest { session_id 1 string; init_options 2 InitializeOptions }" },
+    { &prepare_and_export_sandbox_response__descriptor,
+      "PrepareAndExportSandboxResponse { config 1 google.protobuf.Any }" },
+    { &import_sandbox_request__descriptor,
+      "ImportSandboxRequest { session_id 1 string; sandbox_id 2 string; "
+      "config 3 google.protobuf.Any }" },
+    { &import_sandbox_response__descriptor, "ImportSandboxResponse { }" },
+    { &prepare_sandbox_request__descriptor,
+      "PrepareSandboxRequest { session_id 1 string; init_options 2 InitializeOptions }" },
+    { &prepare_sandbox_response__descriptor, "PrepareSandboxResponse { }" },
+    { &transfer_sandbox_request__descriptor,
+      "TransferSandboxRequest { session_id 1 string; timeout 2 google.protobuf.Duration }" },
+    { &transfer_sandbox_response__descriptor, "TransferSandboxResponse { }" },
+    { &finalize_sandbox_request__descriptor,
+      "FinalizeSandboxRequest { session_id 1 string; action 2 FinalizeAction }" },
+    { &finalize_sandbox_response__descriptor, "FinalizeSandboxResponse { }" },
+    { &create_duplicate_socket_request__descriptor,
+      "CreateDuplicateSocketRequest { session_id 1 string; protocol_info 2 bytes }" },
+    { &create_duplicate_socket_response__descriptor, "CreateDuplicateSocketResponse { }" },
+    { &notifications_request__descriptor, "NotificationsRequest { session_id 1 string }" },
+    { &notifications_response__descriptor,
+      "NotificationsResponse { message_id 1 uint32; notification 2 Notification; "
+      "start_time 3 google.protobuf.Timestamp; update_time 4 google.protobuf.Timestamp }" },
+    { &cancel_request__descriptor, "CancelRequest { session_id 1 string }" },
+    { &cancel_response__descriptor, "CancelResponse { }" },
+    { &cleanup_request__descriptor, "CleanupRequest { session_id 1 string }" },
+    { &cleanup_response__descriptor, "CleanupResponse { }" },
   };
 
   assert_message_shapes(shapes, G_N_ELEMENTS(shapes));
@@ -442,21 +442,21 @@ static void test_migration_enums(void)
     const ProtobufCEnumDescriptor *desc;
     const char *want;
   } enums[] = {
-      {&memory_transport__descriptor,
-       "MemoryTransport { MEMORY_TRANSPORT_UNSPECIFIED=0; MEMORY_TRANSPORT_TCP=1 }"},
-      {&origin__descriptor,
-       "Origin { ORIGIN_UNSPECIFIED=0; ORIGIN_SOURCE=1; ORIGIN_DESTINATION=2 }"},
-      {&phase__descriptor,
-       "Phase { PHASE_UNSPECIFIED=0; PHASE_SETUP_DONE=1; PHASE_TRANSFER_IN_PROGRESS=2; "
-       "PHASE_BLACKOUT_STARTED=3; PHASE_OFFLINE_DONE=4; PHASE_BLACKOUT_EXITED=5; PHASE_DONE=6; "
-       "PHASE_RECOVERY_DONE=7; PHASE_FAILED=8 }"},
-      {&phase_state__descriptor,
-       "PhaseState { PHASE_STATE_UNSPECIFIED=0; PHASE_STATE_SUCCESS=1; PHASE_STATE_CANCELLED=2; "
-       "PHASE_STATE_GUEST_INITIATED_CANCELLATION=3; PHASE_STATE_SOURCE_FAILED=4; "
-       "PHASE_STATE_DESTINATION_FAILED=5; PHASE_STATE_RECOVERY_FAILED=6 }"},
-      {&finalize_action__descriptor,
-       "FinalizeAction { FINALIZE_ACTION_UNSPECIFIED=0; FINALIZE_ACTION_STOP=1; "
-       "FINALIZE_ACTION_RESUME=2 }"},
+    { &memory_transport__descriptor,
+      "MemoryTransport { MEMORY_TRANSPORT_UNSPECIFIED=0; MEMORY_TRANSPORT_TCP=1 }" },
+    { &origin__descriptor,
+      "Origin { ORIGIN_UNSPECIFIED=0; ORIGIN_SOURCE=1; ORIGIN_DESTINATION=2 }" },
+    { &phase__descriptor,
+      "Phase { PHASE_UNSPECIFIED=0; PHASE_SETUP_DONE=1; PHASE_TRANSFER_IN_PROGRESS=2; "
+      "PHASE_BLACKOUT_STARTED=3; PHASE_OFFLINE_DONE=4; PHASE_BLACKOUT_EXITED=5; PHASE_DONE=6; "
+      "PHASE_RECOVERY_DONE=7; PHASE_FAILED=8 }" },
+    { &phase_state__descriptor,
+      "PhaseState { PHASE_STATE_UNSPECIFIED=0; PHASE_STATE_SUCCESS=1; PHASE_STATE_CANCELLED=2; "
+      "PHASE_STATE_GUEST_INITIATED_CANCELLATION=3; PHASE_STATE_SOURCE_FAILED=4; "
+      "PHASE_STATE_DESTINATION_FAILED=5; PHASE_STATE_RECOVERY_FAILED=6 }" },
+    { &finalize_action__descriptor,
+      "FinalizeAction { FINALIZE_ACTION_UNSPECIFIED=0; FINALIZE_ACTION_STOP=1; "
+      "FINALIZE_ACTION_RESUME=2 }" },
   };
 
   for (size_t i = 0; i < G_N_ELEMENTS(enums); i++) {
@@ -520,13 +520,13 @@ static void test_task_create_wire_bytes(void)
 static void test_task_create_rootfs_wire_bytes(void)
 {
   Containerd__Types__Mount mount = CONTAINERD__TYPES__MOUNT__INIT;
-  char *options[] = {"rbind", "rw"};
+  char *options[] = { "rbind", "rw" };
   mount.type = "bind";
   mount.source = "/s";
   mount.n_options = G_N_ELEMENTS(options);
   mount.options = options;
 
-  Containerd__Types__Mount *rootfs[] = {&mount};
+  Containerd__Types__Mount *rootfs[] = { &mount };
   Containerd__Task__V2__CreateTaskRequest req = CONTAINERD__TASK__V2__CREATE_TASK_REQUEST__INIT;
   req.id = "t3";
   req.bundle = "/b";
@@ -625,7 +625,7 @@ static void test_events_forward_wire_bytes(void)
 
 static void test_migration_import_wire_bytes(void)
 {
-  uint8_t blob[] = {0x01, 0x02};
+  uint8_t blob[] = { 0x01, 0x02 };
   Google__Protobuf__Any config = GOOGLE__PROTOBUF__ANY__INIT;
   config.type_url = "x";
   config.value.data = blob;
@@ -869,7 +869,7 @@ static void test_task_update_annotations_roundtrip(void)
       CONTAINERD__TASK__V2__UPDATE_TASK_REQUEST__ANNOTATIONS_ENTRY__INIT;
   e1.key = "k";
   e1.value = "v";
-  Containerd__Task__V2__UpdateTaskRequest__AnnotationsEntry *entries[] = {&e1};
+  Containerd__Task__V2__UpdateTaskRequest__AnnotationsEntry *entries[] = { &e1 };
 
   Containerd__Task__V2__UpdateTaskRequest req = CONTAINERD__TASK__V2__UPDATE_TASK_REQUEST__INIT;
   req.id = "t1";

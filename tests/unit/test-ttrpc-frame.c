@@ -23,7 +23,7 @@ static void assert_packs_to(const ProtobufCMessage *msg, const char *hex)
 
 static void assert_header_is(guint32 len, guint32 sid, guint8 type, guint8 flags, const char *hex)
 {
-  FerryTtrpcHeader h = {len, sid, type, flags};
+  FerryTtrpcHeader h = { len, sid, type, flags };
   guint8 out[FERRY_TTRPC_HEADER_SIZE];
   ferry_ttrpc_header_encode(&h, out);
   g_autofree char *got = test_to_hex(out, sizeof(out));
@@ -50,7 +50,7 @@ static void test_vector_unary_request(void)
   Ttrpc__KeyValue kv = TTRPC__KEY_VALUE__INIT;
   kv.key = "x-test";
   kv.value = "hello-md";
-  Ttrpc__KeyValue *kvs[] = {&kv};
+  Ttrpc__KeyValue *kvs[] = { &kv };
   Ttrpc__Request req = TTRPC__REQUEST__INIT;
   req.service = "ttrpc.test.v1.Echo";
   req.method = "Echo";
@@ -113,8 +113,8 @@ static void test_vector_empty_ok_reply(void)
   Ttrpc__Response resp = TTRPC__RESPONSE__INIT;
   g_assert_cmpuint(protobuf_c_message_get_packed_size(&resp.base), ==, 0);
   g_autoptr(GError) error = NULL;
-  g_autoptr(GBytes) frame = ferry_ttrpc_frame_encode(5, FERRY_TTRPC_TYPE_RESPONSE, 0, NULL, 0,
-                                                     &error);
+  g_autoptr(GBytes) frame =
+      ferry_ttrpc_frame_encode(5, FERRY_TTRPC_TYPE_RESPONSE, 0, NULL, 0, &error);
   g_assert_no_error(error);
   gsize len;
   const guint8 *p = g_bytes_get_data(frame, &len);
@@ -125,11 +125,11 @@ static void test_vector_empty_ok_reply(void)
 /* Vector 6: ttrpc-rust's proto.rs request, 67 bytes. */
 static void test_vector_rust_request(void)
 {
-  guint8 payload[] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+  guint8 payload[] = { 1, 2, 3, 4, 5, 6, 7, 8, 9 };
   Ttrpc__KeyValue kv = TTRPC__KEY_VALUE__INIT;
   kv.key = "test_key1";
   kv.value = "test_value1";
-  Ttrpc__KeyValue *kvs[] = {&kv};
+  Ttrpc__KeyValue *kvs[] = { &kv };
   Ttrpc__Request req = TTRPC__REQUEST__INIT;
   req.service = "grpc.TestServices";
   req.method = "Test";
@@ -143,9 +143,9 @@ static void test_vector_rust_request(void)
   g_assert_cmpuint(protobuf_c_message_get_packed_size(&req.base), ==, 67);
 
   /* And it decodes back to the same fields. */
-  g_autoptr(GByteArray) bytes = test_hex(
-      "0a11677270632e5465737453657276696365731204546573741a0901020304050607"
-      "08092080dac4092a180a09746573745f6b657931120b746573745f76616c756531");
+  g_autoptr(GByteArray) bytes =
+      test_hex("0a11677270632e5465737453657276696365731204546573741a0901020304050607"
+               "08092080dac4092a180a09746573745f6b657931120b746573745f76616c756531");
   Ttrpc__Request *back = ttrpc__request__unpack(NULL, bytes->len, bytes->data);
   g_assert_nonnull(back);
   g_assert_cmpstr(back->service, ==, "grpc.TestServices");
@@ -253,7 +253,7 @@ static void test_parser_skips_oversize_body(void)
 {
   g_autoptr(FerryTtrpcParser) parser = ferry_ttrpc_parser_new();
   guint32 big = FERRY_TTRPC_MAX_DATA + 1;
-  FerryTtrpcHeader h = {big, 7, FERRY_TTRPC_TYPE_REQUEST, 0};
+  FerryTtrpcHeader h = { big, 7, FERRY_TTRPC_TYPE_REQUEST, 0 };
   guint8 hdr[FERRY_TTRPC_HEADER_SIZE];
   ferry_ttrpc_header_encode(&h, hdr);
   ferry_ttrpc_parser_feed(parser, hdr, sizeof(hdr));
@@ -271,8 +271,7 @@ static void test_parser_skips_oversize_body(void)
     ferry_ttrpc_parser_feed(parser, chunk, n);
     left -= n;
     g_assert_cmpuint(ferry_ttrpc_parser_buffered(parser), ==, 0);
-    g_assert_cmpint(ferry_ttrpc_parser_next(parser, &got, &data), ==,
-                    FERRY_TTRPC_PARSE_NEED_MORE);
+    g_assert_cmpint(ferry_ttrpc_parser_next(parser, &got, &data), ==, FERRY_TTRPC_PARSE_NEED_MORE);
   }
   g_autoptr(GByteArray) next = test_hex("00000001 00000009 01 00 2a");
   ferry_ttrpc_parser_feed(parser, next->data, next->len);
@@ -288,7 +287,7 @@ static void test_parser_oversize_in_one_feed(void)
   g_autoptr(FerryTtrpcParser) parser = ferry_ttrpc_parser_new();
   gsize big = FERRY_TTRPC_MAX_DATA + 3;
   g_autoptr(GByteArray) in = g_byte_array_new();
-  FerryTtrpcHeader h = {(guint32)big, 1, FERRY_TTRPC_TYPE_REQUEST, 0};
+  FerryTtrpcHeader h = { (guint32)big, 1, FERRY_TTRPC_TYPE_REQUEST, 0 };
   guint8 hdr[FERRY_TTRPC_HEADER_SIZE];
   ferry_ttrpc_header_encode(&h, hdr);
   g_byte_array_append(in, hdr, sizeof(hdr));
@@ -340,11 +339,11 @@ static void test_encode_refuses_oversize(void)
 static void test_envelope_rejects_garbage(void)
 {
   static const char *const bad[] = {
-      "0a",                 /* field 1, length missing */
-      "0a05616263",         /* string shorter than its length */
-      "ff",                 /* a bad tag */
-      "1a8080808080808080", /* overlong varint length */
-      "0b",                 /* group start (wire type 3) */
+    "0a",                 /* field 1, length missing */
+    "0a05616263",         /* string shorter than its length */
+    "ff",                 /* a bad tag */
+    "1a8080808080808080", /* overlong varint length */
+    "0b",                 /* group start (wire type 3) */
   };
   for (gsize i = 0; i < G_N_ELEMENTS(bad); i++) {
     g_autoptr(GByteArray) b = test_hex(bad[i]);

@@ -7,9 +7,9 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/un.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "ferry/error.h"
@@ -75,7 +75,7 @@ static void raw_send_frame(RawFixture *f, guint32 sid, guint8 type, guint8 flags
 {
   gsize len = msg != NULL ? protobuf_c_message_get_packed_size(msg) : 0;
   g_autofree guint8 *buf = g_malloc(FERRY_TTRPC_HEADER_SIZE + len);
-  FerryTtrpcHeader h = {(guint32)len, sid, type, flags};
+  FerryTtrpcHeader h = { (guint32)len, sid, type, flags };
   ferry_ttrpc_header_encode(&h, buf);
   if (msg != NULL)
     protobuf_c_message_pack(msg, buf + FERRY_TTRPC_HEADER_SIZE);
@@ -156,7 +156,7 @@ static void test_server_echo_reply_bytes(RawFixture *f, gconstpointer data)
   Ttrpc__KeyValue kv = TTRPC__KEY_VALUE__INIT;
   kv.key = "X-Test"; /* keys are matched without case, as Go lower-cases them */
   kv.value = "hello-md";
-  Ttrpc__KeyValue *kvs[] = {&kv};
+  Ttrpc__KeyValue *kvs[] = { &kv };
   g_autoptr(GByteArray) payload = test_hex("0a0470696e67"); /* StringValue{"ping"} */
   Ttrpc__Request req = TTRPC__REQUEST__INIT;
   req.service = SVC;
@@ -224,6 +224,7 @@ static void test_server_rejects_even_stream_id(RawFixture *f, gconstpointer data
   raw_request(f, 3, "Echo", "y", 0);
   FerryTtrpcHeader h;
   g_autofree char *hex = raw_read_frame(f, &h);
+  g_assert_cmpint(response_code(hex, NULL), ==, 0);
   g_assert_cmpuint(h.stream_id, ==, 3);
 }
 
@@ -232,6 +233,7 @@ static void test_server_rejects_reused_stream_id(RawFixture *f, gconstpointer da
   raw_request(f, 5, "Echo", "x", 0);
   FerryTtrpcHeader h;
   g_autofree char *hex = raw_read_frame(f, &h);
+  g_assert_cmpint(response_code(hex, NULL), ==, 0);
   raw_request(f, 5, "Echo", "x", 0);
   expect_status(f, 5, FERRY_ERROR_INVALID_ARGUMENT,
                 "StreamID cannot be re-used and must increment");
@@ -245,7 +247,7 @@ static void test_server_rejects_reused_stream_id(RawFixture *f, gconstpointer da
 static void test_server_oversize_frame(RawFixture *f, gconstpointer data)
 {
   guint32 big = FERRY_TTRPC_MAX_DATA + 1;
-  FerryTtrpcHeader h = {big, 1, FERRY_TTRPC_TYPE_REQUEST, 0};
+  FerryTtrpcHeader h = { big, 1, FERRY_TTRPC_TYPE_REQUEST, 0 };
   guint8 hdr[FERRY_TTRPC_HEADER_SIZE];
   ferry_ttrpc_header_encode(&h, hdr);
   raw_write(f, hdr, sizeof(hdr));
@@ -272,7 +274,7 @@ static void test_server_undecodable_payload(RawFixture *f, gconstpointer data)
   Ttrpc__Request req = TTRPC__REQUEST__INIT;
   req.service = SVC;
   req.method = "Echo";
-  guint8 junk[] = {0x0a, 0x09, 'x'}; /* StringValue whose string is cut short */
+  guint8 junk[] = { 0x0a, 0x09, 'x' }; /* StringValue whose string is cut short */
   req.payload.data = junk;
   req.payload.len = sizeof(junk);
   raw_send_frame(f, 1, FERRY_TTRPC_TYPE_REQUEST, 0, &req.base);
@@ -320,7 +322,7 @@ static void test_server_stream_frames(RawFixture *f, gconstpointer data)
   req.payload.data = payload;
   req.payload.len = protobuf_c_message_pack(&v.base, payload);
   raw_send_frame(f, 3, FERRY_TTRPC_TYPE_REQUEST, FERRY_TTRPC_FLAG_REMOTE_CLOSED, &req.base);
-  const char *want[] = {"0a0131", "0a0132", "0a0133"};
+  const char *want[] = { "0a0131", "0a0132", "0a0133" };
   for (int i = 0; i < 3; i++) {
     FerryTtrpcHeader h;
     g_autofree char *hex = raw_read_frame(f, &h);
@@ -331,6 +333,7 @@ static void test_server_stream_frames(RawFixture *f, gconstpointer data)
   }
   FerryTtrpcHeader h;
   g_autofree char *end = raw_read_frame(f, &h);
+  g_assert_cmpstr(end, ==, "");
   g_assert_cmpuint(h.type, ==, FERRY_TTRPC_TYPE_DATA);
   g_assert_cmpuint(h.flags, ==, FERRY_TTRPC_FLAG_REMOTE_CLOSED | FERRY_TTRPC_FLAG_NO_DATA);
   g_assert_cmpuint(h.length, ==, 0);
@@ -361,6 +364,7 @@ static void test_server_enforces_deadline(RawFixture *f, gconstpointer data)
   raw_request(f, 3, "Echo", "next", 0);
   FerryTtrpcHeader h;
   g_autofree char *hex = raw_read_frame(f, &h);
+  g_assert_cmpint(response_code(hex, NULL), ==, 0);
   g_assert_cmpuint(h.stream_id, ==, 3);
 }
 
@@ -435,8 +439,8 @@ static StringValue *call_string(FerryTtrpcClient *client, const char *method, co
 
 static void test_client_echo_with_metadata(RpcFixture *f, gconstpointer data)
 {
-  FerryTtrpcMetadata md[] = {{"other", "1"}, {"x-test", "first"}, {"x-test", "second"}};
-  FerryTtrpcCallOptions opts = {.metadata = md, .n_metadata = G_N_ELEMENTS(md)};
+  FerryTtrpcMetadata md[] = { { "other", "1" }, { "x-test", "first" }, { "x-test", "second" } };
+  FerryTtrpcCallOptions opts = { .metadata = md, .n_metadata = G_N_ELEMENTS(md) };
   g_autoptr(GError) error = NULL;
   StringValue *r = call_string(f->client, "Echo", "hi", &opts, &error);
   g_assert_no_error(error);
@@ -446,7 +450,7 @@ static void test_client_echo_with_metadata(RpcFixture *f, gconstpointer data)
 
 static void test_client_deadline_propagates(RpcFixture *f, gconstpointer data)
 {
-  FerryTtrpcCallOptions opts = {.timeout_ns = 5 * G_GINT64_CONSTANT(1000000000)};
+  FerryTtrpcCallOptions opts = { .timeout_ns = 5 * G_GINT64_CONSTANT(1000000000) };
   g_autoptr(GError) error = NULL;
   Google__Protobuf__Empty empty = GOOGLE__PROTOBUF__EMPTY__INIT;
   StringValue *r = (StringValue *)ferry_ttrpc_client_call_sync(
@@ -459,8 +463,8 @@ static void test_client_deadline_propagates(RpcFixture *f, gconstpointer data)
   protobuf_c_message_free_unpacked(&r->base, NULL);
 
   r = (StringValue *)ferry_ttrpc_client_call_sync(f->client, SVC, "Deadline", &empty.base,
-                                                  &google__protobuf__string_value__descriptor,
-                                                  NULL, &error);
+                                                  &google__protobuf__string_value__descriptor, NULL,
+                                                  &error);
   g_assert_no_error(error);
   g_assert_cmpstr(r->value, ==, "none");
   protobuf_c_message_free_unpacked(&r->base, NULL);
@@ -497,8 +501,8 @@ typedef struct {
   guint outstanding;
 } OrderLog;
 
-static void on_ordered_reply(FerryTtrpcClient *c, const ProtobufCMessage *resp,
-                             const GError *error, gpointer ud)
+static void on_ordered_reply(FerryTtrpcClient *c, const ProtobufCMessage *resp, const GError *error,
+                             gpointer ud)
 {
   OrderLog *log = ud;
   g_assert_no_error(error);
@@ -510,8 +514,8 @@ static void on_ordered_reply(FerryTtrpcClient *c, const ProtobufCMessage *resp,
 
 static void test_client_out_of_order_replies(RpcFixture *f, gconstpointer data)
 {
-  OrderLog log = {g_array_new(FALSE, FALSE, sizeof(int)), 0};
-  const char *delays[] = {"300", "0", "150"};
+  OrderLog log = { g_array_new(FALSE, FALSE, sizeof(int)), 0 };
+  const char *delays[] = { "300", "0", "150" };
   for (int i = 0; i < 3; i++) {
     StringValue v = GOOGLE__PROTOBUF__STRING_VALUE__INIT;
     v.value = (char *)delays[i];
@@ -549,8 +553,8 @@ typedef struct {
   char *expect;
 } ManyCall;
 
-static void on_many_checked(FerryTtrpcClient *c, const ProtobufCMessage *resp,
-                            const GError *error, gpointer ud)
+static void on_many_checked(FerryTtrpcClient *c, const ProtobufCMessage *resp, const GError *error,
+                            gpointer ud)
 {
   ManyCall *mc = ud;
   if (error != NULL || strcmp(((const StringValue *)resp)->value, mc->expect) != 0)
@@ -562,7 +566,7 @@ static void on_many_checked(FerryTtrpcClient *c, const ProtobufCMessage *resp,
 
 static void test_client_many_concurrent_calls(RpcFixture *f, gconstpointer data)
 {
-  ManyLog log = {0};
+  ManyLog log = { 0 };
   const guint n = 2000;
   for (guint i = 0; i < n; i++) {
     g_autofree char *value = g_strdup_printf("%u", i % 7);
@@ -573,13 +577,13 @@ static void test_client_many_concurrent_calls(RpcFixture *f, gconstpointer data)
     if (i % 2 == 0) {
       mc->expect = g_strdup(value); /* Sleep echoes its value */
       ferry_ttrpc_client_call(f->client, SVC, "Sleep", &v.base,
-                              &google__protobuf__string_value__descriptor, NULL,
-                              on_many_checked, mc);
+                              &google__protobuf__string_value__descriptor, NULL, on_many_checked,
+                              mc);
     } else {
       mc->expect = g_strconcat(value, "|md=", NULL);
       ferry_ttrpc_client_call(f->client, SVC, "Echo", &v.base,
-                              &google__protobuf__string_value__descriptor, NULL,
-                              on_many_checked, mc);
+                              &google__protobuf__string_value__descriptor, NULL, on_many_checked,
+                              mc);
     }
   }
   g_assert_cmpuint(ferry_ttrpc_client_pending(f->client), ==, n);
@@ -594,7 +598,7 @@ static void test_client_many_concurrent_calls(RpcFixture *f, gconstpointer data)
 /* The client gives up at its deadline and ignores the answer when it comes. */
 static void test_client_local_deadline(RpcFixture *f, gconstpointer data)
 {
-  FerryTtrpcCallOptions opts = {.timeout_ns = 100 * 1000 * 1000};
+  FerryTtrpcCallOptions opts = { .timeout_ns = 100 * 1000 * 1000 };
   g_autoptr(GError) error = NULL;
   gint64 t0 = g_get_monotonic_time();
   StringValue *r = call_string(f->client, "Sleep", "400", &opts, &error);
@@ -633,7 +637,7 @@ static void on_stream_done(FerryTtrpcClient *c, const ProtobufCMessage *resp, co
 
 static void test_client_server_stream(RpcFixture *f, gconstpointer data)
 {
-  StreamLog log = {g_ptr_array_new_with_free_func(g_free), FALSE, NULL};
+  StreamLog log = { g_ptr_array_new_with_free_func(g_free), FALSE, NULL };
   StringValue v = GOOGLE__PROTOBUF__STRING_VALUE__INIT;
   v.value = "100";
   ferry_ttrpc_client_stream(f->client, SVC, "Count", &v.base,
@@ -656,7 +660,7 @@ static void test_client_server_stream(RpcFixture *f, gconstpointer data)
 
 static void test_client_server_stream_error(RpcFixture *f, gconstpointer data)
 {
-  StreamLog log = {g_ptr_array_new_with_free_func(g_free), FALSE, NULL};
+  StreamLog log = { g_ptr_array_new_with_free_func(g_free), FALSE, NULL };
   StringValue v = GOOGLE__PROTOBUF__STRING_VALUE__INIT;
   v.value = "-1";
   ferry_ttrpc_client_stream(f->client, SVC, "Count", &v.base,
@@ -718,7 +722,7 @@ static void on_one(FerryTtrpcClient *c, const ProtobufCMessage *resp, const GErr
 
 static void test_client_close_fails_pending(RpcFixture *f, gconstpointer data)
 {
-  OneResult r = {0};
+  OneResult r = { 0 };
   StringValue v = GOOGLE__PROTOBUF__STRING_VALUE__INIT;
   v.value = "60000";
   ferry_ttrpc_client_call(f->client, SVC, "Sleep", &v.base,
@@ -737,7 +741,7 @@ static void test_client_close_fails_pending(RpcFixture *f, gconstpointer data)
   g_assert_cmpuint(ferry_ttrpc_server_connection_count(f->server), ==, 0);
 
   /* A call on a closed client fails from the main loop, never synchronously. */
-  OneResult late = {0};
+  OneResult late = { 0 };
   ferry_ttrpc_client_call(f->client, SVC, "Echo", &v.base,
                           &google__protobuf__string_value__descriptor, NULL, on_one, &late);
   g_assert_false(late.done);
@@ -749,7 +753,7 @@ static void test_client_close_fails_pending(RpcFixture *f, gconstpointer data)
 /* Server shutdown fails the client's pending calls with UNAVAILABLE. */
 static void test_server_shutdown_fails_client_calls(RpcFixture *f, gconstpointer data)
 {
-  OneResult r = {0};
+  OneResult r = { 0 };
   StringValue v = GOOGLE__PROTOBUF__STRING_VALUE__INIT;
   v.value = "60000";
   ferry_ttrpc_client_call(f->client, SVC, "Sleep", &v.base,
@@ -765,12 +769,12 @@ static void test_server_shutdown_fails_client_calls(RpcFixture *f, gconstpointer
 
 static void test_client_cancel(RpcFixture *f, gconstpointer data)
 {
-  OneResult r = {0};
+  OneResult r = { 0 };
   StringValue v = GOOGLE__PROTOBUF__STRING_VALUE__INIT;
   v.value = "50";
-  guint32 sid = ferry_ttrpc_client_call(f->client, SVC, "Sleep", &v.base,
-                                        &google__protobuf__string_value__descriptor, NULL, on_one,
-                                        &r);
+  guint32 sid =
+      ferry_ttrpc_client_call(f->client, SVC, "Sleep", &v.base,
+                              &google__protobuf__string_value__descriptor, NULL, on_one, &r);
   g_assert_cmpuint(sid % 2, ==, 1);
   g_assert_true(ferry_ttrpc_client_cancel(f->client, sid));
   g_assert_false(ferry_ttrpc_client_cancel(f->client, sid));
@@ -787,13 +791,13 @@ static void test_client_stream_ids(RpcFixture *f, gconstpointer data)
 {
   StringValue v = GOOGLE__PROTOBUF__STRING_VALUE__INIT;
   v.value = "x";
-  OneResult a = {0}, b = {0};
-  guint32 s1 = ferry_ttrpc_client_call(f->client, SVC, "Echo", &v.base,
-                                       &google__protobuf__string_value__descriptor, NULL, on_one,
-                                       &a);
-  guint32 s2 = ferry_ttrpc_client_call(f->client, SVC, "Echo", &v.base,
-                                       &google__protobuf__string_value__descriptor, NULL, on_one,
-                                       &b);
+  OneResult a = { 0 }, b = { 0 };
+  guint32 s1 =
+      ferry_ttrpc_client_call(f->client, SVC, "Echo", &v.base,
+                              &google__protobuf__string_value__descriptor, NULL, on_one, &a);
+  guint32 s2 =
+      ferry_ttrpc_client_call(f->client, SVC, "Echo", &v.base,
+                              &google__protobuf__string_value__descriptor, NULL, on_one, &b);
   g_assert_cmpuint(s1, ==, 1);
   g_assert_cmpuint(s2, ==, 3);
   g_assert_true(test_run_until(&b.done, 2000));
@@ -826,7 +830,7 @@ static void test_listen_replaces_stale_socket_only(void)
 
   /* What a crashed server leaves: a bound socket file with nobody listening. */
   int stale = socket(AF_UNIX, SOCK_STREAM, 0);
-  struct sockaddr_un addr = {.sun_family = AF_UNIX};
+  struct sockaddr_un addr = { .sun_family = AF_UNIX };
   g_strlcpy(addr.sun_path, sock, sizeof(addr.sun_path));
   g_assert_cmpint(bind(stale, (struct sockaddr *)&addr, sizeof(addr)), ==, 0);
   close(stale);
@@ -856,22 +860,21 @@ static void test_register_errors(void)
 {
   g_autoptr(FerryTtrpcServer) s = ferry_ttrpc_server_new();
   g_autoptr(GError) error = NULL;
-  static const FerryTtrpcMethodImpl bad[] = {{"NoSuchMethod", dummy_handler, 0}, {NULL}};
+  static const FerryTtrpcMethodImpl bad[] = { { "NoSuchMethod", dummy_handler, 0 }, { NULL } };
   g_assert_false(ferry_ttrpc_server_register(s, NULL, &ferry__test__v1__interop__descriptor, bad,
                                              NULL, &error));
   g_assert_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT);
   g_clear_error(&error);
-  static const FerryTtrpcMethodImpl good[] = {{"Echo", dummy_handler, 0}, {NULL}};
+  static const FerryTtrpcMethodImpl good[] = { { "Echo", dummy_handler, 0 }, { NULL } };
   g_assert_true(ferry_ttrpc_server_register(s, NULL, &ferry__test__v1__interop__descriptor, good,
                                             NULL, &error));
-  g_assert_false(ferry_ttrpc_server_register(s, NULL, &ferry__test__v1__interop__descriptor,
-                                             good, NULL, &error));
+  g_assert_false(ferry_ttrpc_server_register(s, NULL, &ferry__test__v1__interop__descriptor, good,
+                                             NULL, &error));
   g_assert_error(error, FERRY_ERROR, FERRY_ERROR_ALREADY_EXISTS);
   g_clear_error(&error);
   /* The same descriptor under a second wire name (Task v2 and v3). */
-  g_assert_true(ferry_ttrpc_server_register(s, "ferry.test.v2.Interop",
-                                            &ferry__test__v1__interop__descriptor, good, NULL,
-                                            &error));
+  g_assert_true(ferry_ttrpc_server_register(
+      s, "ferry.test.v2.Interop", &ferry__test__v1__interop__descriptor, good, NULL, &error));
 }
 
 /* The same handlers answer under both registered names. */
@@ -880,19 +883,18 @@ static void test_register_second_name_serves(void)
   g_autoptr(FerryTtrpcServer) s = ferry_ttrpc_server_new();
   g_autoptr(GError) error = NULL;
   g_assert_true(ferry_test_interop_register(s, &error));
-  static const FerryTtrpcMethodImpl echo_only[] = {{"Echo", dummy_handler, 0}, {NULL}};
-  g_assert_true(ferry_ttrpc_server_register(s, "alias.Interop",
-                                            &ferry__test__v1__interop__descriptor, echo_only,
-                                            NULL, &error));
+  static const FerryTtrpcMethodImpl echo_only[] = { { "Echo", dummy_handler, 0 }, { NULL } };
+  g_assert_true(ferry_ttrpc_server_register(
+      s, "alias.Interop", &ferry__test__v1__interop__descriptor, echo_only, NULL, &error));
   int fds[2];
   g_assert_true(ferry_socketpair(fds, FALSE, &error));
   g_assert_true(ferry_ttrpc_server_add_connection(s, fds[0], &error));
   g_autoptr(FerryTtrpcClient) c = ferry_ttrpc_client_new(fds[1], &error);
   StringValue v = GOOGLE__PROTOBUF__STRING_VALUE__INIT;
   v.value = "a";
-  ProtobufCMessage *r = ferry_ttrpc_client_call_sync(
-      c, "alias.Interop", "Echo", &v.base, &google__protobuf__string_value__descriptor, NULL,
-      &error);
+  ProtobufCMessage *r =
+      ferry_ttrpc_client_call_sync(c, "alias.Interop", "Echo", &v.base,
+                                   &google__protobuf__string_value__descriptor, NULL, &error);
   g_assert_no_error(error);
   /* dummy_handler answers with no payload: the empty StringValue. */
   g_assert_cmpstr(((StringValue *)r)->value, ==, "");
@@ -916,7 +918,8 @@ static void test_server_closes_non_reading_peer(RawFixture *f, gconstpointer dat
 int main(int argc, char **argv)
 {
   g_test_init(&argc, &argv, NULL);
-#define RAW(path, fn) g_test_add("/ttrpc/server/" path, RawFixture, NULL, raw_setup, fn, raw_teardown)
+#define RAW(path, fn)                                                                              \
+  g_test_add("/ttrpc/server/" path, RawFixture, NULL, raw_setup, fn, raw_teardown)
 #define RPC(path, fn) g_test_add("/ttrpc/rpc/" path, RpcFixture, NULL, rpc_setup, fn, rpc_teardown)
   RAW("echo-reply-bytes", test_server_echo_reply_bytes);
   RAW("error-reply-bytes", test_server_error_reply_bytes);

@@ -1,0 +1,63 @@
+# Thin wrapper over meson + ninja for the README's commands. Everything real lives
+# in meson.build and scripts/.
+BUILD ?= build
+MESON_OPTS ?=
+
+.PHONY: all deps build check unit interop bench-ttrpc demo fuzz format format-check clean
+
+all: build
+
+deps:
+	@bash scripts/install-deps.sh build interop
+
+$(BUILD)/build.ninja:
+	meson setup $(BUILD) $(MESON_OPTS)
+
+build: deps $(BUILD)/build.ninja
+	ninja -C $(BUILD)
+
+# Every test; the last line is "N passed, N failed, N skipped".
+check: build
+	@meson test -C $(BUILD) --print-errorlogs --no-rebuild >$(BUILD)/meson-test.out 2>&1; \
+	  status=$$?; grep -E '^ *[0-9]+/[0-9]+ ' $(BUILD)/meson-test.out; \
+	  [ $$status -eq 0 ] || cat $(BUILD)/meson-logs/testlog.txt | tail -200; \
+	  python3 scripts/test-summary.py $(BUILD) && [ $$status -eq 0 ]
+
+unit: build
+	@meson test -C $(BUILD) --suite unit --suite fuzz --print-errorlogs --no-rebuild; \
+	  status=$$?; python3 scripts/test-summary.py $(BUILD) && [ $$status -eq 0 ]
+
+# C <-> containerd's Go ttrpc, both ways.
+interop: build
+	@meson test -C $(BUILD) --suite interop --print-errorlogs --no-rebuild --verbose; \
+	  status=$$?; python3 scripts/test-summary.py $(BUILD) && [ $$status -eq 0 ]
+
+bench-ttrpc: build
+	bash bench/run-ttrpc.sh $(BUILD)
+
+# The furthest the project has come, shown end to end.
+demo: build
+	@bash scripts/demo.sh $(BUILD)
+
+# A libFuzzer build under clang (build-fuzz/); run a target for FUZZ_SECONDS.
+FUZZ_SECONDS ?= 60
+fuzz:
+	@bash scripts/install-deps.sh build ci
+	[ -f build-fuzz/build.ninja ] || CC=clang meson setup build-fuzz -Dfuzzing=true \
+	  -Db_sanitize=address,undefined -Db_lundef=false
+	ninja -C build-fuzz
+	@for t in build-fuzz/tests/fuzz/fuzz-*; do \
+	  name=$${t##*/fuzz-}; mkdir -p build-fuzz/corpus-$$name; \
+	  echo "fuzzing $$name for $(FUZZ_SECONDS)s"; \
+	  $$t -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build-fuzz/corpus-$$name \
+	    tests/fuzz/corpus/$$name || exit 1; \
+	done
+
+format:
+	git ls-files '*.c' '*.h' | xargs clang-format -i
+
+format-check:
+	git ls-files '*.c' '*.h' | xargs clang-format --dry-run --Werror
+
+clean:
+	rm -rf $(BUILD) build-asan build-clang build-fuzz
