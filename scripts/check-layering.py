@@ -20,6 +20,7 @@ HEADER_MODULE = {
     "error": "base",
     "log": "base",
     "fd": "base",
+    "stream": "base",
     "ttrpc": "ttrpc",
 }
 

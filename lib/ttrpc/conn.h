@@ -1,6 +1,6 @@
 /*
- * One ttrpc connection on the main loop: a non-blocking stream fd, the frame parser,
- * and a write buffer. Shared by the server and the client; private to lib/ttrpc.
+ * One ttrpc connection: the frame parser over a FerryStream (lib/base/stream.c).
+ * Shared by the server and the client; private to lib/ttrpc.
  *
  * Frames that arrive in one read are dispatched together and the answers they cause
  * are written with one write, which is what makes pipelined calls cheap.

@@ -1,0 +1,66 @@
+/*
+ * A byte stream on the GLib main loop: a non-blocking fd, read batching and a write
+ * buffer. The protocol layers (ttrpc, the GCS bridge) put their framing on top.
+ *
+ * Everything one wake-up reads is handed to the data handler before anything is
+ * written, so the answers a batch of requests causes leave in one write. Output that
+ * the peer does not read is capped: past the cap the stream closes itself.
+ */
+#pragma once
+
+#include <glib.h>
+
+G_BEGIN_DECLS
+
+typedef struct FerryStream FerryStream;
+
+typedef struct {
+  /* Bytes arrived; `data` is valid during the call only. The handler may write and
+   * may close the stream. */
+  void (*data)(FerryStream *stream, const guint8 *data, gsize len, gpointer user_data);
+  /* The stream closed: error NULL after ferry_stream_close(stream, NULL), else why
+   * (UNAVAILABLE "... closed by peer" at end of stream). Runs once. */
+  void (*closed)(FerryStream *stream, const GError *error, gpointer user_data);
+} FerryStreamHandlers;
+
+/* Default cap on unsent output. */
+#define FERRY_STREAM_DEFAULT_MAX_OUTPUT (64u << 20)
+
+/*
+ * Take ownership of a connected stream fd (made non-blocking and close-on-exec) and
+ * watch it on the thread-default main context. `name` prefixes error messages
+ * ("ttrpc", "bridge"). NULL with error if the fd cannot be set up (it is closed).
+ */
+FerryStream *ferry_stream_new(int fd, const char *name, const FerryStreamHandlers *handlers,
+                              gpointer user_data, GError **error);
+
+FerryStream *ferry_stream_ref(FerryStream *stream);
+/* The last unref closes the stream (without running the closed handler). */
+void ferry_stream_unref(FerryStream *stream);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(FerryStream, ferry_stream_unref)
+
+gboolean ferry_stream_is_open(const FerryStream *stream);
+
+void ferry_stream_set_max_output(FerryStream *stream, gsize max_bytes);
+
+/*
+ * Append `len` bytes to the output and return where to put them; call
+ * ferry_stream_commit() after filling them. NULL with error when the stream is
+ * closed (UNAVAILABLE) or the output cap would be passed (RESOURCE_EXHAUSTED; the
+ * stream is then closed). The pointer is valid until the next call on the stream.
+ */
+guint8 *ferry_stream_reserve(FerryStream *stream, gsize len, GError **error);
+
+/* Write out what was reserved, now or (inside the data handler) when it returns. */
+void ferry_stream_commit(FerryStream *stream);
+
+/* reserve + copy + commit. */
+gboolean ferry_stream_write(FerryStream *stream, const void *data, gsize len, GError **error);
+
+/* Bytes waiting to be written. */
+gsize ferry_stream_pending_output(const FerryStream *stream);
+
+/* Close the fd, drop unsent output, run the closed handler. Idempotent. */
+void ferry_stream_close(FerryStream *stream, const GError *error);
+
+G_END_DECLS
