@@ -21,6 +21,10 @@ HEADER_MODULE = {
     "log": "base",
     "fd": "base",
     "stream": "base",
+    "json": "base",
+    "bridge-protocol": "bridge",
+    "bridge-host": "bridge",
+    "bridge-guest": "bridge",
     "ttrpc": "ttrpc",
 }
 

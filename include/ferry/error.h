@@ -40,6 +40,14 @@ GQuark ferry_error_quark(void);
  */
 int ferry_error_to_status_code(const GError *error);
 
+/*
+ * Let a module with an error domain of its own (the GCS bridge's HRESULTs) take part in
+ * ferry_error_to_status_code(): `to_status` maps that domain's codes. Registered once,
+ * normally from the domain's quark function. At most 16 domains.
+ */
+typedef int (*FerryErrorStatusFunc)(int code);
+void ferry_error_register_domain(GQuark domain, FerryErrorStatusFunc to_status);
+
 /* The google.rpc name of a code ("NOT_FOUND"), or "UNKNOWN_CODE" for an unknown one.
  * The result is static; it never returns NULL. */
 const char *ferry_status_code_name(int code);

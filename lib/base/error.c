@@ -96,6 +96,41 @@ static FerryErrorCode lookup(const CodeMap *map, gsize n, int from)
   return FERRY_ERROR_UNKNOWN;
 }
 
+static struct {
+  GQuark domain;
+  FerryErrorStatusFunc to_status;
+} registered[16];
+static guint n_registered;
+G_LOCK_DEFINE_STATIC(registry);
+
+void ferry_error_register_domain(GQuark domain, FerryErrorStatusFunc to_status)
+{
+  G_LOCK(registry);
+  for (guint i = 0; i < n_registered; i++) {
+    if (registered[i].domain == domain) {
+      registered[i].to_status = to_status;
+      G_UNLOCK(registry);
+      return;
+    }
+  }
+  g_assert(n_registered < G_N_ELEMENTS(registered)); /* a programming error, not input */
+  registered[n_registered].domain = domain;
+  registered[n_registered].to_status = to_status;
+  n_registered++;
+  G_UNLOCK(registry);
+}
+
+static FerryErrorStatusFunc registered_mapper(GQuark domain)
+{
+  FerryErrorStatusFunc f = NULL;
+  G_LOCK(registry);
+  for (guint i = 0; i < n_registered; i++)
+    if (registered[i].domain == domain)
+      f = registered[i].to_status;
+  G_UNLOCK(registry);
+  return f;
+}
+
 int ferry_error_to_status_code(const GError *error)
 {
   if (error == NULL)
@@ -109,6 +144,12 @@ int ferry_error_to_status_code(const GError *error)
     return lookup(io_error_map, G_N_ELEMENTS(io_error_map), error->code);
   if (error->domain == G_FILE_ERROR)
     return lookup(file_error_map, G_N_ELEMENTS(file_error_map), error->code);
+  FerryErrorStatusFunc f = registered_mapper(error->domain);
+  if (f != NULL) {
+    int code = f(error->code);
+    if (code > FERRY_ERROR_OK && code <= FERRY_ERROR_UNAUTHENTICATED)
+      return code;
+  }
   return FERRY_ERROR_UNKNOWN;
 }
 

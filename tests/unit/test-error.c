@@ -86,6 +86,23 @@ static void test_code_names(void)
   g_assert_cmpstr(ferry_status_code_name(-1), ==, "UNKNOWN_CODE");
 }
 
+static int test_domain_to_status(int code)
+{
+  return code == 7 ? FERRY_ERROR_NOT_FOUND : code == 8 ? 99 : FERRY_ERROR_UNKNOWN;
+}
+
+static void test_registered_domain(void)
+{
+  GQuark d = g_quark_from_static_string("ferry-test-registered-domain");
+  g_autoptr(GError) before = g_error_new(d, 7, "x");
+  g_assert_cmpint(ferry_error_to_status_code(before), ==, FERRY_ERROR_UNKNOWN);
+  ferry_error_register_domain(d, test_domain_to_status);
+  g_assert_cmpint(ferry_error_to_status_code(before), ==, FERRY_ERROR_NOT_FOUND);
+  /* A mapper's out-of-range answer is UNKNOWN, never passed through. */
+  g_autoptr(GError) bad = g_error_new(d, 8, "x");
+  g_assert_cmpint(ferry_error_to_status_code(bad), ==, FERRY_ERROR_UNKNOWN);
+}
+
 int main(int argc, char **argv)
 {
   g_test_init(&argc, &argv, NULL);
@@ -95,5 +112,6 @@ int main(int argc, char **argv)
   g_test_add_func("/error/errno-maps", test_errno_maps);
   g_test_add_func("/error/set-errno-message", test_set_errno_message);
   g_test_add_func("/error/code-names", test_code_names);
+  g_test_add_func("/error/registered-domain", test_registered_domain);
   return g_test_run();
 }
