@@ -1,0 +1,1157 @@
+/*
+ * The host bridge and GuestConnection, with the test playing the guest byte for byte
+ * on a socketpair: hcsshim's internal/gcs bridge_test.go and guestconnection_test.go
+ * behaviours (hcsshim-reference.md section 6), the migration primitives, and a guest
+ * that breaks the protocol.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ferry/bridge-host.h"
+#include "ferry/error.h"
+#include "ferry/fd.h"
+#include "ferry/json.h"
+#include "test-util.h"
+
+#define RPC_TYPE(rpc) ferry_bridge_request_type(FERRY_BRIDGE_RPC_##rpc)
+#define RESP_TYPE(rpc) ferry_bridge_response_type(RPC_TYPE(rpc))
+
+/* ------------------------------------------------------------ the guest -- */
+
+typedef struct {
+  int fd; /* the guest's end, non-blocking */
+  FerryBridgeParser *parser;
+} RawGuest;
+
+static void raw_guest_init(RawGuest *g, int fd)
+{
+  g->fd = fd;
+  g->parser = ferry_bridge_parser_new(FERRY_BRIDGE_GUEST_MAX_MESSAGE);
+  g_autoptr(GError) error = NULL;
+  g_assert_true(ferry_fd_set_nonblocking(fd, TRUE, &error));
+}
+
+static void raw_guest_clear(RawGuest *g)
+{
+  ferry_fd_clear(&g->fd);
+  g_clear_pointer(&g->parser, ferry_bridge_parser_free);
+}
+
+/* The next message the host sent: its header and body (a new reference). */
+static json_t *guest_read(RawGuest *g, FerryBridgeHeader *h)
+{
+  gint64 until = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
+  for (;;) {
+    const guint8 *body;
+    g_autoptr(GError) error = NULL;
+    FerryBridgeParseResult r = ferry_bridge_parser_next(g->parser, h, &body, &error);
+    g_assert_no_error(error);
+    if (r == FERRY_BRIDGE_PARSE_FRAME) {
+      /* The host writes like Go's json.Encoder: the body ends in a newline. */
+      g_assert_cmpuint(h->size, >, 16);
+      g_assert_cmpint(body[h->size - 17], ==, '\n');
+      json_t *j = ferry_bridge_body_parse(body, h->size - 16, &error);
+      g_assert_no_error(error);
+      return j;
+    }
+    guint8 buf[65536];
+    ssize_t n = read(g->fd, buf, sizeof(buf));
+    if (n > 0) {
+      ferry_bridge_parser_feed(g->parser, buf, (gsize)n);
+      continue;
+    }
+    g_assert_true(n < 0 && errno == EAGAIN);
+    if (g_get_monotonic_time() > until)
+      g_error("the host sent nothing within 5 s");
+    g_main_context_iteration(NULL, FALSE);
+    g_usleep(100);
+  }
+}
+
+/* Expect a request of `type`; returns its id, and its body when `body` is not NULL. */
+static guint64 guest_expect(RawGuest *g, guint32 type, json_t **body)
+{
+  FerryBridgeHeader h;
+  json_t *j = guest_read(g, &h);
+  g_assert_cmphex(h.type, ==, type);
+  if (body != NULL)
+    *body = j;
+  else
+    json_decref(j);
+  return h.id;
+}
+
+static void guest_write_raw(RawGuest *g, const guint8 *data, gsize len)
+{
+  while (len > 0) {
+    ssize_t n = write(g->fd, data, len);
+    if (n < 0 && errno == EAGAIN) {
+      g_main_context_iteration(NULL, FALSE);
+      continue;
+    }
+    g_assert_cmpint(n, >, 0);
+    data += n;
+    len -= (gsize)n;
+  }
+}
+
+static void guest_send(RawGuest *g, guint32 type, guint64 id, json_t *body)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GBytes) msg = ferry_bridge_message_encode(type, id, body, FALSE,
+                                                      FERRY_BRIDGE_GUEST_MAX_MESSAGE, &error);
+  g_assert_no_error(error);
+  gsize len;
+  const guint8 *p = g_bytes_get_data(msg, &len);
+  guest_write_raw(g, p, len);
+  json_decref(body);
+}
+
+static void guest_answer(RawGuest *g, guint32 request_type, guint64 id, json_t *fields)
+{
+  json_t *body = ferry_bridge_response_base(NULL, 0, NULL);
+  if (fields != NULL) {
+    json_object_update(body, fields);
+    json_decref(fields);
+  }
+  guest_send(g, ferry_bridge_response_type(request_type), id, body);
+}
+
+static void guest_fail(RawGuest *g, guint32 request_type, guint64 id, guint32 hr, const char *m)
+{
+  guest_send(g, ferry_bridge_response_type(request_type), id,
+             ferry_bridge_response_base(NULL, hr, m));
+}
+
+static void guest_notify_exit(RawGuest *g, const char *cid, const char *type)
+{
+  guest_send(g, FERRY_BRIDGE_NOTIFY_CONTAINER, 0,
+             json_pack("{s:s, s:s, s:s, s:s, s:i}", "ContainerId", cid, "ActivityId",
+                       FERRY_ZERO_ACTIVITY_ID, "Type", type, "Operation", "None", "Result", 0));
+}
+
+/* ----------------------------------------------------------- callbacks -- */
+
+typedef struct {
+  gboolean done;
+  GError *error;
+  json_t *json;
+  FerryGcsProcess *process;
+  gboolean delivered;
+  int calls;
+} Result;
+
+static void result_clear(Result *r)
+{
+  g_clear_error(&r->error);
+  g_clear_pointer(&r->json, json_decref);
+  g_clear_pointer(&r->process, ferry_gcs_process_unref);
+  memset(r, 0, sizeof(*r));
+}
+
+static void on_rpc(FerryBridge *b, json_t *response, const GError *error, gpointer ud)
+{
+  Result *r = ud;
+  r->done = TRUE;
+  r->calls++;
+  if (error != NULL)
+    r->error = g_error_copy(error);
+  if (response != NULL)
+    r->json = json_incref(response);
+}
+
+static void on_done(const GError *error, gpointer ud)
+{
+  Result *r = ud;
+  r->done = TRUE;
+  r->calls++;
+  if (error != NULL)
+    r->error = g_error_copy(error);
+}
+
+static void on_json(json_t *result, const GError *error, gpointer ud)
+{
+  Result *r = ud;
+  on_done(error, ud);
+  if (result != NULL)
+    r->json = json_incref(result);
+}
+
+static void on_process(FerryGcsProcess *p, const GError *error, gpointer ud)
+{
+  Result *r = ud;
+  on_done(error, ud);
+  r->process = p;
+}
+
+static void on_signal(gboolean delivered, const GError *error, gpointer ud)
+{
+  Result *r = ud;
+  on_done(error, ud);
+  r->delivered = delivered;
+}
+
+static void wait_for(Result *r)
+{
+  if (!test_run_until(&r->done, 5000))
+    g_error("callback did not run within 5 s");
+}
+
+/* Spin the loop a little: lets anything already sent arrive. */
+static void settle(void)
+{
+  for (int i = 0; i < 50; i++)
+    g_main_context_iteration(NULL, FALSE);
+}
+
+/* --------------------------------------------------------------- bridge -- */
+
+typedef struct {
+  FerryBridge *bridge;
+  RawGuest guest;
+  GError *dead_cause;
+  int dead_calls;
+  GPtrArray *notifications;
+  gboolean fail_notify;
+} BridgeFixture;
+
+static void on_dead(FerryBridge *b, const GError *cause, gpointer ud)
+{
+  BridgeFixture *f = ud;
+  f->dead_calls++;
+  g_clear_error(&f->dead_cause);
+  f->dead_cause = g_error_copy(cause);
+}
+
+static gboolean on_notify(FerryBridge *b, json_t *n, gpointer ud, GError **error)
+{
+  BridgeFixture *f = ud;
+  g_ptr_array_add(f->notifications, json_incref(n));
+  if (f->fail_notify) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "callback refused it");
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static void bridge_setup(BridgeFixture *f, gconstpointer data)
+{
+  g_autoptr(GError) error = NULL;
+  int sp[2];
+  g_assert_true(ferry_socketpair(sp, FALSE, &error));
+  f->bridge = ferry_bridge_new(sp[0], &error);
+  g_assert_no_error(error);
+  raw_guest_init(&f->guest, sp[1]);
+  f->notifications = g_ptr_array_new_with_free_func((GDestroyNotify)json_decref);
+  ferry_bridge_set_dead_func(f->bridge, on_dead, f);
+  ferry_bridge_set_notify_func(f->bridge, on_notify, f);
+}
+
+static void bridge_teardown(BridgeFixture *f, gconstpointer data)
+{
+  ferry_bridge_unref(f->bridge);
+  raw_guest_clear(&f->guest);
+  g_clear_error(&f->dead_cause);
+  g_ptr_array_unref(f->notifications);
+}
+
+static guint64 start_rpc(BridgeFixture *f, Result *r, guint timeout_ms)
+{
+  g_autoptr(json_t) body = ferry_bridge_request_base("c1", NULL);
+  return ferry_bridge_rpc(f->bridge, FERRY_BRIDGE_RPC_START, body, timeout_ms, on_rpc, r);
+}
+
+static void test_bridge_rpc_round_trip(BridgeFixture *f, gconstpointer data)
+{
+  Result r = {0};
+  guint64 id = start_rpc(f, &r, 0);
+  g_assert_cmpuint(id, ==, 0); /* the first request is id 0 */
+  g_assert_cmpuint(ferry_bridge_next_id(f->bridge), ==, 1);
+  json_t *body;
+  g_assert_cmpuint(guest_expect(&f->guest, RPC_TYPE(START), &body), ==, 0);
+  g_assert_cmpstr(json_string_value(json_object_get(body, "ContainerId")), ==, "c1");
+  g_assert_cmpstr(json_string_value(json_object_get(body, "ActivityId")), ==,
+                  FERRY_ZERO_ACTIVITY_ID);
+  json_decref(body);
+  g_assert_false(r.done);
+  guest_answer(&f->guest, RPC_TYPE(START), 0, json_pack("{s:s}", "Extra", "x"));
+  wait_for(&r);
+  g_assert_no_error(r.error);
+  g_assert_cmpstr(json_string_value(json_object_get(r.json, "Extra")), ==, "x");
+  g_assert_cmpuint(ferry_bridge_pending_count(f->bridge), ==, 0);
+  result_clear(&r);
+}
+
+/* A guest's failing Result fails the call, not the bridge. */
+static void test_bridge_rpc_error_result(BridgeFixture *f, gconstpointer data)
+{
+  Result r = {0};
+  start_rpc(f, &r, 0);
+  guint64 id = guest_expect(&f->guest, RPC_TYPE(START), NULL);
+  guest_fail(&f->guest, RPC_TYPE(START), id, FERRY_HR_SYSTEM_NOT_FOUND, "no container c1");
+  wait_for(&r);
+  g_assert_error(r.error, FERRY_BRIDGE_ERROR, (gint)FERRY_HR_SYSTEM_NOT_FOUND);
+  g_assert_nonnull(strstr(r.error->message, "no container c1"));
+  g_assert_false(ferry_bridge_is_dead(f->bridge));
+  result_clear(&r);
+}
+
+/* hcsshim TestBridgeRPCResponseTimeout: no answer in time kills the whole bridge. */
+static void test_bridge_rpc_timeout_kills_bridge(BridgeFixture *f, gconstpointer data)
+{
+  Result r = {0}, other = {0};
+  start_rpc(f, &r, 50);
+  start_rpc(f, &other, 0);
+  wait_for(&r);
+  g_assert_error(r.error, FERRY_BRIDGE_ERROR, FERRY_BRIDGE_ERROR_CLOSED);
+  g_assert_true(g_str_has_prefix(r.error->message, "bridge closed: "));
+  g_assert_nonnull(strstr(r.error->message, "no answer in time"));
+  wait_for(&other); /* every pending call fails with it */
+  g_assert_error(other.error, FERRY_BRIDGE_ERROR, FERRY_BRIDGE_ERROR_CLOSED);
+  g_assert_true(ferry_bridge_is_dead(f->bridge));
+  g_assert_cmpint(f->dead_calls, ==, 1);
+  g_assert_error(f->dead_cause, FERRY_ERROR, FERRY_ERROR_DEADLINE_EXCEEDED);
+  result_clear(&r);
+  result_clear(&other);
+}
+
+/* hcsshim TestBridgeRPCContextDone: a cancelled call reports nothing; its late answer
+ * is swallowed without harm. */
+static void test_bridge_rpc_cancel(BridgeFixture *f, gconstpointer data)
+{
+  Result r = {0};
+  guint64 id = start_rpc(f, &r, 0);
+  g_assert_true(ferry_bridge_rpc_cancel(f->bridge, id));
+  g_assert_false(ferry_bridge_rpc_cancel(f->bridge, id));
+  guest_expect(&f->guest, RPC_TYPE(START), NULL);
+  guest_answer(&f->guest, RPC_TYPE(START), id, NULL);
+  Result after = {0};
+  start_rpc(f, &after, 0);
+  guint64 id2 = guest_expect(&f->guest, RPC_TYPE(START), NULL);
+  guest_answer(&f->guest, RPC_TYPE(START), id2, NULL);
+  wait_for(&after);
+  g_assert_no_error(after.error);
+  g_assert_false(r.done);
+  g_assert_false(ferry_bridge_is_dead(f->bridge));
+  result_clear(&after);
+}
+
+/* hcsshim TestBridgeRPCBridgeClosed / TestBridgeKillWrapsSentinel. */
+static void test_bridge_kill_wraps_cause(BridgeFixture *f, gconstpointer data)
+{
+  Result r = {0};
+  start_rpc(f, &r, 0);
+  g_autoptr(GError) cause = g_error_new(FERRY_ERROR, FERRY_ERROR_INTERNAL, "boom");
+  ferry_bridge_kill(f->bridge, cause);
+  g_assert_true(r.done);
+  g_assert_error(r.error, FERRY_BRIDGE_ERROR, FERRY_BRIDGE_ERROR_CLOSED);
+  g_assert_cmpstr(r.error->message, ==, "bridge closed: boom");
+  g_assert_cmpint(ferry_error_to_status_code(r.error), ==, FERRY_ERROR_UNAVAILABLE);
+  g_assert_cmpstr(f->dead_cause->message, ==, "boom");
+  ferry_bridge_kill(f->bridge, cause); /* idempotent */
+  g_assert_cmpint(f->dead_calls, ==, 1);
+  /* A later call fails the same way, from the main loop. */
+  Result later = {0};
+  start_rpc(f, &later, 0);
+  g_assert_false(later.done);
+  wait_for(&later);
+  g_assert_cmpstr(later.error->message, ==, "bridge closed: boom");
+  result_clear(&r);
+  result_clear(&later);
+}
+
+/* hcsshim TestBridgeNotify. */
+static void test_bridge_notify_delivered(BridgeFixture *f, gconstpointer data)
+{
+  guest_notify_exit(&f->guest, "c9", "ForcedExit");
+  gint64 until = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
+  while (f->notifications->len == 0 && g_get_monotonic_time() < until)
+    g_main_context_iteration(NULL, TRUE);
+  g_assert_cmpuint(f->notifications->len, ==, 1);
+  json_t *n = f->notifications->pdata[0];
+  g_assert_cmpstr(json_string_value(json_object_get(n, "ContainerId")), ==, "c9");
+  g_assert_cmpstr(json_string_value(json_object_get(n, "Type")), ==, "ForcedExit");
+}
+
+/* hcsshim TestBridgeNotifyFailure: the callback's error tears the bridge down. */
+static void test_bridge_notify_failure_kills(BridgeFixture *f, gconstpointer data)
+{
+  f->fail_notify = TRUE;
+  guest_notify_exit(&f->guest, "c9", "ForcedExit");
+  gint64 until = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
+  while (f->dead_calls == 0 && g_get_monotonic_time() < until)
+    g_main_context_iteration(NULL, TRUE);
+  g_assert_true(ferry_bridge_is_dead(f->bridge));
+  g_assert_cmpstr(f->dead_cause->message, ==, "container notification: callback refused it");
+}
+
+/* A guest that breaks the protocol gets the bridge killed with a clear error. */
+static void expect_killed(BridgeFixture *f, const char *substring)
+{
+  gint64 until = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
+  while (f->dead_calls == 0 && g_get_monotonic_time() < until)
+    g_main_context_iteration(NULL, TRUE);
+  g_assert_true(ferry_bridge_is_dead(f->bridge));
+  if (strstr(f->dead_cause->message, substring) == NULL)
+    g_error("bridge killed with \"%s\", expected it to mention \"%s\"", f->dead_cause->message,
+            substring);
+}
+
+static void test_bridge_unknown_response_id(BridgeFixture *f, gconstpointer data)
+{
+  guest_answer(&f->guest, RPC_TYPE(START), 77, NULL);
+  expect_killed(f, "id 77");
+}
+
+static void test_bridge_response_type_mismatch(BridgeFixture *f, gconstpointer data)
+{
+  Result r = {0};
+  guint64 id = start_rpc(f, &r, 0);
+  guest_expect(&f->guest, RPC_TYPE(START), NULL);
+  guest_answer(&f->guest, RPC_TYPE(CREATE), id, NULL);
+  expect_killed(f, "expected 0x20100201");
+  g_assert_error(r.error, FERRY_BRIDGE_ERROR, FERRY_BRIDGE_ERROR_CLOSED);
+  result_clear(&r);
+}
+
+static void test_bridge_unexpected_type(BridgeFixture *f, gconstpointer data)
+{
+  guest_send(&f->guest, RPC_TYPE(START), 1, json_object()); /* a request, from the guest */
+  expect_killed(f, "unexpected type 0x10100201");
+}
+
+static void test_bridge_wrong_notify_type(BridgeFixture *f, gconstpointer data)
+{
+  guest_send(&f->guest, 0x30100201, 0, json_object());
+  expect_killed(f, "unexpected type 0x30100201");
+}
+
+static void test_bridge_oversize_frame(BridgeFixture *f, gconstpointer data)
+{
+  Result r = {0};
+  start_rpc(f, &r, 0);
+  FerryBridgeHeader h = {RESP_TYPE(START), FERRY_BRIDGE_HOST_MAX_MESSAGE + 1, 0};
+  guint8 hdr[16];
+  ferry_bridge_header_encode(&h, hdr);
+  guest_write_raw(&f->guest, hdr, sizeof(hdr));
+  expect_killed(f, "has size 65537");
+  g_assert_error(r.error, FERRY_BRIDGE_ERROR, FERRY_BRIDGE_ERROR_CLOSED);
+  result_clear(&r);
+}
+
+static void test_bridge_undersize_frame(BridgeFixture *f, gconstpointer data)
+{
+  FerryBridgeHeader h = {RESP_TYPE(START), 8, 0};
+  guint8 hdr[16];
+  ferry_bridge_header_encode(&h, hdr);
+  guest_write_raw(&f->guest, hdr, sizeof(hdr));
+  expect_killed(f, "has size 8");
+}
+
+static void test_bridge_malformed_body(BridgeFixture *f, gconstpointer data)
+{
+  Result r = {0};
+  guint64 id = start_rpc(f, &r, 0);
+  const char *junk = "{\"Result\": 0,";
+  FerryBridgeHeader h = {RESP_TYPE(START), (guint32)(16 + strlen(junk)), id};
+  guint8 hdr[16];
+  ferry_bridge_header_encode(&h, hdr);
+  guest_write_raw(&f->guest, hdr, sizeof(hdr));
+  guest_write_raw(&f->guest, (const guint8 *)junk, strlen(junk));
+  expect_killed(f, "invalid JSON");
+  result_clear(&r);
+}
+
+static void test_bridge_response_without_result(BridgeFixture *f, gconstpointer data)
+{
+  Result r = {0};
+  guint64 id = start_rpc(f, &r, 0);
+  guest_send(&f->guest, RESP_TYPE(START), id, json_pack("{s:s}", "ActivityId", "x"));
+  expect_killed(f, "Result");
+  g_assert_error(r.error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT);
+  result_clear(&r);
+}
+
+static void test_bridge_peer_close_kills(BridgeFixture *f, gconstpointer data)
+{
+  Result r = {0};
+  start_rpc(f, &r, 0);
+  ferry_fd_clear(&f->guest.fd);
+  /* "closed by peer", or "reset by peer" when the guest left data unread. */
+  expect_killed(f, "by peer");
+  g_assert_error(r.error, FERRY_BRIDGE_ERROR, FERRY_BRIDGE_ERROR_CLOSED);
+  result_clear(&r);
+}
+
+/* While migrating, losing the connection parks the bridge: pending calls survive and
+ * are answered on the next connection; a pre-registered id is routed too. */
+static void test_bridge_migrating_park_and_resume(BridgeFixture *f, gconstpointer data)
+{
+  Result pending = {0}, prereg = {0}, during = {0};
+  guint64 id = start_rpc(f, &pending, 0);
+  guest_expect(&f->guest, RPC_TYPE(START), NULL);
+  ferry_bridge_set_migrating(f->bridge, TRUE);
+  ferry_fd_clear(&f->guest.fd);
+  gint64 until = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
+  while (!ferry_bridge_is_parked(f->bridge) && g_get_monotonic_time() < until)
+    g_main_context_iteration(NULL, TRUE);
+  g_assert_true(ferry_bridge_is_parked(f->bridge));
+  g_assert_false(ferry_bridge_is_dead(f->bridge));
+  g_assert_false(pending.done);
+
+  /* A new call while parked fails alone. */
+  start_rpc(f, &during, 0);
+  wait_for(&during);
+  g_assert_error(during.error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE);
+  g_assert_false(ferry_bridge_is_dead(f->bridge));
+
+  /* The source's outstanding WaitForProcess, id 40. */
+  g_autoptr(GError) error = NULL;
+  g_assert_true(ferry_bridge_preregister_rpc(f->bridge, 40, FERRY_BRIDGE_RPC_WAIT_FOR_PROCESS,
+                                             on_rpc, &prereg, &error));
+  g_assert_cmpuint(ferry_bridge_next_id(f->bridge), ==, 41);
+
+  int sp[2];
+  g_assert_true(ferry_socketpair(sp, FALSE, &error));
+  g_assert_true(ferry_bridge_resume_on_conn(f->bridge, sp[0], &error));
+  raw_guest_clear(&f->guest);
+  raw_guest_init(&f->guest, sp[1]);
+  ferry_bridge_set_migrating(f->bridge, FALSE);
+
+  guest_answer(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), 40, json_pack("{s:i}", "ExitCode", 3));
+  guest_answer(&f->guest, RPC_TYPE(START), id, NULL);
+  wait_for(&prereg);
+  wait_for(&pending);
+  g_assert_no_error(prereg.error);
+  g_assert_cmpint(json_integer_value(json_object_get(prereg.json, "ExitCode")), ==, 3);
+  g_assert_no_error(pending.error);
+  g_assert_false(ferry_bridge_is_dead(f->bridge));
+  result_clear(&pending);
+  result_clear(&prereg);
+  result_clear(&during);
+}
+
+static void test_bridge_resume_needs_migrating(BridgeFixture *f, gconstpointer data)
+{
+  g_autoptr(GError) error = NULL;
+  int sp[2];
+  g_assert_true(ferry_socketpair(sp, FALSE, &error));
+  g_assert_false(ferry_bridge_resume_on_conn(f->bridge, sp[0], &error));
+  g_assert_error(error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION);
+  close(sp[1]);
+}
+
+static void test_bridge_leaving_migrating_while_parked_kills(BridgeFixture *f, gconstpointer data)
+{
+  ferry_bridge_set_migrating(f->bridge, TRUE);
+  ferry_fd_clear(&f->guest.fd);
+  gint64 until = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
+  while (!ferry_bridge_is_parked(f->bridge) && g_get_monotonic_time() < until)
+    g_main_context_iteration(NULL, TRUE);
+  ferry_bridge_set_migrating(f->bridge, FALSE);
+  g_assert_true(ferry_bridge_is_dead(f->bridge));
+}
+
+/* The id floor never goes backwards. */
+static void test_bridge_id_floor(BridgeFixture *f, gconstpointer data)
+{
+  g_assert_cmpuint(ferry_bridge_next_id(f->bridge), ==, 0);
+  ferry_bridge_seed_next_id(f->bridge, 100);
+  g_assert_cmpuint(ferry_bridge_next_id(f->bridge), ==, 100);
+  ferry_bridge_seed_next_id(f->bridge, 50);
+  g_assert_cmpuint(ferry_bridge_next_id(f->bridge), ==, 100);
+  g_autoptr(GError) error = NULL;
+  Result a = {0};
+  g_assert_true(ferry_bridge_preregister_rpc(f->bridge, 10, FERRY_BRIDGE_RPC_WAIT_FOR_PROCESS,
+                                             on_rpc, &a, &error));
+  g_assert_cmpuint(ferry_bridge_next_id(f->bridge), ==, 100); /* below: unchanged */
+  g_assert_false(ferry_bridge_preregister_rpc(f->bridge, 10, FERRY_BRIDGE_RPC_WAIT_FOR_PROCESS,
+                                              on_rpc, &a, &error));
+  g_assert_error(error, FERRY_ERROR, FERRY_ERROR_ALREADY_EXISTS);
+  g_clear_error(&error);
+  Result r = {0};
+  g_assert_cmpuint(start_rpc(f, &r, 0), ==, 100);
+  g_autoptr(GError) cause = g_error_new(FERRY_ERROR, FERRY_ERROR_INTERNAL, "x");
+  ferry_bridge_kill(f->bridge, cause);
+  g_assert_false(ferry_bridge_preregister_rpc(f->bridge, 200, FERRY_BRIDGE_RPC_WAIT_FOR_PROCESS,
+                                              on_rpc, &a, &error));
+  g_assert_error(error, FERRY_BRIDGE_ERROR, FERRY_BRIDGE_ERROR_CLOSED);
+  result_clear(&a);
+  result_clear(&r);
+}
+
+/* ----------------------------------------------------- guest connection -- */
+
+typedef struct {
+  FerryGuestConnection *gc;
+  RawGuest guest;
+  GArray *listened; /* guint32 */
+  GArray *released;
+  GArray *closed_write;
+} GcFixture;
+
+static gboolean hook_listen(guint32 port, gpointer ud, GError **error)
+{
+  GcFixture *f = ud;
+  g_array_append_val(f->listened, port);
+  return TRUE;
+}
+
+static void hook_release(guint32 port, gpointer ud)
+{
+  GcFixture *f = ud;
+  g_array_append_val(f->released, port);
+}
+
+static void hook_close_write(guint32 port, gpointer ud)
+{
+  GcFixture *f = ud;
+  g_array_append_val(f->closed_write, port);
+}
+
+static const FerryGcsPortHooks hooks = {hook_listen, hook_release, hook_close_write};
+
+static void gc_answer_negotiate(GcFixture *f, guint32 version)
+{
+  json_t *body;
+  guint64 id = guest_expect(&f->guest, RPC_TYPE(NEGOTIATE_PROTOCOL), &body);
+  g_assert_cmpint(json_integer_value(json_object_get(body, "MinimumVersion")), ==, 4);
+  g_assert_cmpint(json_integer_value(json_object_get(body, "MaximumVersion")), ==, 4);
+  json_decref(body);
+  guest_answer(&f->guest, RPC_TYPE(NEGOTIATE_PROTOCOL), id,
+               json_pack("{s:i, s:{s:s, s:b}}", "Version", version, "Capabilities",
+                         "RuntimeOsType", "Linux", "SendHostCreateMessage", FALSE));
+}
+
+static void gc_setup(GcFixture *f, gconstpointer data)
+{
+  g_autoptr(GError) error = NULL;
+  int sp[2];
+  g_assert_true(ferry_socketpair(sp, FALSE, &error));
+  f->listened = g_array_new(FALSE, FALSE, sizeof(guint32));
+  f->released = g_array_new(FALSE, FALSE, sizeof(guint32));
+  f->closed_write = g_array_new(FALSE, FALSE, sizeof(guint32));
+  f->gc = ferry_guest_connection_new(sp[0], &hooks, f, &error);
+  g_assert_no_error(error);
+  raw_guest_init(&f->guest, sp[1]);
+  if (data != NULL)
+    return; /* the test negotiates itself */
+  Result r = {0};
+  ferry_guest_connection_connect(f->gc, on_done, &r);
+  gc_answer_negotiate(f, 4);
+  wait_for(&r);
+  g_assert_no_error(r.error);
+}
+
+static void gc_teardown(GcFixture *f, gconstpointer data)
+{
+  ferry_guest_connection_free(f->gc);
+  raw_guest_clear(&f->guest);
+  g_array_unref(f->listened);
+  g_array_unref(f->released);
+  g_array_unref(f->closed_write);
+}
+
+/* hcsshim TestGcsConnect. */
+static void test_gc_connect(GcFixture *f, gconstpointer data)
+{
+  g_assert_cmpuint(ferry_guest_connection_protocol(f->gc), ==, 0);
+  Result r = {0};
+  ferry_guest_connection_connect(f->gc, on_done, &r);
+  gc_answer_negotiate(f, 4);
+  wait_for(&r);
+  g_assert_no_error(r.error);
+  g_assert_cmpuint(ferry_guest_connection_protocol(f->gc), ==, 4);
+  g_assert_cmpstr(ferry_guest_connection_os(f->gc), ==, "linux");
+}
+
+static void test_gc_connect_rejects_other_version(GcFixture *f, gconstpointer data)
+{
+  Result r = {0};
+  ferry_guest_connection_connect(f->gc, on_done, &r);
+  gc_answer_negotiate(f, 3);
+  wait_for(&r);
+  g_assert_error(r.error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION);
+  g_assert_cmpuint(ferry_guest_connection_protocol(f->gc), ==, 0);
+  result_clear(&r);
+}
+
+/* hcsshim TestGcsCreateContainer + TestGcsWaitContainer: the container is registered
+ * for its notification before Create is sent, so an exit that overtakes the answer is
+ * not lost. */
+static void test_gc_create_and_wait_container(GcFixture *f, gconstpointer data)
+{
+  Result created = {0}, waited = {0};
+  g_autoptr(GError) error = NULL;
+  g_autoptr(json_t) config = json_pack("{s:{s:i,s:i}, s:s}", "SchemaVersion", "Major", 2, "Minor",
+                                       1, "OciBundlePath", "/run/c1");
+  g_autoptr(FerryGcsContainer) c =
+      ferry_guest_connection_create_container(f->gc, "c1", config, on_done, &created, &error);
+  g_assert_no_error(error);
+  json_t *body;
+  guint64 id = guest_expect(&f->guest, RPC_TYPE(CREATE), &body);
+  g_assert_cmpstr(json_string_value(json_object_get(body, "ContainerId")), ==, "c1");
+  /* ContainerConfig travels as a string holding JSON. */
+  const char *cfg = json_string_value(json_object_get(body, "ContainerConfig"));
+  g_assert_nonnull(cfg);
+  g_assert_nonnull(strstr(cfg, "\"OciBundlePath\":\"/run/c1\""));
+  json_decref(body);
+  guest_answer(&f->guest, RPC_TYPE(CREATE), id, NULL);
+  wait_for(&created);
+  g_assert_no_error(created.error);
+
+  /* A duplicate id is refused locally. */
+  g_assert_null(ferry_guest_connection_create_container(f->gc, "c1", config, on_done, &created,
+                                                        &error));
+  g_assert_error(error, FERRY_ERROR, FERRY_ERROR_ALREADY_EXISTS);
+  g_clear_error(&error);
+
+  ferry_gcs_container_wait(c, on_done, &waited);
+  Result term = {0};
+  ferry_gcs_container_terminate(c, on_done, &term);
+  id = guest_expect(&f->guest, RPC_TYPE(SHUTDOWN_FORCED), NULL);
+  guest_notify_exit(&f->guest, "c1", "ForcedExit");
+  guest_answer(&f->guest, RPC_TYPE(SHUTDOWN_FORCED), id, NULL);
+  wait_for(&term);
+  wait_for(&waited);
+  g_assert_no_error(waited.error);
+  g_assert_true(ferry_gcs_container_has_exited(c));
+  g_assert_cmpstr(ferry_gcs_container_exit_type(c), ==, "ForcedExit");
+  /* Waiting again completes at once (from the loop). */
+  Result again = {0};
+  ferry_gcs_container_wait(c, on_done, &again);
+  g_assert_false(again.done);
+  wait_for(&again);
+  result_clear(&created);
+  result_clear(&term);
+}
+
+/* Shutdown of a container the guest no longer has counts as done. */
+static void test_gc_shutdown_tolerates_not_found(GcFixture *f, gconstpointer data)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(FerryGcsContainer) c = ferry_guest_connection_open_container(f->gc, "c2", &error);
+  Result r = {0};
+  ferry_gcs_container_shutdown(c, on_done, &r);
+  guint64 id = guest_expect(&f->guest, RPC_TYPE(SHUTDOWN_GRACEFUL), NULL);
+  guest_fail(&f->guest, RPC_TYPE(SHUTDOWN_GRACEFUL), id, FERRY_HR_SYSTEM_NOT_FOUND, "gone");
+  wait_for(&r);
+  g_assert_no_error(r.error);
+}
+
+/* hcsshim TestGcsWaitContainerBridgeTerminated: bridge loss unblocks Wait, no error. */
+static void test_gc_wait_container_bridge_terminated(GcFixture *f, gconstpointer data)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(FerryGcsContainer) c = ferry_guest_connection_open_container(f->gc, "c3", &error);
+  Result w = {0};
+  ferry_gcs_container_wait(c, on_done, &w);
+  ferry_fd_clear(&f->guest.fd);
+  wait_for(&w);
+  g_assert_no_error(w.error);
+  g_assert_true(ferry_gcs_container_has_exited(c));
+}
+
+static void test_gc_notification_for_unknown_container_kills(GcFixture *f, gconstpointer data)
+{
+  guest_notify_exit(&f->guest, "nobody", "UnexpectedExit");
+  FerryBridge *b = ferry_guest_connection_get_bridge(f->gc);
+  gint64 until = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
+  while (!ferry_bridge_is_dead(b) && g_get_monotonic_time() < until)
+    g_main_context_iteration(NULL, TRUE);
+  g_assert_true(ferry_bridge_is_dead(b));
+  g_assert_nonnull(strstr(ferry_bridge_get_error(b)->message, "unknown container nobody"));
+}
+
+static void test_gc_close_container_fails_wait(GcFixture *f, gconstpointer data)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(FerryGcsContainer) c = ferry_guest_connection_open_container(f->gc, "c4", &error);
+  Result w = {0};
+  ferry_gcs_container_wait(c, on_done, &w);
+  ferry_gcs_container_close(c);
+  wait_for(&w);
+  g_assert_error(w.error, FERRY_ERROR, FERRY_ERROR_CANCELLED);
+  g_assert_cmpstr(w.error->message, ==, "container c4 closed");
+  /* Its notification is no longer expected: it would now kill the bridge, and the id
+   * can be opened again. */
+  g_autoptr(FerryGcsContainer) again = ferry_guest_connection_open_container(f->gc, "c4", &error);
+  g_assert_no_error(error);
+  result_clear(&w);
+}
+
+/* Exec: ports allocated in stdin/stdout/stderr order for requested pipes only, the
+ * ProcessParameters as a JSON string, then an async WaitForProcess with no timeout. */
+static FerryGcsProcess *exec_process(GcFixture *f, FerryGcsContainer *c, json_t *params,
+                                     guint32 pid, guint64 *wait_id, json_t **exec_body)
+{
+  Result r = {0};
+  if (c != NULL)
+    ferry_gcs_container_create_process(c, params, on_process, &r);
+  else
+    ferry_guest_connection_create_process(f->gc, params, on_process, &r);
+  guint64 id = guest_expect(&f->guest, RPC_TYPE(EXECUTE_PROCESS), exec_body);
+  guest_answer(&f->guest, RPC_TYPE(EXECUTE_PROCESS), id, json_pack("{s:i}", "ProcessId", pid));
+  wait_for(&r);
+  g_assert_no_error(r.error);
+  json_t *wait_body;
+  *wait_id = guest_expect(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), &wait_body);
+  g_assert_cmpint(json_integer_value(json_object_get(wait_body, "ProcessId")), ==, pid);
+  g_assert_cmpint(json_integer_value(json_object_get(wait_body, "TimeoutInMs")), ==, 0xffffffff);
+  json_decref(wait_body);
+  return g_steal_pointer(&r.process);
+}
+
+static void test_gc_exec_and_exit_code(GcFixture *f, gconstpointer data)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(FerryGcsContainer) c = ferry_guest_connection_open_container(f->gc, "c5", &error);
+  g_autoptr(json_t) params =
+      json_pack("{s:[s], s:b, s:b, s:b}", "CommandArgs", "cat", "CreateStdInPipe", TRUE,
+                "CreateStdOutPipe", TRUE, "CreateStdErrPipe", FALSE);
+  guint64 wait_id;
+  json_t *body;
+  g_assert_cmpuint(ferry_guest_connection_next_port(f->gc), ==, 0x40000001);
+  g_autoptr(FerryGcsProcess) p = exec_process(f, c, params, 42, &wait_id, &body);
+  json_t *settings = json_object_get(body, "Settings");
+  g_assert_true(json_is_string(json_object_get(settings, "ProcessParameters")));
+  json_t *relay = json_object_get(settings, "VsockStdioRelaySettings");
+  g_assert_cmpint(json_integer_value(json_object_get(relay, "StdIn")), ==, 0x40000001);
+  g_assert_cmpint(json_integer_value(json_object_get(relay, "StdOut")), ==, 0x40000002);
+  g_assert_null(json_object_get(relay, "StdErr"));
+  json_decref(body);
+  g_assert_cmpuint(f->listened->len, ==, 2);
+  g_assert_cmpuint(ferry_guest_connection_next_port(f->gc), ==, 0x40000003);
+
+  g_assert_cmpuint(ferry_gcs_process_get_pid(p), ==, 42);
+  FerryGcsMigrationState ms = ferry_gcs_process_migration_state(p);
+  g_assert_cmpuint(ms.stdin_port, ==, 0x40000001);
+  g_assert_cmpuint(ms.stdout_port, ==, 0x40000002);
+  g_assert_cmpuint(ms.stderr_port, ==, 0);
+  g_assert_cmpuint(ms.wait_call_id, ==, wait_id);
+
+  int code;
+  g_assert_false(ferry_gcs_process_exit_code(p, &code, &error));
+  g_assert_error(error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION);
+  g_clear_error(&error);
+
+  ferry_gcs_process_close_stdin(p);
+  g_assert_cmpuint(f->closed_write->len, ==, 1);
+  g_assert_cmpuint(g_array_index(f->closed_write, guint32, 0), ==, 0x40000001);
+
+  Result w = {0};
+  ferry_gcs_process_wait(p, on_done, &w);
+  guest_answer(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), wait_id,
+               json_pack("{s:i}", "ExitCode", 7));
+  wait_for(&w);
+  g_assert_no_error(w.error);
+  g_assert_true(ferry_gcs_process_exit_code(p, &code, &error));
+  g_assert_cmpint(code, ==, 7);
+  g_assert_cmpuint(ferry_gcs_process_migration_state(p).wait_call_id, ==, 0);
+
+  ferry_gcs_process_close(p);
+  g_assert_cmpuint(f->released->len, ==, 2);
+}
+
+/* A wait answered "not found" (the process was gone) is tolerated as exit code 0. */
+static void test_gc_exit_code_tolerates_not_found(GcFixture *f, gconstpointer data)
+{
+  g_autoptr(json_t) params = json_pack("{s:[s]}", "CommandArgs", "true");
+  guint64 wait_id;
+  g_autoptr(FerryGcsProcess) p = exec_process(f, NULL, params, 5, &wait_id, NULL);
+  Result w = {0};
+  ferry_gcs_process_wait(p, on_done, &w);
+  guest_fail(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), wait_id, FERRY_HR_NOT_FOUND, "no pid 5");
+  wait_for(&w);
+  g_assert_error(w.error, FERRY_BRIDGE_ERROR, (gint)FERRY_HR_NOT_FOUND);
+  int code = -1;
+  g_autoptr(GError) error = NULL;
+  g_assert_true(ferry_gcs_process_exit_code(p, &code, &error));
+  g_assert_cmpint(code, ==, 0);
+  result_clear(&w);
+}
+
+/* hcsshim TestGcsWaitProcessBridgeTerminated. */
+static void test_gc_wait_process_bridge_terminated(GcFixture *f, gconstpointer data)
+{
+  g_autoptr(json_t) params = json_pack("{s:[s]}", "CommandArgs", "sleep");
+  guint64 wait_id;
+  g_autoptr(FerryGcsProcess) p = exec_process(f, NULL, params, 6, &wait_id, NULL);
+  Result w = {0};
+  ferry_gcs_process_wait(p, on_done, &w);
+  ferry_fd_clear(&f->guest.fd);
+  wait_for(&w);
+  g_assert_error(w.error, FERRY_BRIDGE_ERROR, FERRY_BRIDGE_ERROR_CLOSED);
+  g_assert_true(g_str_has_prefix(w.error->message, "bridge closed"));
+  int code;
+  g_autoptr(GError) error = NULL;
+  g_assert_false(ferry_gcs_process_exit_code(p, &code, &error));
+  result_clear(&w);
+}
+
+static void test_gc_signal_and_kill(GcFixture *f, gconstpointer data)
+{
+  g_autoptr(json_t) params = json_pack("{s:[s]}", "CommandArgs", "sleep");
+  guint64 wait_id;
+  g_autoptr(FerryGcsProcess) p = exec_process(f, NULL, params, 8, &wait_id, NULL);
+
+  Result s = {0};
+  ferry_gcs_process_signal(p, SIGTERM, on_signal, &s);
+  json_t *body;
+  guint64 id = guest_expect(&f->guest, RPC_TYPE(SIGNAL_PROCESS), &body);
+  g_assert_cmpint(json_integer_value(json_object_get(json_object_get(body, "Options"), "Signal")),
+                  ==, SIGTERM);
+  json_decref(body);
+  guest_answer(&f->guest, RPC_TYPE(SIGNAL_PROCESS), id, NULL);
+  wait_for(&s);
+  g_assert_true(s.delivered);
+
+  Result k = {0};
+  ferry_gcs_process_kill(p, on_signal, &k);
+  id = guest_expect(&f->guest, RPC_TYPE(SIGNAL_PROCESS), &body);
+  g_assert_null(json_object_get(body, "Options")); /* the guest's default is SIGKILL */
+  json_decref(body);
+  guest_fail(&f->guest, RPC_TYPE(SIGNAL_PROCESS), id, FERRY_HR_NOT_FOUND, "gone");
+  wait_for(&k);
+  g_assert_no_error(k.error);
+  g_assert_false(k.delivered);
+
+  Result rs = {0};
+  ferry_gcs_process_resize_console(p, 80, 24, on_done, &rs);
+  id = guest_expect(&f->guest, RPC_TYPE(RESIZE_CONSOLE), &body);
+  g_assert_cmpint(json_integer_value(json_object_get(body, "Width")), ==, 80);
+  g_assert_cmpint(json_integer_value(json_object_get(body, "Height")), ==, 24);
+  json_decref(body);
+  guest_answer(&f->guest, RPC_TYPE(RESIZE_CONSOLE), id, NULL);
+  wait_for(&rs);
+  g_assert_no_error(rs.error);
+}
+
+static void test_gc_properties(GcFixture *f, gconstpointer data)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(FerryGcsContainer) c = ferry_guest_connection_open_container(f->gc, "c6", &error);
+  g_autoptr(json_t) query = json_pack("{s:[s]}", "PropertyTypes", "ProcessList");
+  Result r = {0};
+  ferry_gcs_container_properties(c, query, on_json, &r);
+  json_t *body;
+  guint64 id = guest_expect(&f->guest, RPC_TYPE(GET_PROPERTIES), &body);
+  g_assert_cmpstr(json_string_value(json_object_get(body, "Query")), ==,
+                  "{\"PropertyTypes\":[\"ProcessList\"]}");
+  json_decref(body);
+  guest_answer(&f->guest, RPC_TYPE(GET_PROPERTIES), id,
+               json_pack("{s:s}", "Properties", "{\"ProcessList\":[{\"ProcessId\":1}]}"));
+  wait_for(&r);
+  g_assert_no_error(r.error);
+  json_t *list = json_object_get(r.json, "ProcessList");
+  g_assert_cmpuint(json_array_size(list), ==, 1);
+  result_clear(&r);
+}
+
+static void test_gc_modify_and_dump_stacks(GcFixture *f, gconstpointer data)
+{
+  g_autoptr(json_t) req = json_pack("{s:s, s:s, s:{}}", "ResourceType", "MappedDirectory",
+                                    "RequestType", "Add", "Settings");
+  Result m = {0};
+  ferry_guest_connection_modify(f->gc, NULL, req, on_done, &m);
+  json_t *body;
+  guint64 id = guest_expect(&f->guest, RPC_TYPE(MODIFY_SETTINGS), &body);
+  g_assert_cmpstr(json_string_value(json_object_get(body, "ContainerId")), ==,
+                  FERRY_NULL_CONTAINER_ID);
+  g_assert_cmpstr(
+      json_string_value(json_object_get(json_object_get(body, "Request"), "ResourceType")), ==,
+      "MappedDirectory");
+  json_decref(body);
+  guest_answer(&f->guest, RPC_TYPE(MODIFY_SETTINGS), id, NULL);
+  wait_for(&m);
+  g_assert_no_error(m.error);
+
+  Result d = {0};
+  ferry_guest_connection_dump_stacks(f->gc, on_json, &d);
+  id = guest_expect(&f->guest, RPC_TYPE(DUMP_STACKS), NULL);
+  guest_answer(&f->guest, RPC_TYPE(DUMP_STACKS), id, json_pack("{s:s}", "GuestStacks", "main"));
+  wait_for(&d);
+  g_assert_cmpstr(json_string_value(json_object_get(d.json, "GuestStacks")), ==, "main");
+  result_clear(&d);
+
+  Result del = {0};
+  ferry_guest_connection_delete_container_state(f->gc, "c7", on_done, &del);
+  id = guest_expect(&f->guest, RPC_TYPE(DELETE_CONTAINER_STATE), NULL);
+  guest_fail(&f->guest, RPC_TYPE(DELETE_CONTAINER_STATE), id, FERRY_HR_SYSTEM_NOT_FOUND, "no c7");
+  wait_for(&del);
+  g_assert_error(del.error, FERRY_BRIDGE_ERROR, (gint)FERRY_HR_SYSTEM_NOT_FOUND);
+  result_clear(&del);
+}
+
+/* The port floor never goes backwards; exec takes ports from it. */
+static void test_gc_port_floor(GcFixture *f, gconstpointer data)
+{
+  ferry_guest_connection_set_next_port(f->gc, 0x40000100);
+  ferry_guest_connection_set_next_port(f->gc, 0x40000050);
+  g_assert_cmphex(ferry_guest_connection_next_port(f->gc), ==, 0x40000100);
+  g_autoptr(json_t) params = json_pack("{s:[s], s:b}", "CommandArgs", "x", "CreateStdErrPipe", TRUE);
+  guint64 wait_id;
+  json_t *body;
+  g_autoptr(FerryGcsProcess) p = exec_process(f, NULL, params, 9, &wait_id, &body);
+  json_t *relay = json_object_get(json_object_get(body, "Settings"), "VsockStdioRelaySettings");
+  g_assert_cmpint(json_integer_value(json_object_get(relay, "StdErr")), ==, 0x40000100);
+  json_decref(body);
+  g_assert_cmphex(ferry_guest_connection_next_port(f->gc), ==, 0x40000101);
+  ferry_guest_connection_seed_next_id(f->gc, 1000);
+  ferry_guest_connection_seed_next_id(f->gc, 10);
+  g_assert_cmpuint(ferry_guest_connection_next_id(f->gc), ==, 1000);
+}
+
+/* The destination side of a migration: seed the floors, open the container, reopen
+ * the process with its ports and its outstanding wait id; the guest's answer to that
+ * wait (sent by the source host long ago) is routed to the reopened process. */
+static void test_gc_open_process_with_io(GcFixture *f, gconstpointer data)
+{
+  g_autoptr(GError) error = NULL;
+  ferry_guest_connection_set_next_port(f->gc, 0x40000010);
+  ferry_guest_connection_seed_next_id(f->gc, 77);
+  g_autoptr(FerryGcsContainer) c = ferry_guest_connection_open_container(f->gc, "c8", &error);
+  g_assert_null(
+      ferry_gcs_container_open_process_with_io(c, 12, 0x40000004, 0x40000005, 0, 0, &error));
+  g_assert_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT);
+  g_clear_error(&error);
+  g_autoptr(FerryGcsProcess) p =
+      ferry_gcs_container_open_process_with_io(c, 12, 0x40000004, 0x40000005, 0, 33, &error);
+  g_assert_no_error(error);
+  /* Listens again on exactly its ports, allocating none. */
+  g_assert_cmpuint(f->listened->len, ==, 2);
+  g_assert_cmphex(g_array_index(f->listened, guint32, 0), ==, 0x40000004);
+  g_assert_cmphex(g_array_index(f->listened, guint32, 1), ==, 0x40000005);
+  g_assert_cmphex(ferry_guest_connection_next_port(f->gc), ==, 0x40000010);
+  /* The id floor stays above everything the guest may still answer. */
+  g_assert_cmpuint(ferry_guest_connection_next_id(f->gc), ==, 77);
+  FerryGcsMigrationState ms = ferry_gcs_process_migration_state(p);
+  g_assert_cmpuint(ms.wait_call_id, ==, 33);
+
+  /* The same wait id cannot be registered twice. */
+  g_assert_null(ferry_gcs_container_open_process_with_io(c, 12, 0, 0, 0, 33, &error));
+  g_assert_error(error, FERRY_ERROR, FERRY_ERROR_ALREADY_EXISTS);
+  g_clear_error(&error);
+
+  Result w = {0};
+  ferry_gcs_process_wait(p, on_done, &w);
+  guest_answer(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), 33, json_pack("{s:i}", "ExitCode", 143));
+  wait_for(&w);
+  g_assert_no_error(w.error);
+  int code;
+  g_assert_true(ferry_gcs_process_exit_code(p, &code, &error));
+  g_assert_cmpint(code, ==, 143);
+}
+
+/* A transport break while migrating: the process's wait survives, the connection is
+ * resumed on a new socket with a fresh negotiation, and the wait completes there. */
+static void test_gc_resume_on_conn(GcFixture *f, gconstpointer data)
+{
+  g_autoptr(json_t) params = json_pack("{s:[s]}", "CommandArgs", "sleep");
+  guint64 wait_id;
+  g_autoptr(FerryGcsProcess) p = exec_process(f, NULL, params, 11, &wait_id, NULL);
+  ferry_guest_connection_set_migrating(f->gc, TRUE);
+  ferry_fd_clear(&f->guest.fd);
+  FerryBridge *b = ferry_guest_connection_get_bridge(f->gc);
+  gint64 until = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
+  while (!ferry_bridge_is_parked(b) && g_get_monotonic_time() < until)
+    g_main_context_iteration(NULL, TRUE);
+  g_assert_true(ferry_bridge_is_parked(b));
+
+  g_autoptr(GError) error = NULL;
+  int sp[2];
+  g_assert_true(ferry_socketpair(sp, FALSE, &error));
+  raw_guest_clear(&f->guest);
+  raw_guest_init(&f->guest, sp[1]);
+  Result r = {0};
+  ferry_guest_connection_resume_on_conn(f->gc, sp[0], on_done, &r);
+  gc_answer_negotiate(f, 4);
+  wait_for(&r);
+  g_assert_no_error(r.error);
+  g_assert_false(ferry_bridge_is_migrating(b));
+
+  Result w = {0};
+  ferry_gcs_process_wait(p, on_done, &w);
+  guest_answer(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), wait_id, json_pack("{s:i}", "ExitCode", 1));
+  wait_for(&w);
+  g_assert_no_error(w.error);
+}
+
+/* Exec failures release the ports it listened on. */
+static void test_gc_exec_failure_releases_ports(GcFixture *f, gconstpointer data)
+{
+  g_autoptr(json_t) params =
+      json_pack("{s:[s], s:b, s:b}", "CommandArgs", "nope", "CreateStdInPipe", TRUE,
+                "CreateStdOutPipe", TRUE);
+  Result r = {0};
+  ferry_guest_connection_create_process(f->gc, params, on_process, &r);
+  guint64 id = guest_expect(&f->guest, RPC_TYPE(EXECUTE_PROCESS), NULL);
+  guest_fail(&f->guest, RPC_TYPE(EXECUTE_PROCESS), id, FERRY_HR_E_FAIL, "no such file");
+  wait_for(&r);
+  g_assert_error(r.error, FERRY_BRIDGE_ERROR, (gint)FERRY_HR_E_FAIL);
+  g_assert_null(r.process);
+  g_assert_cmpuint(f->released->len, ==, 2);
+  /* Ports are never reused, even after a failure. */
+  g_assert_cmphex(ferry_guest_connection_next_port(f->gc), ==, 0x40000003);
+  /* A malformed parameter is refused before anything is sent. */
+  Result bad = {0};
+  g_autoptr(json_t) wrong = json_pack("{s:s}", "CreateStdInPipe", "yes");
+  ferry_guest_connection_create_process(f->gc, wrong, on_process, &bad);
+  wait_for(&bad);
+  g_assert_error(bad.error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT);
+  result_clear(&r);
+  result_clear(&bad);
+  settle();
+}
+
+int main(int argc, char **argv)
+{
+  g_test_init(&argc, &argv, NULL);
+#define B(path, fn)                                                                                \
+  g_test_add("/bridge/host/" path, BridgeFixture, NULL, bridge_setup, fn, bridge_teardown)
+#define GC(path, fn)                                                                               \
+  g_test_add("/bridge/guest-connection/" path, GcFixture, NULL, gc_setup, fn, gc_teardown)
+#define GC_RAW(path, fn)                                                                           \
+  g_test_add("/bridge/guest-connection/" path, GcFixture, "raw", gc_setup, fn, gc_teardown)
+  B("rpc-round-trip", test_bridge_rpc_round_trip);
+  B("rpc-error-result", test_bridge_rpc_error_result);
+  B("rpc-timeout-kills-bridge", test_bridge_rpc_timeout_kills_bridge);
+  B("rpc-cancel", test_bridge_rpc_cancel);
+  B("kill-wraps-cause", test_bridge_kill_wraps_cause);
+  B("notify-delivered", test_bridge_notify_delivered);
+  B("notify-failure-kills", test_bridge_notify_failure_kills);
+  B("unknown-response-id-kills", test_bridge_unknown_response_id);
+  B("response-type-mismatch-kills", test_bridge_response_type_mismatch);
+  B("unexpected-type-kills", test_bridge_unexpected_type);
+  B("wrong-notify-type-kills", test_bridge_wrong_notify_type);
+  B("oversize-frame-kills", test_bridge_oversize_frame);
+  B("undersize-frame-kills", test_bridge_undersize_frame);
+  B("malformed-body-kills", test_bridge_malformed_body);
+  B("response-without-result-kills", test_bridge_response_without_result);
+  B("peer-close-kills", test_bridge_peer_close_kills);
+  B("migrating-park-and-resume", test_bridge_migrating_park_and_resume);
+  B("resume-needs-migrating", test_bridge_resume_needs_migrating);
+  B("leaving-migrating-while-parked-kills", test_bridge_leaving_migrating_while_parked_kills);
+  B("id-floor", test_bridge_id_floor);
+  GC_RAW("connect", test_gc_connect);
+  GC_RAW("connect-rejects-other-version", test_gc_connect_rejects_other_version);
+  GC("create-and-wait-container", test_gc_create_and_wait_container);
+  GC("shutdown-tolerates-not-found", test_gc_shutdown_tolerates_not_found);
+  GC("wait-container-bridge-terminated", test_gc_wait_container_bridge_terminated);
+  GC("notification-for-unknown-container-kills",
+     test_gc_notification_for_unknown_container_kills);
+  GC("close-container-fails-wait", test_gc_close_container_fails_wait);
+  GC("exec-and-exit-code", test_gc_exec_and_exit_code);
+  GC("exit-code-tolerates-not-found", test_gc_exit_code_tolerates_not_found);
+  GC("wait-process-bridge-terminated", test_gc_wait_process_bridge_terminated);
+  GC("signal-and-kill", test_gc_signal_and_kill);
+  GC("properties", test_gc_properties);
+  GC("modify-and-dump-stacks", test_gc_modify_and_dump_stacks);
+  GC("port-floor", test_gc_port_floor);
+  GC("open-process-with-io", test_gc_open_process_with_io);
+  GC("resume-on-conn", test_gc_resume_on_conn);
+  GC("exec-failure-releases-ports", test_gc_exec_failure_releases_ports);
+  return g_test_run();
+}
