@@ -149,10 +149,11 @@ static gboolean on_notification(FerryBridge *b, json_t *body, gpointer ud, GErro
     return FALSE;
   }
   /* Hold the container: removing it from the table drops the table's reference. */
-  g_autoptr(FerryGcsContainer) hold = ferry_gcs_container_ref(c);
+  ferry_gcs_container_ref(c);
   g_hash_table_remove(gc->containers, cid);
   c->gc = NULL;
   container_mark_exited(c, type != NULL ? type : "UnexpectedExit", NULL);
+  ferry_gcs_container_unref(c);
   return TRUE;
 }
 
