@@ -101,8 +101,8 @@ const char *ferry_bridge_request_get_activity_id(const FerryBridgeRequest *reque
 void ferry_bridge_request_reply(FerryBridgeRequest *request, json_t *fields);
 
 /* Answer with a failing HRESULT and a message. Frees the request. */
-void ferry_bridge_request_reply_error(FerryBridgeRequest *request, guint32 hresult,
-                                      const char *fmt, ...) G_GNUC_PRINTF(3, 4);
+void ferry_bridge_request_reply_error(FerryBridgeRequest *request, guint32 hresult, const char *fmt,
+                                      ...) G_GNUC_PRINTF(3, 4);
 
 /* Answer with ferry_bridge_hresult_from_error(error) and its message. Frees it. */
 void ferry_bridge_request_reply_gerror(FerryBridgeRequest *request, const GError *error);

@@ -24,8 +24,8 @@ typedef struct FerryBridge FerryBridge;
 /* The answer to an RPC: `response` (borrowed, valid during the call) with Result 0, or
  * `error`: FERRY_BRIDGE_ERROR with the guest's HRESULT, or FERRY_BRIDGE_ERROR_CLOSED
  * ("bridge closed: <cause>") when the bridge died, or FERRY_ERROR for local causes. */
-typedef void (*FerryBridgeResponseFunc)(FerryBridge *bridge, json_t *response,
-                                        const GError *error, gpointer user_data);
+typedef void (*FerryBridgeResponseFunc)(FerryBridge *bridge, json_t *response, const GError *error,
+                                        gpointer user_data);
 
 /* A container notification from the guest (borrowed). Returning FALSE kills the
  * bridge with the error set. */
@@ -144,8 +144,8 @@ void ferry_guest_connection_modify(FerryGuestConnection *gc, const char *contain
 void ferry_guest_connection_dump_stacks(FerryGuestConnection *gc, FerryGcsJsonFunc done,
                                         gpointer user_data);
 void ferry_guest_connection_delete_container_state(FerryGuestConnection *gc,
-                                                   const char *container_id,
-                                                   FerryGcsDoneFunc done, gpointer user_data);
+                                                   const char *container_id, FerryGcsDoneFunc done,
+                                                   gpointer user_data);
 /* Run a process in the UVM itself. `params` (borrowed) is the ProcessParameters object
  * (CommandArgs, CreateStd*Pipe, ...). */
 void ferry_guest_connection_create_process(FerryGuestConnection *gc, json_t *params,
@@ -159,8 +159,8 @@ void ferry_guest_connection_create_process(FerryGuestConnection *gc, json_t *par
  * id is already registered.
  */
 FerryGcsContainer *ferry_guest_connection_create_container(FerryGuestConnection *gc,
-                                                           const char *container_id,
-                                                           json_t *config, FerryGcsDoneFunc done,
+                                                           const char *container_id, json_t *config,
+                                                           FerryGcsDoneFunc done,
                                                            gpointer user_data, GError **error);
 
 /* A container that already runs in the guest (a migration destination, or a host that
@@ -180,8 +180,8 @@ void ferry_guest_connection_set_migrating(FerryGuestConnection *gc, gboolean mig
 
 /* After a transport break while migrating: swap in `fd` (owned), renegotiate, and
  * leave migrating mode. Pending RPCs (process waits) survive. */
-void ferry_guest_connection_resume_on_conn(FerryGuestConnection *gc, int fd,
-                                           FerryGcsDoneFunc done, gpointer user_data);
+void ferry_guest_connection_resume_on_conn(FerryGuestConnection *gc, int fd, FerryGcsDoneFunc done,
+                                           gpointer user_data);
 
 /* ============================================================ container == */
 
@@ -195,8 +195,7 @@ void ferry_gcs_container_start(FerryGcsContainer *c, FerryGcsDoneFunc done, gpoi
 /* SIGTERM / SIGKILL to the container's processes; "does not exist" counts as done. They
  * do not wait for the exit: use ferry_gcs_container_wait(). */
 void ferry_gcs_container_shutdown(FerryGcsContainer *c, FerryGcsDoneFunc done, gpointer user_data);
-void ferry_gcs_container_terminate(FerryGcsContainer *c, FerryGcsDoneFunc done,
-                                   gpointer user_data);
+void ferry_gcs_container_terminate(FerryGcsContainer *c, FerryGcsDoneFunc done, gpointer user_data);
 /* Completes when the exit notification arrives, or the bridge dies (error NULL in both
  * cases), or the container is closed (error "container closed"). */
 void ferry_gcs_container_wait(FerryGcsContainer *c, FerryGcsDoneFunc done, gpointer user_data);
@@ -220,8 +219,8 @@ void ferry_gcs_container_create_process(FerryGcsContainer *c, json_t *params,
  */
 FerryGcsProcess *ferry_gcs_container_open_process_with_io(FerryGcsContainer *c, guint32 pid,
                                                           guint32 stdin_port, guint32 stdout_port,
-                                                          guint32 stderr_port,
-                                                          guint64 wait_call_id, GError **error);
+                                                          guint32 stderr_port, guint64 wait_call_id,
+                                                          GError **error);
 /* Stop following the container: unregister its notification; pending waits complete
  * with "container closed". */
 void ferry_gcs_container_close(FerryGcsContainer *c);

@@ -141,8 +141,9 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(FerryBridgeParser, ferry_bridge_parser_free)
 void ferry_bridge_parser_feed(FerryBridgeParser *parser, const guint8 *data, gsize len);
 /* Drop anything buffered (a new connection starts clean). */
 void ferry_bridge_parser_reset(FerryBridgeParser *parser);
-FerryBridgeParseResult ferry_bridge_parser_next(FerryBridgeParser *parser, FerryBridgeHeader *header,
-                                                const guint8 **body, GError **error);
+FerryBridgeParseResult ferry_bridge_parser_next(FerryBridgeParser *parser,
+                                                FerryBridgeHeader *header, const guint8 **body,
+                                                GError **error);
 
 /*
  * Encode a whole message: header + compact JSON of `body` (+ "\n" when
@@ -150,8 +151,7 @@ FerryBridgeParseResult ferry_bridge_parser_next(FerryBridgeParser *parser, Ferry
  * RESOURCE_EXHAUSTED when it would exceed `max_message`.
  */
 GBytes *ferry_bridge_message_encode(guint32 type, guint64 id, const json_t *body,
-                                    gboolean trailing_newline, gsize max_message,
-                                    GError **error);
+                                    gboolean trailing_newline, gsize max_message, GError **error);
 
 /* ------------------------------------------------------------------ bodies -- */
 

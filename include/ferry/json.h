@@ -14,8 +14,8 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(json_t, json_decref)
  * is an error (FERRY_ERROR_INVALID_ARGUMENT, "field <key>: ..."). Strings are borrowed
  * from obj.
  */
-gboolean ferry_json_get_string(json_t *obj, const char *key, gboolean required,
-                               const char **out, GError **error);
+gboolean ferry_json_get_string(json_t *obj, const char *key, gboolean required, const char **out,
+                               GError **error);
 gboolean ferry_json_get_uint32(json_t *obj, const char *key, gboolean required, guint32 *out,
                                GError **error);
 gboolean ferry_json_get_int64(json_t *obj, const char *key, gboolean required, gint64 *out,

@@ -26,8 +26,8 @@ static gboolean member(json_t *obj, const char *key, gboolean required, json_t *
   return TRUE;
 }
 
-gboolean ferry_json_get_string(json_t *obj, const char *key, gboolean required,
-                               const char **out, GError **error)
+gboolean ferry_json_get_string(json_t *obj, const char *key, gboolean required, const char **out,
+                               GError **error)
 {
   json_t *v;
   if (!member(obj, key, required, &v, error))

@@ -28,8 +28,8 @@ struct FerryGcsContainer {
   char *id;
   gboolean exited;
   char *exit_type;
-  GError *exit_error;  /* "container closed" */
-  GArray *waiters;     /* Waiter */
+  GError *exit_error; /* "container closed" */
+  GArray *waiters;    /* Waiter */
 };
 
 struct FerryGcsProcess {
@@ -144,8 +144,8 @@ static gboolean on_notification(FerryBridge *b, json_t *body, gpointer ud, GErro
     return FALSE;
   FerryGcsContainer *c = g_hash_table_lookup(gc->containers, cid);
   if (c == NULL) {
-    g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND,
-                "notification for unknown container %s", cid);
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "notification for unknown container %s",
+                cid);
     return FALSE;
   }
   /* Hold the container: removing it from the table drops the table's reference. */
@@ -310,12 +310,12 @@ void ferry_guest_connection_dump_stacks(FerryGuestConnection *gc, FerryGcsJsonFu
 }
 
 void ferry_guest_connection_delete_container_state(FerryGuestConnection *gc,
-                                                   const char *container_id,
-                                                   FerryGcsDoneFunc done, gpointer user_data)
+                                                   const char *container_id, FerryGcsDoneFunc done,
+                                                   gpointer user_data)
 {
   g_autoptr(json_t) body = ferry_bridge_request_base(container_id, NULL);
-  call(gc, FERRY_BRIDGE_RPC_DELETE_CONTAINER_STATE, body, FERRY_BRIDGE_DEFAULT_TIMEOUT_MS, 0,
-       done, NULL, user_data);
+  call(gc, FERRY_BRIDGE_RPC_DELETE_CONTAINER_STATE, body, FERRY_BRIDGE_DEFAULT_TIMEOUT_MS, 0, done,
+       NULL, user_data);
 }
 
 guint32 ferry_guest_connection_next_port(FerryGuestConnection *gc)
@@ -344,8 +344,8 @@ void ferry_guest_connection_set_migrating(FerryGuestConnection *gc, gboolean mig
   ferry_bridge_set_migrating(gc->bridge, migrating);
 }
 
-void ferry_guest_connection_resume_on_conn(FerryGuestConnection *gc, int fd,
-                                           FerryGcsDoneFunc done, gpointer user_data)
+void ferry_guest_connection_resume_on_conn(FerryGuestConnection *gc, int fd, FerryGcsDoneFunc done,
+                                           gpointer user_data)
 {
   g_autoptr(GError) error = NULL;
   if (!ferry_bridge_resume_on_conn(gc->bridge, fd, &error)) {
@@ -358,8 +358,7 @@ void ferry_guest_connection_resume_on_conn(FerryGuestConnection *gc, int fd,
 
 /* ------------------------------------------------------------ processes -- */
 
-static FerryGcsProcess *process_new(FerryGuestConnection *gc, const char *container_id,
-                                    guint32 pid)
+static FerryGcsProcess *process_new(FerryGuestConnection *gc, const char *container_id, guint32 pid)
 {
   FerryGcsProcess *p = g_new0(FerryGcsProcess, 1);
   p->refs = 1;
@@ -397,7 +396,7 @@ guint32 ferry_gcs_process_get_pid(FerryGcsProcess *p)
 
 FerryGcsMigrationState ferry_gcs_process_migration_state(FerryGcsProcess *p)
 {
-  FerryGcsMigrationState s = {p->ports[0], p->ports[1], p->ports[2], p->waited ? 0 : p->wait_id};
+  FerryGcsMigrationState s = { p->ports[0], p->ports[1], p->ports[2], p->waited ? 0 : p->wait_id };
   return s;
 }
 
@@ -426,9 +425,8 @@ static void start_wait(FerryGcsProcess *p)
   json_object_set_new(body, "ProcessId", json_integer(p->pid));
   json_object_set_new(body, "TimeoutInMs", json_integer(FERRY_BRIDGE_INFINITE_TIMEOUT));
   ferry_gcs_process_ref(p);
-  p->wait_id =
-      ferry_bridge_rpc(p->gc->bridge, FERRY_BRIDGE_RPC_WAIT_FOR_PROCESS, body, 0,
-                       on_process_waited, p);
+  p->wait_id = ferry_bridge_rpc(p->gc->bridge, FERRY_BRIDGE_RPC_WAIT_FOR_PROCESS, body, 0,
+                                on_process_waited, p);
 }
 
 void ferry_gcs_process_wait(FerryGcsProcess *p, FerryGcsDoneFunc done, gpointer user_data)
@@ -443,7 +441,7 @@ void ferry_gcs_process_wait(FerryGcsProcess *p, FerryGcsDoneFunc done, gpointer 
     defer_done(done, user_data, p->wait_error);
     return;
   }
-  Waiter w = {done, user_data};
+  Waiter w = { done, user_data };
   g_array_append_val(p->waiters, w);
 }
 
@@ -522,8 +520,8 @@ void ferry_gcs_process_resize_console(FerryGcsProcess *p, guint16 width, guint16
   json_object_set_new(body, "ProcessId", json_integer(p->pid));
   json_object_set_new(body, "Height", json_integer(height));
   json_object_set_new(body, "Width", json_integer(width));
-  call(p->gc, FERRY_BRIDGE_RPC_RESIZE_CONSOLE, body, FERRY_BRIDGE_DEFAULT_TIMEOUT_MS, 0, done,
-       NULL, user_data);
+  call(p->gc, FERRY_BRIDGE_RPC_RESIZE_CONSOLE, body, FERRY_BRIDGE_DEFAULT_TIMEOUT_MS, 0, done, NULL,
+       user_data);
 }
 
 void ferry_gcs_process_close_stdin(FerryGcsProcess *p)
@@ -620,9 +618,8 @@ static void exec(FerryGuestConnection *gc, const char *container_id, json_t *par
                  FerryGcsProcessFunc done, gpointer user_data)
 {
   g_autoptr(GError) error = NULL;
-  static const char *const pipes[3] = {"CreateStdInPipe", "CreateStdOutPipe",
-                                       "CreateStdErrPipe"};
-  guint32 ports[3] = {0, 0, 0};
+  static const char *const pipes[3] = { "CreateStdInPipe", "CreateStdOutPipe", "CreateStdErrPipe" };
+  guint32 ports[3] = { 0, 0, 0 };
   for (int i = 0; i < 3 && error == NULL; i++) {
     gboolean want = FALSE;
     if (ferry_json_get_bool(params, pipes[i], FALSE, &want, &error) && want)
@@ -645,7 +642,7 @@ static void exec(FerryGuestConnection *gc, const char *container_id, json_t *par
   json_t *settings = json_object();
   ferry_bridge_set_embedded(settings, "ProcessParameters", json_incref(params));
   json_t *relay = json_object();
-  static const char *const names[3] = {"StdIn", "StdOut", "StdErr"};
+  static const char *const names[3] = { "StdIn", "StdOut", "StdErr" };
   for (int i = 0; i < 3; i++)
     if (ports[i] != 0)
       json_object_set_new(relay, names[i], json_integer(ports[i]));
@@ -682,8 +679,7 @@ static FerryGcsContainer *container_register(FerryGuestConnection *gc, const cha
     return NULL;
   }
   if (g_hash_table_contains(gc->containers, id)) {
-    g_set_error(error, FERRY_ERROR, FERRY_ERROR_ALREADY_EXISTS, "container %s already exists",
-                id);
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_ALREADY_EXISTS, "container %s already exists", id);
     return NULL;
   }
   FerryGcsContainer *c = g_new0(FerryGcsContainer, 1);
@@ -757,8 +753,8 @@ static void on_created(const GError *error, gpointer ud)
 }
 
 FerryGcsContainer *ferry_guest_connection_create_container(FerryGuestConnection *gc,
-                                                           const char *container_id,
-                                                           json_t *config, FerryGcsDoneFunc done,
+                                                           const char *container_id, json_t *config,
+                                                           FerryGcsDoneFunc done,
                                                            gpointer user_data, GError **error)
 {
   if (!json_is_object(config)) {
@@ -775,8 +771,7 @@ FerryGcsContainer *ferry_guest_connection_create_container(FerryGuestConnection 
   cr->c = ferry_gcs_container_ref(c);
   cr->done = done;
   cr->user_data = user_data;
-  call(gc, FERRY_BRIDGE_RPC_CREATE, body, FERRY_BRIDGE_DEFAULT_TIMEOUT_MS, 0, on_created, NULL,
-       cr);
+  call(gc, FERRY_BRIDGE_RPC_CREATE, body, FERRY_BRIDGE_DEFAULT_TIMEOUT_MS, 0, on_created, NULL, cr);
   return c;
 }
 
@@ -828,7 +823,7 @@ void ferry_gcs_container_wait(FerryGcsContainer *c, FerryGcsDoneFunc done, gpoin
     defer_done(done, user_data, c->exit_error);
     return;
   }
-  Waiter w = {done, user_data};
+  Waiter w = { done, user_data };
   g_array_append_val(c->waiters, w);
 }
 
@@ -876,8 +871,7 @@ static void on_properties(json_t *response, const GError *error, gpointer ud)
   Props *pr = ud;
   g_autoptr(GError) local = NULL;
   g_autoptr(json_t) props = NULL;
-  if (error == NULL &&
-      !ferry_bridge_get_embedded(response, "Properties", FALSE, &props, &local)) {
+  if (error == NULL && !ferry_bridge_get_embedded(response, "Properties", FALSE, &props, &local)) {
     g_prefix_error(&local, "GetProperties: ");
     error = local;
   }
@@ -930,8 +924,8 @@ void ferry_gcs_container_create_process(FerryGcsContainer *c, json_t *params,
 
 FerryGcsProcess *ferry_gcs_container_open_process_with_io(FerryGcsContainer *c, guint32 pid,
                                                           guint32 stdin_port, guint32 stdout_port,
-                                                          guint32 stderr_port,
-                                                          guint64 wait_call_id, GError **error)
+                                                          guint32 stderr_port, guint64 wait_call_id,
+                                                          GError **error)
 {
   if (!usable(c->gc, "container", error))
     return NULL;
@@ -940,16 +934,15 @@ FerryGcsProcess *ferry_gcs_container_open_process_with_io(FerryGcsContainer *c, 
                 "open process %u: no outstanding wait call id", pid);
     return NULL;
   }
-  guint32 ports[3] = {stdin_port, stdout_port, stderr_port};
+  guint32 ports[3] = { stdin_port, stdout_port, stderr_port };
   if (!listen_ports(c->gc, ports, error))
     return NULL;
   FerryGcsProcess *p = process_new(c->gc, c->id, pid);
   memcpy(p->ports, ports, sizeof(ports));
   p->wait_id = wait_call_id;
   ferry_gcs_process_ref(p); /* held by the pending wait */
-  if (!ferry_bridge_preregister_rpc(c->gc->bridge, wait_call_id,
-                                    FERRY_BRIDGE_RPC_WAIT_FOR_PROCESS, on_process_waited, p,
-                                    error)) {
+  if (!ferry_bridge_preregister_rpc(c->gc->bridge, wait_call_id, FERRY_BRIDGE_RPC_WAIT_FOR_PROCESS,
+                                    on_process_waited, p, error)) {
     p->refs--; /* the wait does not exist */
     ferry_gcs_process_unref(p);
     return NULL;

@@ -206,8 +206,7 @@ static void handle_response(FerryBridge *b, const FerryBridgeHeader *h, json_t *
   r = take_pending(b, h->id);
   g_autoptr(GError) error = NULL;
   const char *name = ferry_bridge_message_name(h->type);
-  if (!ferry_bridge_response_check(body, name, &error) &&
-      error->domain != FERRY_BRIDGE_ERROR) {
+  if (!ferry_bridge_response_check(body, name, &error) && error->domain != FERRY_BRIDGE_ERROR) {
     /* A body without a usable Result: the guest broke the protocol. */
     complete(b, r, NULL, error);
     kill_with(b, FERRY_ERROR_INVALID_ARGUMENT, "%s", error->message);
@@ -280,8 +279,8 @@ static void on_stream_closed(FerryStream *s, const GError *error, gpointer ud)
 }
 
 static const FerryStreamHandlers bridge_stream_handlers = {
-    .data = on_stream_data,
-    .closed = on_stream_closed,
+  .data = on_stream_data,
+  .closed = on_stream_closed,
 };
 
 /* --------------------------------------------------------------- output -- */
@@ -290,9 +289,9 @@ static gboolean on_timeout(gpointer p)
 {
   PendingRpc *r = p;
   r->timeout_source = 0;
-  kill_with(r->bridge, FERRY_ERROR_DEADLINE_EXCEEDED, "bridge RPC %s (id %" G_GUINT64_FORMAT
-            ") got no answer in time", ferry_bridge_message_name(ferry_bridge_request_type(r->rpc)),
-            r->id);
+  kill_with(r->bridge, FERRY_ERROR_DEADLINE_EXCEEDED,
+            "bridge RPC %s (id %" G_GUINT64_FORMAT ") got no answer in time",
+            ferry_bridge_message_name(ferry_bridge_request_type(r->rpc)), r->id);
   return G_SOURCE_REMOVE;
 }
 
@@ -310,8 +309,7 @@ static gboolean on_early_failure(gpointer p)
   return G_SOURCE_REMOVE;
 }
 
-static gboolean send_message(FerryBridge *b, guint32 type, guint64 id, json_t *body,
-                             GError **error)
+static gboolean send_message(FerryBridge *b, guint32 type, guint64 id, json_t *body, GError **error)
 {
   if (b->dead != NULL) {
     g_propagate_error(error, g_error_copy(b->dead));

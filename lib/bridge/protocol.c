@@ -12,18 +12,18 @@ static const struct {
   guint32 hresult;
   int status;
 } hresult_table[] = {
-    {FERRY_HR_E_NOTIMPL, FERRY_ERROR_UNIMPLEMENTED},
-    {FERRY_HR_UNKNOWN_MESSAGE, FERRY_ERROR_UNIMPLEMENTED},
-    {FERRY_HR_E_INVALIDARG, FERRY_ERROR_INVALID_ARGUMENT},
-    {FERRY_HR_INVALID_JSON, FERRY_ERROR_INVALID_ARGUMENT},
-    {FERRY_HR_NOT_FOUND, FERRY_ERROR_NOT_FOUND},
-    {FERRY_HR_SYSTEM_NOT_FOUND, FERRY_ERROR_NOT_FOUND},
-    {FERRY_HR_ALREADY_EXISTS, FERRY_ERROR_ALREADY_EXISTS},
-    {FERRY_HR_TIMEOUT, FERRY_ERROR_DEADLINE_EXCEEDED},
-    {FERRY_HR_INVALID_STATE, FERRY_ERROR_FAILED_PRECONDITION},
-    {FERRY_HR_ALREADY_STOPPED, FERRY_ERROR_FAILED_PRECONDITION},
-    {FERRY_HR_UNSUPPORTED_PROTOCOL, FERRY_ERROR_FAILED_PRECONDITION},
-    {FERRY_HR_E_FAIL, FERRY_ERROR_UNKNOWN},
+  { FERRY_HR_E_NOTIMPL, FERRY_ERROR_UNIMPLEMENTED },
+  { FERRY_HR_UNKNOWN_MESSAGE, FERRY_ERROR_UNIMPLEMENTED },
+  { FERRY_HR_E_INVALIDARG, FERRY_ERROR_INVALID_ARGUMENT },
+  { FERRY_HR_INVALID_JSON, FERRY_ERROR_INVALID_ARGUMENT },
+  { FERRY_HR_NOT_FOUND, FERRY_ERROR_NOT_FOUND },
+  { FERRY_HR_SYSTEM_NOT_FOUND, FERRY_ERROR_NOT_FOUND },
+  { FERRY_HR_ALREADY_EXISTS, FERRY_ERROR_ALREADY_EXISTS },
+  { FERRY_HR_TIMEOUT, FERRY_ERROR_DEADLINE_EXCEEDED },
+  { FERRY_HR_INVALID_STATE, FERRY_ERROR_FAILED_PRECONDITION },
+  { FERRY_HR_ALREADY_STOPPED, FERRY_ERROR_FAILED_PRECONDITION },
+  { FERRY_HR_UNSUPPORTED_PROTOCOL, FERRY_ERROR_FAILED_PRECONDITION },
+  { FERRY_HR_E_FAIL, FERRY_ERROR_UNKNOWN },
 };
 
 int ferry_bridge_hresult_to_status(guint32 hresult)
@@ -89,22 +89,22 @@ static const struct {
   guint32 rpc;
   const char *name;
 } rpc_names[] = {
-    {FERRY_BRIDGE_RPC_CREATE, "Create"},
-    {FERRY_BRIDGE_RPC_START, "Start"},
-    {FERRY_BRIDGE_RPC_SHUTDOWN_GRACEFUL, "ShutdownGraceful"},
-    {FERRY_BRIDGE_RPC_SHUTDOWN_FORCED, "ShutdownForced"},
-    {FERRY_BRIDGE_RPC_EXECUTE_PROCESS, "ExecuteProcess"},
-    {FERRY_BRIDGE_RPC_WAIT_FOR_PROCESS, "WaitForProcess"},
-    {FERRY_BRIDGE_RPC_SIGNAL_PROCESS, "SignalProcess"},
-    {FERRY_BRIDGE_RPC_RESIZE_CONSOLE, "ResizeConsole"},
-    {FERRY_BRIDGE_RPC_GET_PROPERTIES, "GetProperties"},
-    {FERRY_BRIDGE_RPC_MODIFY_SETTINGS, "ModifySettings"},
-    {FERRY_BRIDGE_RPC_NEGOTIATE_PROTOCOL, "NegotiateProtocol"},
-    {FERRY_BRIDGE_RPC_DUMP_STACKS, "DumpStacks"},
-    {FERRY_BRIDGE_RPC_DELETE_CONTAINER_STATE, "DeleteContainerState"},
-    {FERRY_BRIDGE_RPC_UPDATE_CONTAINER, "UpdateContainer"},
-    {FERRY_BRIDGE_RPC_LIFECYCLE_NOTIFICATION, "LifecycleNotification"},
-    {FERRY_BRIDGE_RPC_MODIFY_SERVICE_SETTINGS, "ModifyServiceSettings"},
+  { FERRY_BRIDGE_RPC_CREATE, "Create" },
+  { FERRY_BRIDGE_RPC_START, "Start" },
+  { FERRY_BRIDGE_RPC_SHUTDOWN_GRACEFUL, "ShutdownGraceful" },
+  { FERRY_BRIDGE_RPC_SHUTDOWN_FORCED, "ShutdownForced" },
+  { FERRY_BRIDGE_RPC_EXECUTE_PROCESS, "ExecuteProcess" },
+  { FERRY_BRIDGE_RPC_WAIT_FOR_PROCESS, "WaitForProcess" },
+  { FERRY_BRIDGE_RPC_SIGNAL_PROCESS, "SignalProcess" },
+  { FERRY_BRIDGE_RPC_RESIZE_CONSOLE, "ResizeConsole" },
+  { FERRY_BRIDGE_RPC_GET_PROPERTIES, "GetProperties" },
+  { FERRY_BRIDGE_RPC_MODIFY_SETTINGS, "ModifySettings" },
+  { FERRY_BRIDGE_RPC_NEGOTIATE_PROTOCOL, "NegotiateProtocol" },
+  { FERRY_BRIDGE_RPC_DUMP_STACKS, "DumpStacks" },
+  { FERRY_BRIDGE_RPC_DELETE_CONTAINER_STATE, "DeleteContainerState" },
+  { FERRY_BRIDGE_RPC_UPDATE_CONTAINER, "UpdateContainer" },
+  { FERRY_BRIDGE_RPC_LIFECYCLE_NOTIFICATION, "LifecycleNotification" },
+  { FERRY_BRIDGE_RPC_MODIFY_SERVICE_SETTINGS, "ModifyServiceSettings" },
 };
 
 const char *ferry_bridge_message_name(guint32 type)
@@ -221,14 +221,14 @@ GBytes *ferry_bridge_message_encode(guint32 type, guint64 id, const json_t *body
   gsize body_len = strlen(json) + (trailing_newline ? 1 : 0);
   gsize size = FERRY_BRIDGE_HEADER_SIZE + body_len;
   if (size > max_message || size > G_MAXUINT32) {
-    g_set_error(error, FERRY_ERROR, FERRY_ERROR_RESOURCE_EXHAUSTED,
-                "bridge message %s of %" G_GSIZE_FORMAT " bytes is over the limit of %" G_GSIZE_FORMAT,
-                ferry_bridge_message_name(type) ? ferry_bridge_message_name(type) : "?", size,
-                max_message);
+    g_set_error(
+        error, FERRY_ERROR, FERRY_ERROR_RESOURCE_EXHAUSTED,
+        "bridge message %s of %" G_GSIZE_FORMAT " bytes is over the limit of %" G_GSIZE_FORMAT,
+        ferry_bridge_message_name(type) ? ferry_bridge_message_name(type) : "?", size, max_message);
     return NULL;
   }
   guint8 *out = g_malloc(size);
-  FerryBridgeHeader h = {type, (guint32)size, id};
+  FerryBridgeHeader h = { type, (guint32)size, id };
   ferry_bridge_header_encode(&h, out);
   memcpy(out + FERRY_BRIDGE_HEADER_SIZE, json, strlen(json));
   if (trailing_newline)

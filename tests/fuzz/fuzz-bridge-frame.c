@@ -35,8 +35,8 @@ static void decode_body(const FerryBridgeHeader *h, const guint8 *body)
   ferry_json_get_bool(j, "CreateStdInPipe", FALSE, &b, NULL);
   ferry_json_get_object(j, "Capabilities", FALSE, &obj, NULL);
   /* What the guest reads from requests: JSON inside strings. */
-  static const char *const embedded[] = {"ContainerConfig", "ProcessParameters", "Query",
-                                         "Properties", "ResultInfo"};
+  static const char *const embedded[] = { "ContainerConfig", "ProcessParameters", "Query",
+                                          "Properties", "ResultInfo" };
   json_t *settings = NULL;
   ferry_json_get_object(j, "Settings", FALSE, &settings, NULL);
   for (gsize k = 0; k < G_N_ELEMENTS(embedded); k++) {

@@ -100,8 +100,8 @@ static void guest_write_raw(RawGuest *g, const guint8 *data, gsize len)
 static void guest_send(RawGuest *g, guint32 type, guint64 id, json_t *body)
 {
   g_autoptr(GError) error = NULL;
-  g_autoptr(GBytes) msg = ferry_bridge_message_encode(type, id, body, FALSE,
-                                                      FERRY_BRIDGE_GUEST_MAX_MESSAGE, &error);
+  g_autoptr(GBytes) msg =
+      ferry_bridge_message_encode(type, id, body, FALSE, FERRY_BRIDGE_GUEST_MAX_MESSAGE, &error);
   g_assert_no_error(error);
   gsize len;
   const guint8 *p = g_bytes_get_data(msg, &len);
@@ -265,7 +265,7 @@ static guint64 start_rpc(BridgeFixture *f, Result *r, guint timeout_ms)
 
 static void test_bridge_rpc_round_trip(BridgeFixture *f, gconstpointer data)
 {
-  Result r = {0};
+  Result r = { 0 };
   guint64 id = start_rpc(f, &r, 0);
   g_assert_cmpuint(id, ==, 0); /* the first request is id 0 */
   g_assert_cmpuint(ferry_bridge_next_id(f->bridge), ==, 1);
@@ -287,7 +287,7 @@ static void test_bridge_rpc_round_trip(BridgeFixture *f, gconstpointer data)
 /* A guest's failing Result fails the call, not the bridge. */
 static void test_bridge_rpc_error_result(BridgeFixture *f, gconstpointer data)
 {
-  Result r = {0};
+  Result r = { 0 };
   start_rpc(f, &r, 0);
   guint64 id = guest_expect(&f->guest, RPC_TYPE(START), NULL);
   guest_fail(&f->guest, RPC_TYPE(START), id, FERRY_HR_SYSTEM_NOT_FOUND, "no container c1");
@@ -301,7 +301,7 @@ static void test_bridge_rpc_error_result(BridgeFixture *f, gconstpointer data)
 /* hcsshim TestBridgeRPCResponseTimeout: no answer in time kills the whole bridge. */
 static void test_bridge_rpc_timeout_kills_bridge(BridgeFixture *f, gconstpointer data)
 {
-  Result r = {0}, other = {0};
+  Result r = { 0 }, other = { 0 };
   start_rpc(f, &r, 50);
   start_rpc(f, &other, 0);
   wait_for(&r);
@@ -321,13 +321,13 @@ static void test_bridge_rpc_timeout_kills_bridge(BridgeFixture *f, gconstpointer
  * is swallowed without harm. */
 static void test_bridge_rpc_cancel(BridgeFixture *f, gconstpointer data)
 {
-  Result r = {0};
+  Result r = { 0 };
   guint64 id = start_rpc(f, &r, 0);
   g_assert_true(ferry_bridge_rpc_cancel(f->bridge, id));
   g_assert_false(ferry_bridge_rpc_cancel(f->bridge, id));
   guest_expect(&f->guest, RPC_TYPE(START), NULL);
   guest_answer(&f->guest, RPC_TYPE(START), id, NULL);
-  Result after = {0};
+  Result after = { 0 };
   start_rpc(f, &after, 0);
   guint64 id2 = guest_expect(&f->guest, RPC_TYPE(START), NULL);
   guest_answer(&f->guest, RPC_TYPE(START), id2, NULL);
@@ -341,7 +341,7 @@ static void test_bridge_rpc_cancel(BridgeFixture *f, gconstpointer data)
 /* hcsshim TestBridgeRPCBridgeClosed / TestBridgeKillWrapsSentinel. */
 static void test_bridge_kill_wraps_cause(BridgeFixture *f, gconstpointer data)
 {
-  Result r = {0};
+  Result r = { 0 };
   start_rpc(f, &r, 0);
   g_autoptr(GError) cause = g_error_new(FERRY_ERROR, FERRY_ERROR_INTERNAL, "boom");
   ferry_bridge_kill(f->bridge, cause);
@@ -353,7 +353,7 @@ static void test_bridge_kill_wraps_cause(BridgeFixture *f, gconstpointer data)
   ferry_bridge_kill(f->bridge, cause); /* idempotent */
   g_assert_cmpint(f->dead_calls, ==, 1);
   /* A later call fails the same way, from the main loop. */
-  Result later = {0};
+  Result later = { 0 };
   start_rpc(f, &later, 0);
   g_assert_false(later.done);
   wait_for(&later);
@@ -407,7 +407,7 @@ static void test_bridge_unknown_response_id(BridgeFixture *f, gconstpointer data
 
 static void test_bridge_response_type_mismatch(BridgeFixture *f, gconstpointer data)
 {
-  Result r = {0};
+  Result r = { 0 };
   guint64 id = start_rpc(f, &r, 0);
   guest_expect(&f->guest, RPC_TYPE(START), NULL);
   guest_answer(&f->guest, RPC_TYPE(CREATE), id, NULL);
@@ -430,9 +430,9 @@ static void test_bridge_wrong_notify_type(BridgeFixture *f, gconstpointer data)
 
 static void test_bridge_oversize_frame(BridgeFixture *f, gconstpointer data)
 {
-  Result r = {0};
+  Result r = { 0 };
   start_rpc(f, &r, 0);
-  FerryBridgeHeader h = {RESP_TYPE(START), FERRY_BRIDGE_HOST_MAX_MESSAGE + 1, 0};
+  FerryBridgeHeader h = { RESP_TYPE(START), FERRY_BRIDGE_HOST_MAX_MESSAGE + 1, 0 };
   guint8 hdr[16];
   ferry_bridge_header_encode(&h, hdr);
   guest_write_raw(&f->guest, hdr, sizeof(hdr));
@@ -443,7 +443,7 @@ static void test_bridge_oversize_frame(BridgeFixture *f, gconstpointer data)
 
 static void test_bridge_undersize_frame(BridgeFixture *f, gconstpointer data)
 {
-  FerryBridgeHeader h = {RESP_TYPE(START), 8, 0};
+  FerryBridgeHeader h = { RESP_TYPE(START), 8, 0 };
   guint8 hdr[16];
   ferry_bridge_header_encode(&h, hdr);
   guest_write_raw(&f->guest, hdr, sizeof(hdr));
@@ -452,10 +452,10 @@ static void test_bridge_undersize_frame(BridgeFixture *f, gconstpointer data)
 
 static void test_bridge_malformed_body(BridgeFixture *f, gconstpointer data)
 {
-  Result r = {0};
+  Result r = { 0 };
   guint64 id = start_rpc(f, &r, 0);
   const char *junk = "{\"Result\": 0,";
-  FerryBridgeHeader h = {RESP_TYPE(START), (guint32)(16 + strlen(junk)), id};
+  FerryBridgeHeader h = { RESP_TYPE(START), (guint32)(16 + strlen(junk)), id };
   guint8 hdr[16];
   ferry_bridge_header_encode(&h, hdr);
   guest_write_raw(&f->guest, hdr, sizeof(hdr));
@@ -466,7 +466,7 @@ static void test_bridge_malformed_body(BridgeFixture *f, gconstpointer data)
 
 static void test_bridge_response_without_result(BridgeFixture *f, gconstpointer data)
 {
-  Result r = {0};
+  Result r = { 0 };
   guint64 id = start_rpc(f, &r, 0);
   guest_send(&f->guest, RESP_TYPE(START), id, json_pack("{s:s}", "ActivityId", "x"));
   expect_killed(f, "Result");
@@ -476,7 +476,7 @@ static void test_bridge_response_without_result(BridgeFixture *f, gconstpointer 
 
 static void test_bridge_peer_close_kills(BridgeFixture *f, gconstpointer data)
 {
-  Result r = {0};
+  Result r = { 0 };
   start_rpc(f, &r, 0);
   ferry_fd_clear(&f->guest.fd);
   /* "closed by peer", or "reset by peer" when the guest left data unread. */
@@ -489,7 +489,7 @@ static void test_bridge_peer_close_kills(BridgeFixture *f, gconstpointer data)
  * are answered on the next connection; a pre-registered id is routed too. */
 static void test_bridge_migrating_park_and_resume(BridgeFixture *f, gconstpointer data)
 {
-  Result pending = {0}, prereg = {0}, during = {0};
+  Result pending = { 0 }, prereg = { 0 }, during = { 0 };
   guint64 id = start_rpc(f, &pending, 0);
   guest_expect(&f->guest, RPC_TYPE(START), NULL);
   ferry_bridge_set_migrating(f->bridge, TRUE);
@@ -563,7 +563,7 @@ static void test_bridge_id_floor(BridgeFixture *f, gconstpointer data)
   ferry_bridge_seed_next_id(f->bridge, 50);
   g_assert_cmpuint(ferry_bridge_next_id(f->bridge), ==, 100);
   g_autoptr(GError) error = NULL;
-  Result a = {0};
+  Result a = { 0 };
   g_assert_true(ferry_bridge_preregister_rpc(f->bridge, 10, FERRY_BRIDGE_RPC_WAIT_FOR_PROCESS,
                                              on_rpc, &a, &error));
   g_assert_cmpuint(ferry_bridge_next_id(f->bridge), ==, 100); /* below: unchanged */
@@ -571,7 +571,7 @@ static void test_bridge_id_floor(BridgeFixture *f, gconstpointer data)
                                               on_rpc, &a, &error));
   g_assert_error(error, FERRY_ERROR, FERRY_ERROR_ALREADY_EXISTS);
   g_clear_error(&error);
-  Result r = {0};
+  Result r = { 0 };
   g_assert_cmpuint(start_rpc(f, &r, 0), ==, 100);
   g_autoptr(GError) cause = g_error_new(FERRY_ERROR, FERRY_ERROR_INTERNAL, "x");
   ferry_bridge_kill(f->bridge, cause);
@@ -611,7 +611,7 @@ static void hook_close_write(guint32 port, gpointer ud)
   g_array_append_val(f->closed_write, port);
 }
 
-static const FerryGcsPortHooks hooks = {hook_listen, hook_release, hook_close_write};
+static const FerryGcsPortHooks hooks = { hook_listen, hook_release, hook_close_write };
 
 static void gc_answer_negotiate(GcFixture *f, guint32 version)
 {
@@ -621,8 +621,8 @@ static void gc_answer_negotiate(GcFixture *f, guint32 version)
   g_assert_cmpint(json_integer_value(json_object_get(body, "MaximumVersion")), ==, 4);
   json_decref(body);
   guest_answer(&f->guest, RPC_TYPE(NEGOTIATE_PROTOCOL), id,
-               json_pack("{s:i, s:{s:s, s:b}}", "Version", version, "Capabilities",
-                         "RuntimeOsType", "Linux", "SendHostCreateMessage", FALSE));
+               json_pack("{s:i, s:{s:s, s:b}}", "Version", version, "Capabilities", "RuntimeOsType",
+                         "Linux", "SendHostCreateMessage", FALSE));
 }
 
 static void gc_setup(GcFixture *f, gconstpointer data)
@@ -638,7 +638,7 @@ static void gc_setup(GcFixture *f, gconstpointer data)
   raw_guest_init(&f->guest, sp[1]);
   if (data != NULL)
     return; /* the test negotiates itself */
-  Result r = {0};
+  Result r = { 0 };
   ferry_guest_connection_connect(f->gc, on_done, &r);
   gc_answer_negotiate(f, 4);
   wait_for(&r);
@@ -658,7 +658,7 @@ static void gc_teardown(GcFixture *f, gconstpointer data)
 static void test_gc_connect(GcFixture *f, gconstpointer data)
 {
   g_assert_cmpuint(ferry_guest_connection_protocol(f->gc), ==, 0);
-  Result r = {0};
+  Result r = { 0 };
   ferry_guest_connection_connect(f->gc, on_done, &r);
   gc_answer_negotiate(f, 4);
   wait_for(&r);
@@ -669,7 +669,7 @@ static void test_gc_connect(GcFixture *f, gconstpointer data)
 
 static void test_gc_connect_rejects_other_version(GcFixture *f, gconstpointer data)
 {
-  Result r = {0};
+  Result r = { 0 };
   ferry_guest_connection_connect(f->gc, on_done, &r);
   gc_answer_negotiate(f, 3);
   wait_for(&r);
@@ -683,7 +683,7 @@ static void test_gc_connect_rejects_other_version(GcFixture *f, gconstpointer da
  * not lost. */
 static void test_gc_create_and_wait_container(GcFixture *f, gconstpointer data)
 {
-  Result created = {0}, waited = {0};
+  Result created = { 0 }, waited = { 0 };
   g_autoptr(GError) error = NULL;
   g_autoptr(json_t) config = json_pack("{s:{s:i,s:i}, s:s}", "SchemaVersion", "Major", 2, "Minor",
                                        1, "OciBundlePath", "/run/c1");
@@ -703,13 +703,13 @@ static void test_gc_create_and_wait_container(GcFixture *f, gconstpointer data)
   g_assert_no_error(created.error);
 
   /* A duplicate id is refused locally. */
-  g_assert_null(ferry_guest_connection_create_container(f->gc, "c1", config, on_done, &created,
-                                                        &error));
+  g_assert_null(
+      ferry_guest_connection_create_container(f->gc, "c1", config, on_done, &created, &error));
   g_assert_error(error, FERRY_ERROR, FERRY_ERROR_ALREADY_EXISTS);
   g_clear_error(&error);
 
   ferry_gcs_container_wait(c, on_done, &waited);
-  Result term = {0};
+  Result term = { 0 };
   ferry_gcs_container_terminate(c, on_done, &term);
   id = guest_expect(&f->guest, RPC_TYPE(SHUTDOWN_FORCED), NULL);
   guest_notify_exit(&f->guest, "c1", "ForcedExit");
@@ -720,7 +720,7 @@ static void test_gc_create_and_wait_container(GcFixture *f, gconstpointer data)
   g_assert_true(ferry_gcs_container_has_exited(c));
   g_assert_cmpstr(ferry_gcs_container_exit_type(c), ==, "ForcedExit");
   /* Waiting again completes at once (from the loop). */
-  Result again = {0};
+  Result again = { 0 };
   ferry_gcs_container_wait(c, on_done, &again);
   g_assert_false(again.done);
   wait_for(&again);
@@ -733,7 +733,7 @@ static void test_gc_shutdown_tolerates_not_found(GcFixture *f, gconstpointer dat
 {
   g_autoptr(GError) error = NULL;
   g_autoptr(FerryGcsContainer) c = ferry_guest_connection_open_container(f->gc, "c2", &error);
-  Result r = {0};
+  Result r = { 0 };
   ferry_gcs_container_shutdown(c, on_done, &r);
   guint64 id = guest_expect(&f->guest, RPC_TYPE(SHUTDOWN_GRACEFUL), NULL);
   guest_fail(&f->guest, RPC_TYPE(SHUTDOWN_GRACEFUL), id, FERRY_HR_SYSTEM_NOT_FOUND, "gone");
@@ -746,7 +746,7 @@ static void test_gc_wait_container_bridge_terminated(GcFixture *f, gconstpointer
 {
   g_autoptr(GError) error = NULL;
   g_autoptr(FerryGcsContainer) c = ferry_guest_connection_open_container(f->gc, "c3", &error);
-  Result w = {0};
+  Result w = { 0 };
   ferry_gcs_container_wait(c, on_done, &w);
   ferry_fd_clear(&f->guest.fd);
   wait_for(&w);
@@ -769,7 +769,7 @@ static void test_gc_close_container_fails_wait(GcFixture *f, gconstpointer data)
 {
   g_autoptr(GError) error = NULL;
   g_autoptr(FerryGcsContainer) c = ferry_guest_connection_open_container(f->gc, "c4", &error);
-  Result w = {0};
+  Result w = { 0 };
   ferry_gcs_container_wait(c, on_done, &w);
   ferry_gcs_container_close(c);
   wait_for(&w);
@@ -779,6 +779,7 @@ static void test_gc_close_container_fails_wait(GcFixture *f, gconstpointer data)
    * can be opened again. */
   g_autoptr(FerryGcsContainer) again = ferry_guest_connection_open_container(f->gc, "c4", &error);
   g_assert_no_error(error);
+  g_assert_true(again != c);
   result_clear(&w);
 }
 
@@ -787,7 +788,7 @@ static void test_gc_close_container_fails_wait(GcFixture *f, gconstpointer data)
 static FerryGcsProcess *exec_process(GcFixture *f, FerryGcsContainer *c, json_t *params,
                                      guint32 pid, guint64 *wait_id, json_t **exec_body)
 {
-  Result r = {0};
+  Result r = { 0 };
   if (c != NULL)
     ferry_gcs_container_create_process(c, params, on_process, &r);
   else
@@ -841,10 +842,9 @@ static void test_gc_exec_and_exit_code(GcFixture *f, gconstpointer data)
   g_assert_cmpuint(f->closed_write->len, ==, 1);
   g_assert_cmpuint(g_array_index(f->closed_write, guint32, 0), ==, 0x40000001);
 
-  Result w = {0};
+  Result w = { 0 };
   ferry_gcs_process_wait(p, on_done, &w);
-  guest_answer(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), wait_id,
-               json_pack("{s:i}", "ExitCode", 7));
+  guest_answer(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), wait_id, json_pack("{s:i}", "ExitCode", 7));
   wait_for(&w);
   g_assert_no_error(w.error);
   g_assert_true(ferry_gcs_process_exit_code(p, &code, &error));
@@ -861,7 +861,7 @@ static void test_gc_exit_code_tolerates_not_found(GcFixture *f, gconstpointer da
   g_autoptr(json_t) params = json_pack("{s:[s]}", "CommandArgs", "true");
   guint64 wait_id;
   g_autoptr(FerryGcsProcess) p = exec_process(f, NULL, params, 5, &wait_id, NULL);
-  Result w = {0};
+  Result w = { 0 };
   ferry_gcs_process_wait(p, on_done, &w);
   guest_fail(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), wait_id, FERRY_HR_NOT_FOUND, "no pid 5");
   wait_for(&w);
@@ -879,7 +879,7 @@ static void test_gc_wait_process_bridge_terminated(GcFixture *f, gconstpointer d
   g_autoptr(json_t) params = json_pack("{s:[s]}", "CommandArgs", "sleep");
   guint64 wait_id;
   g_autoptr(FerryGcsProcess) p = exec_process(f, NULL, params, 6, &wait_id, NULL);
-  Result w = {0};
+  Result w = { 0 };
   ferry_gcs_process_wait(p, on_done, &w);
   ferry_fd_clear(&f->guest.fd);
   wait_for(&w);
@@ -897,7 +897,7 @@ static void test_gc_signal_and_kill(GcFixture *f, gconstpointer data)
   guint64 wait_id;
   g_autoptr(FerryGcsProcess) p = exec_process(f, NULL, params, 8, &wait_id, NULL);
 
-  Result s = {0};
+  Result s = { 0 };
   ferry_gcs_process_signal(p, SIGTERM, on_signal, &s);
   json_t *body;
   guint64 id = guest_expect(&f->guest, RPC_TYPE(SIGNAL_PROCESS), &body);
@@ -908,7 +908,7 @@ static void test_gc_signal_and_kill(GcFixture *f, gconstpointer data)
   wait_for(&s);
   g_assert_true(s.delivered);
 
-  Result k = {0};
+  Result k = { 0 };
   ferry_gcs_process_kill(p, on_signal, &k);
   id = guest_expect(&f->guest, RPC_TYPE(SIGNAL_PROCESS), &body);
   g_assert_null(json_object_get(body, "Options")); /* the guest's default is SIGKILL */
@@ -918,7 +918,7 @@ static void test_gc_signal_and_kill(GcFixture *f, gconstpointer data)
   g_assert_no_error(k.error);
   g_assert_false(k.delivered);
 
-  Result rs = {0};
+  Result rs = { 0 };
   ferry_gcs_process_resize_console(p, 80, 24, on_done, &rs);
   id = guest_expect(&f->guest, RPC_TYPE(RESIZE_CONSOLE), &body);
   g_assert_cmpint(json_integer_value(json_object_get(body, "Width")), ==, 80);
@@ -934,7 +934,7 @@ static void test_gc_properties(GcFixture *f, gconstpointer data)
   g_autoptr(GError) error = NULL;
   g_autoptr(FerryGcsContainer) c = ferry_guest_connection_open_container(f->gc, "c6", &error);
   g_autoptr(json_t) query = json_pack("{s:[s]}", "PropertyTypes", "ProcessList");
-  Result r = {0};
+  Result r = { 0 };
   ferry_gcs_container_properties(c, query, on_json, &r);
   json_t *body;
   guint64 id = guest_expect(&f->guest, RPC_TYPE(GET_PROPERTIES), &body);
@@ -954,7 +954,7 @@ static void test_gc_modify_and_dump_stacks(GcFixture *f, gconstpointer data)
 {
   g_autoptr(json_t) req = json_pack("{s:s, s:s, s:{}}", "ResourceType", "MappedDirectory",
                                     "RequestType", "Add", "Settings");
-  Result m = {0};
+  Result m = { 0 };
   ferry_guest_connection_modify(f->gc, NULL, req, on_done, &m);
   json_t *body;
   guint64 id = guest_expect(&f->guest, RPC_TYPE(MODIFY_SETTINGS), &body);
@@ -968,7 +968,7 @@ static void test_gc_modify_and_dump_stacks(GcFixture *f, gconstpointer data)
   wait_for(&m);
   g_assert_no_error(m.error);
 
-  Result d = {0};
+  Result d = { 0 };
   ferry_guest_connection_dump_stacks(f->gc, on_json, &d);
   id = guest_expect(&f->guest, RPC_TYPE(DUMP_STACKS), NULL);
   guest_answer(&f->guest, RPC_TYPE(DUMP_STACKS), id, json_pack("{s:s}", "GuestStacks", "main"));
@@ -976,7 +976,7 @@ static void test_gc_modify_and_dump_stacks(GcFixture *f, gconstpointer data)
   g_assert_cmpstr(json_string_value(json_object_get(d.json, "GuestStacks")), ==, "main");
   result_clear(&d);
 
-  Result del = {0};
+  Result del = { 0 };
   ferry_guest_connection_delete_container_state(f->gc, "c7", on_done, &del);
   id = guest_expect(&f->guest, RPC_TYPE(DELETE_CONTAINER_STATE), NULL);
   guest_fail(&f->guest, RPC_TYPE(DELETE_CONTAINER_STATE), id, FERRY_HR_SYSTEM_NOT_FOUND, "no c7");
@@ -991,10 +991,12 @@ static void test_gc_port_floor(GcFixture *f, gconstpointer data)
   ferry_guest_connection_set_next_port(f->gc, 0x40000100);
   ferry_guest_connection_set_next_port(f->gc, 0x40000050);
   g_assert_cmphex(ferry_guest_connection_next_port(f->gc), ==, 0x40000100);
-  g_autoptr(json_t) params = json_pack("{s:[s], s:b}", "CommandArgs", "x", "CreateStdErrPipe", TRUE);
+  g_autoptr(json_t) params =
+      json_pack("{s:[s], s:b}", "CommandArgs", "x", "CreateStdErrPipe", TRUE);
   guint64 wait_id;
   json_t *body;
   g_autoptr(FerryGcsProcess) p = exec_process(f, NULL, params, 9, &wait_id, &body);
+  g_assert_cmpuint(ferry_gcs_process_migration_state(p).stderr_port, ==, 0x40000100);
   json_t *relay = json_object_get(json_object_get(body, "Settings"), "VsockStdioRelaySettings");
   g_assert_cmpint(json_integer_value(json_object_get(relay, "StdErr")), ==, 0x40000100);
   json_decref(body);
@@ -1035,7 +1037,7 @@ static void test_gc_open_process_with_io(GcFixture *f, gconstpointer data)
   g_assert_error(error, FERRY_ERROR, FERRY_ERROR_ALREADY_EXISTS);
   g_clear_error(&error);
 
-  Result w = {0};
+  Result w = { 0 };
   ferry_gcs_process_wait(p, on_done, &w);
   guest_answer(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), 33, json_pack("{s:i}", "ExitCode", 143));
   wait_for(&w);
@@ -1065,14 +1067,14 @@ static void test_gc_resume_on_conn(GcFixture *f, gconstpointer data)
   g_assert_true(ferry_socketpair(sp, FALSE, &error));
   raw_guest_clear(&f->guest);
   raw_guest_init(&f->guest, sp[1]);
-  Result r = {0};
+  Result r = { 0 };
   ferry_guest_connection_resume_on_conn(f->gc, sp[0], on_done, &r);
   gc_answer_negotiate(f, 4);
   wait_for(&r);
   g_assert_no_error(r.error);
   g_assert_false(ferry_bridge_is_migrating(b));
 
-  Result w = {0};
+  Result w = { 0 };
   ferry_gcs_process_wait(p, on_done, &w);
   guest_answer(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), wait_id, json_pack("{s:i}", "ExitCode", 1));
   wait_for(&w);
@@ -1082,10 +1084,9 @@ static void test_gc_resume_on_conn(GcFixture *f, gconstpointer data)
 /* Exec failures release the ports it listened on. */
 static void test_gc_exec_failure_releases_ports(GcFixture *f, gconstpointer data)
 {
-  g_autoptr(json_t) params =
-      json_pack("{s:[s], s:b, s:b}", "CommandArgs", "nope", "CreateStdInPipe", TRUE,
-                "CreateStdOutPipe", TRUE);
-  Result r = {0};
+  g_autoptr(json_t) params = json_pack("{s:[s], s:b, s:b}", "CommandArgs", "nope",
+                                       "CreateStdInPipe", TRUE, "CreateStdOutPipe", TRUE);
+  Result r = { 0 };
   ferry_guest_connection_create_process(f->gc, params, on_process, &r);
   guint64 id = guest_expect(&f->guest, RPC_TYPE(EXECUTE_PROCESS), NULL);
   guest_fail(&f->guest, RPC_TYPE(EXECUTE_PROCESS), id, FERRY_HR_E_FAIL, "no such file");
@@ -1096,7 +1097,7 @@ static void test_gc_exec_failure_releases_ports(GcFixture *f, gconstpointer data
   /* Ports are never reused, even after a failure. */
   g_assert_cmphex(ferry_guest_connection_next_port(f->gc), ==, 0x40000003);
   /* A malformed parameter is refused before anything is sent. */
-  Result bad = {0};
+  Result bad = { 0 };
   g_autoptr(json_t) wrong = json_pack("{s:s}", "CreateStdInPipe", "yes");
   ferry_guest_connection_create_process(f->gc, wrong, on_process, &bad);
   wait_for(&bad);
@@ -1140,8 +1141,7 @@ int main(int argc, char **argv)
   GC("create-and-wait-container", test_gc_create_and_wait_container);
   GC("shutdown-tolerates-not-found", test_gc_shutdown_tolerates_not_found);
   GC("wait-container-bridge-terminated", test_gc_wait_container_bridge_terminated);
-  GC("notification-for-unknown-container-kills",
-     test_gc_notification_for_unknown_container_kills);
+  GC("notification-for-unknown-container-kills", test_gc_notification_for_unknown_container_kills);
   GC("close-container-fails-wait", test_gc_close_container_fails_wait);
   GC("exec-and-exit-code", test_gc_exec_and_exit_code);
   GC("exit-code-tolerates-not-found", test_gc_exit_code_tolerates_not_found);

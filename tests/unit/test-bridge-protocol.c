@@ -27,7 +27,7 @@ static void test_message_types(void)
 /* Little-endian: type, size, id. */
 static void test_header_bytes(void)
 {
-  FerryBridgeHeader h = {0x10100b01, 0x10 + 0x2a, G_GUINT64_CONSTANT(0x0102030405060708)};
+  FerryBridgeHeader h = { 0x10100b01, 0x10 + 0x2a, G_GUINT64_CONSTANT(0x0102030405060708) };
   guint8 out[FERRY_BRIDGE_HEADER_SIZE];
   ferry_bridge_header_encode(&h, out);
   g_autofree char *hex = test_to_hex(out, sizeof(out));
@@ -44,8 +44,8 @@ static void test_encode_with_newline(void)
 {
   g_autoptr(json_t) body = json_pack("{s:s}", "ContainerId", "c1");
   g_autoptr(GError) error = NULL;
-  g_autoptr(GBytes) msg = ferry_bridge_message_encode(0x10100201, 7, body, TRUE,
-                                                      FERRY_BRIDGE_HOST_MAX_MESSAGE, &error);
+  g_autoptr(GBytes) msg =
+      ferry_bridge_message_encode(0x10100201, 7, body, TRUE, FERRY_BRIDGE_HOST_MAX_MESSAGE, &error);
   g_assert_no_error(error);
   gsize len;
   const guint8 *p = g_bytes_get_data(msg, &len);
@@ -78,7 +78,7 @@ static void test_encode_refuses_over_limit(void)
 static GByteArray *frame(guint32 type, guint64 id, const char *json)
 {
   GByteArray *out = g_byte_array_new();
-  FerryBridgeHeader h = {type, (guint32)(16 + strlen(json)), id};
+  FerryBridgeHeader h = { type, (guint32)(16 + strlen(json)), id };
   guint8 hdr[16];
   ferry_bridge_header_encode(&h, hdr);
   g_byte_array_append(out, hdr, 16);
@@ -113,31 +113,28 @@ static void test_parser_split_and_merged(void)
 
 static void test_parser_rejects_bad_sizes(void)
 {
-  const guint32 sizes[] = {0, 15, FERRY_BRIDGE_HOST_MAX_MESSAGE + 1, G_MAXUINT32};
+  const guint32 sizes[] = { 0, 15, FERRY_BRIDGE_HOST_MAX_MESSAGE + 1, G_MAXUINT32 };
   for (gsize i = 0; i < G_N_ELEMENTS(sizes); i++) {
     g_autoptr(FerryBridgeParser) p = ferry_bridge_parser_new(FERRY_BRIDGE_HOST_MAX_MESSAGE);
-    FerryBridgeHeader h = {0x20100101, sizes[i], 1};
+    FerryBridgeHeader h = { 0x20100101, sizes[i], 1 };
     guint8 hdr[16];
     ferry_bridge_header_encode(&h, hdr);
     ferry_bridge_parser_feed(p, hdr, 16);
     FerryBridgeHeader got;
     const guint8 *body;
     g_autoptr(GError) error = NULL;
-    g_assert_cmpint(ferry_bridge_parser_next(p, &got, &body, &error), ==,
-                    FERRY_BRIDGE_PARSE_ERROR);
+    g_assert_cmpint(ferry_bridge_parser_next(p, &got, &body, &error), ==, FERRY_BRIDGE_PARSE_ERROR);
     g_assert_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT);
     g_clear_error(&error);
     /* Nothing after it is trusted. */
     g_autoptr(GByteArray) ok = frame(0x20100101, 2, "{}");
     ferry_bridge_parser_feed(p, ok->data, ok->len);
-    g_assert_cmpint(ferry_bridge_parser_next(p, &got, &body, &error), ==,
-                    FERRY_BRIDGE_PARSE_ERROR);
+    g_assert_cmpint(ferry_bridge_parser_next(p, &got, &body, &error), ==, FERRY_BRIDGE_PARSE_ERROR);
     /* A reset (new connection) starts clean. */
     g_clear_error(&error);
     ferry_bridge_parser_reset(p);
     ferry_bridge_parser_feed(p, ok->data, ok->len);
-    g_assert_cmpint(ferry_bridge_parser_next(p, &got, &body, &error), ==,
-                    FERRY_BRIDGE_PARSE_FRAME);
+    g_assert_cmpint(ferry_bridge_parser_next(p, &got, &body, &error), ==, FERRY_BRIDGE_PARSE_FRAME);
   }
   /* Exactly the limit, and an empty body, are fine. */
   g_autoptr(FerryBridgeParser) p = ferry_bridge_parser_new(64);
@@ -156,8 +153,8 @@ static void test_body_parse(void)
   g_autoptr(json_t) a = ferry_bridge_body_parse((const guint8 *)with_nl, strlen(with_nl), &error);
   g_assert_no_error(error);
   g_assert_nonnull(a);
-  static const char *const bad[] = {"", "[]", "\"x\"", "{", "{\"a\":1}{}", "{\"a\":1,\"a\":2}",
-                                    "nul"};
+  static const char *const bad[] = { "",   "[]", "\"x\"", "{", "{\"a\":1}{}", "{\"a\":1,\"a\":2}",
+                                     "nul" };
   for (gsize i = 0; i < G_N_ELEMENTS(bad); i++) {
     g_autoptr(json_t) j = ferry_bridge_body_parse((const guint8 *)bad[i], strlen(bad[i]), &error);
     if (j != NULL)
@@ -166,7 +163,7 @@ static void test_body_parse(void)
     g_clear_error(&error);
   }
   /* A NUL inside the body is not JSON. */
-  const guint8 nul[] = {'{', '}', 0};
+  const guint8 nul[] = { '{', '}', 0 };
   g_autoptr(json_t) n = ferry_bridge_body_parse(nul, sizeof(nul), &error);
   g_assert_null(n);
 }
@@ -224,8 +221,8 @@ static void test_response_base(void)
 static void test_embedded_json(void)
 {
   g_autoptr(json_t) obj = json_object();
-  ferry_bridge_set_embedded(obj, "ProcessParameters", json_pack("{s:[s,s]}", "CommandArgs", "echo",
-                                                                "hi"));
+  ferry_bridge_set_embedded(obj, "ProcessParameters",
+                            json_pack("{s:[s,s]}", "CommandArgs", "echo", "hi"));
   g_assert_true(json_is_string(json_object_get(obj, "ProcessParameters")));
   g_assert_cmpstr(json_string_value(json_object_get(obj, "ProcessParameters")), ==,
                   "{\"CommandArgs\":[\"echo\",\"hi\"]}");
