@@ -51,9 +51,13 @@ struct FerryGcsProcess {
 
 /* ------------------------------------------------------------- helpers -- */
 
-/* Run a done callback from the main loop (the API never calls back synchronously). */
+/* Report a failure (or a done without result) from the main loop: the API never
+ * calls back from inside the call that started the operation. Exactly one of the
+ * callbacks is set. */
 typedef struct {
   FerryGcsDoneFunc done;
+  FerryGcsProcessFunc process_done;
+  FerryGcsJsonFunc json_done;
   gpointer user_data;
   GError *error;
 } Deferred;
@@ -61,21 +65,34 @@ typedef struct {
 static gboolean run_deferred(gpointer p)
 {
   Deferred *d = p;
-  d->done(d->error, d->user_data);
+  if (d->done != NULL)
+    d->done(d->error, d->user_data);
+  else if (d->process_done != NULL)
+    d->process_done(NULL, d->error, d->user_data);
+  else
+    d->json_done(NULL, d->error, d->user_data);
   g_clear_error(&d->error);
   g_free(d);
   return G_SOURCE_REMOVE;
 }
 
-static void defer_done(FerryGcsDoneFunc done, gpointer user_data, const GError *error)
+static void defer(FerryGcsDoneFunc done, FerryGcsProcessFunc process_done,
+                  FerryGcsJsonFunc json_done, gpointer user_data, const GError *error)
 {
-  if (done == NULL)
+  if (done == NULL && process_done == NULL && json_done == NULL)
     return;
   Deferred *d = g_new0(Deferred, 1);
   d->done = done;
+  d->process_done = process_done;
+  d->json_done = json_done;
   d->user_data = user_data;
   d->error = error != NULL ? g_error_copy(error) : NULL;
   g_idle_add(run_deferred, d);
+}
+
+static void defer_done(FerryGcsDoneFunc done, gpointer user_data, const GError *error)
+{
+  defer(done, NULL, NULL, user_data, error);
 }
 
 static void run_waiters(GArray *waiters, const GError *error)
@@ -599,21 +616,6 @@ static void on_executed(FerryBridge *b, json_t *response, const GError *error, g
   exec_free(e);
 }
 
-typedef struct {
-  FerryGcsProcessFunc done;
-  gpointer user_data;
-  GError *error;
-} DeferredProcess;
-
-static gboolean run_deferred_process(gpointer p)
-{
-  DeferredProcess *d = p;
-  d->done(NULL, d->error, d->user_data);
-  g_clear_error(&d->error);
-  g_free(d);
-  return G_SOURCE_REMOVE;
-}
-
 static void exec(FerryGuestConnection *gc, const char *container_id, json_t *params,
                  FerryGcsProcessFunc done, gpointer user_data)
 {
@@ -631,11 +633,7 @@ static void exec(FerryGuestConnection *gc, const char *container_id, json_t *par
   if (error == NULL)
     listen_ports(gc, ports, &error);
   if (error != NULL) {
-    DeferredProcess *d = g_new0(DeferredProcess, 1);
-    d->done = done;
-    d->user_data = user_data;
-    d->error = g_steal_pointer(&error);
-    g_idle_add(run_deferred_process, d);
+    defer(NULL, done, NULL, user_data, error);
     return;
   }
   g_autoptr(json_t) body = ferry_bridge_request_base(container_id, NULL);
@@ -787,10 +785,7 @@ static void container_call(FerryGcsContainer *c, FerryBridgeRpc rpc, json_t *ext
 {
   g_autoptr(GError) error = NULL;
   if (!usable(c->gc, "container", &error)) {
-    if (done != NULL)
-      defer_done(done, user_data, error);
-    else
-      json_done(NULL, error, user_data); /* only from a deferred path below */
+    defer(done, NULL, json_done, user_data, error);
     return;
   }
   g_autoptr(json_t) body = ferry_bridge_request_base(c->id, NULL);
@@ -840,30 +835,6 @@ const char *ferry_gcs_container_exit_type(FerryGcsContainer *c)
 typedef struct {
   FerryGcsJsonFunc done;
   gpointer user_data;
-  GError *error;
-} DeferredJson;
-
-static gboolean run_deferred_json(gpointer p)
-{
-  DeferredJson *d = p;
-  d->done(NULL, d->error, d->user_data);
-  g_clear_error(&d->error);
-  g_free(d);
-  return G_SOURCE_REMOVE;
-}
-
-static void defer_json(FerryGcsJsonFunc done, gpointer user_data, GError *error)
-{
-  DeferredJson *d = g_new0(DeferredJson, 1);
-  d->done = done;
-  d->user_data = user_data;
-  d->error = error;
-  g_idle_add(run_deferred_json, d);
-}
-
-typedef struct {
-  FerryGcsJsonFunc done;
-  gpointer user_data;
 } Props;
 
 static void on_properties(json_t *response, const GError *error, gpointer ud)
@@ -886,7 +857,7 @@ void ferry_gcs_container_properties(FerryGcsContainer *c, json_t *query, FerryGc
 {
   g_autoptr(GError) error = NULL;
   if (!usable(c->gc, "container", &error)) {
-    defer_json(done, user_data, g_steal_pointer(&error));
+    defer(NULL, NULL, done, user_data, error);
     return;
   }
   g_autoptr(json_t) extra = json_object();
@@ -912,11 +883,7 @@ void ferry_gcs_container_create_process(FerryGcsContainer *c, json_t *params,
 {
   g_autoptr(GError) error = NULL;
   if (!usable(c->gc, "container", &error)) {
-    DeferredProcess *d = g_new0(DeferredProcess, 1);
-    d->done = done;
-    d->user_data = user_data;
-    d->error = g_steal_pointer(&error);
-    g_idle_add(run_deferred_process, d);
+    defer(NULL, done, NULL, user_data, error);
     return;
   }
   exec(c->gc, c->id, params, done, user_data);
