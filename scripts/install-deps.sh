@@ -8,7 +8,7 @@ set -euo pipefail
 
 declare -A groups=(
   [build]="gcc make pkg-config meson ninja-build python3 libglib2.0-dev libjansson-dev
-           protobuf-c-compiler libprotobuf-c-dev libprotobuf-dev"
+           protobuf-c-compiler libprotobuf-c-dev libprotobuf-dev crun busybox-static"
   [interop]="golang-go golang-github-containerd-ttrpc-dev"
   [ci]="clang libclang-rt-14-dev clang-format"
 )

@@ -21,6 +21,14 @@ typedef struct {
   /* The stream closed: error NULL after ferry_stream_close(stream, NULL), else why
    * (UNAVAILABLE "... closed by peer" at end of stream). Runs once. */
   void (*closed)(FerryStream *stream, const GError *error, gpointer user_data);
+  /* Optional: the peer shut its write side. With this handler end of stream leaves the
+   * stream open for writing (a half-close) and reading stops; without it, end of stream
+   * closes the stream as above. Runs once. */
+  void (*eof)(FerryStream *stream, gpointer user_data);
+  /* Optional: output that had to wait (for the peer, or for the data handler to return)
+   * has all been written. Runs from the main loop, never from inside a write; a write
+   * that went out at once reports nothing (the writer sees pending output 0). */
+  void (*drained)(FerryStream *stream, gpointer user_data);
 } FerryStreamHandlers;
 
 /* Default cap on unsent output. */
@@ -59,6 +67,16 @@ gboolean ferry_stream_write(FerryStream *stream, const void *data, gsize len, GE
 
 /* Bytes waiting to be written. */
 gsize ferry_stream_pending_output(const FerryStream *stream);
+
+/* Stop (FALSE) or resume (TRUE) reading, for flow control: while stopped no data handler
+ * runs (also not for the rest of the current wake-up) and the peer's bytes wait in the
+ * kernel. Writing goes on. */
+void ferry_stream_set_reading(FerryStream *stream, gboolean reading);
+
+/* Once the pending output is written, shut the socket's write side (shutdown(2)
+ * SHUT_WR): the peer reads end of stream and the stream stays open for reading. Later
+ * writes fail with FAILED_PRECONDITION. A failing shutdown closes the stream. */
+void ferry_stream_shutdown_write(FerryStream *stream);
 
 /* Close the fd, drop unsent output, run the closed handler. Idempotent. */
 void ferry_stream_close(FerryStream *stream, const GError *error);

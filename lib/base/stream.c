@@ -20,7 +20,13 @@ struct FerryStream {
   int fd;
   gboolean open;
   gboolean dispatching; /* inside the data handler: writes wait for its end */
+  gboolean in_io;       /* inside stream_handle_io(), which reports drained at its end */
   gboolean is_socket;
+  gboolean reading;      /* FALSE while ferry_stream_set_reading() paused it */
+  gboolean read_eof;     /* end of stream seen and reported to the eof handler */
+  gboolean drain_wanted; /* output had to wait: report drained when it is all out */
+  gboolean shut_wanted;  /* ferry_stream_shutdown_write(): shut once the output is out */
+  gboolean shut_done;
   char *name;
   GSource *source;
   gpointer fd_tag;
@@ -42,6 +48,8 @@ static void stream_handle_io(FerryStream *stream, GIOCondition cond);
 static gboolean stream_source_dispatch(GSource *source, GSourceFunc cb, gpointer ud)
 {
   StreamSource *ss = (StreamSource *)source;
+  if (ss->stream->fd_tag == NULL)
+    return G_SOURCE_CONTINUE; /* unwatched by another source's dispatch in this round */
   stream_handle_io(ss->stream, g_source_query_unix_fd(source, ss->stream->fd_tag));
   return G_SOURCE_CONTINUE;
 }
@@ -60,6 +68,7 @@ FerryStream *ferry_stream_new(int fd, const char *name, const FerryStreamHandler
   s->refs = 1;
   s->fd = ferry_fd_steal(&owned);
   s->open = TRUE;
+  s->reading = TRUE;
   int type;
   socklen_t tlen = sizeof(type);
   s->is_socket = getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) == 0;
@@ -89,6 +98,7 @@ static void stream_shut(FerryStream *s)
   g_source_destroy(s->source);
   g_source_unref(s->source);
   s->source = NULL;
+  s->fd_tag = NULL;
   ferry_fd_clear(&s->fd);
   g_byte_array_set_size(s->out, 0);
   s->out_off = 0;
@@ -141,7 +151,29 @@ static void close_errno(FerryStream *s, int errsv, const char *what)
   ferry_stream_close(s, error);
 }
 
-/* Write what is buffered; watch for POLLOUT while something is left. */
+/*
+ * Watch for input while reading, for POLLOUT while output waits. Watching for nothing
+ * takes the fd out of the poll set: poll(2) reports POLLHUP whatever was asked, so a
+ * paused or half-closed stream whose peer hung up would otherwise wake forever.
+ */
+static void update_watch(FerryStream *s)
+{
+  GIOCondition cond = 0;
+  if (s->reading && !s->read_eof)
+    cond |= G_IO_IN | G_IO_HUP | G_IO_ERR;
+  if (s->out_off < s->out->len)
+    cond |= G_IO_OUT;
+  if (cond == 0 && s->fd_tag != NULL) {
+    g_source_remove_unix_fd(s->source, s->fd_tag);
+    s->fd_tag = NULL;
+  } else if (cond != 0 && s->fd_tag == NULL) {
+    s->fd_tag = g_source_add_unix_fd(s->source, s->fd, cond);
+  } else if (cond != 0) {
+    g_source_modify_unix_fd(s->source, s->fd_tag, cond);
+  }
+}
+
+/* Write what is buffered (then shut the write side if asked); keep the watch in step. */
 static void flush(FerryStream *s)
 {
   while (s->open && s->out_off < s->out->len) {
@@ -160,18 +192,26 @@ static void flush(FerryStream *s)
   }
   if (!s->open)
     return;
-  GIOCondition cond = G_IO_IN | G_IO_HUP | G_IO_ERR;
   if (s->out_off == s->out->len) {
     g_byte_array_set_size(s->out, 0);
     s->out_off = 0;
+    if (!s->in_io)
+      s->drain_wanted = FALSE; /* written at once: the writer sees it */
+    if (s->shut_wanted && !s->shut_done) {
+      s->shut_done = TRUE;
+      if (shutdown(s->fd, SHUT_WR) < 0) {
+        close_errno(s, errno, "shutdown");
+        return;
+      }
+    }
   } else {
     if (s->out_off > s->out->len / 2) {
       g_byte_array_remove_range(s->out, 0, (guint)s->out_off);
       s->out_off = 0;
     }
-    cond |= G_IO_OUT;
+    s->drain_wanted = TRUE;
   }
-  g_source_modify_unix_fd(s->source, s->fd_tag, cond);
+  update_watch(s);
 }
 
 guint8 *ferry_stream_reserve(FerryStream *s, gsize len, GError **error)
@@ -180,13 +220,22 @@ guint8 *ferry_stream_reserve(FerryStream *s, gsize len, GError **error)
     g_set_error(error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE, "%s connection closed", s->name);
     return NULL;
   }
-  gsize pending = s->out->len - s->out_off;
-  if (len > s->max_output || pending > s->max_output - len) {
-    g_set_error(error, FERRY_ERROR, FERRY_ERROR_RESOURCE_EXHAUSTED,
-                "%s peer is not reading: %" G_GSIZE_FORMAT " bytes unsent", s->name, pending);
-    ferry_stream_close(s, *error);
+  if (s->shut_wanted) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION, "%s write side already shut",
+                s->name);
     return NULL;
   }
+  gsize pending = s->out->len - s->out_off;
+  if (len > s->max_output || pending > s->max_output - len) {
+    GError *full =
+        g_error_new(FERRY_ERROR, FERRY_ERROR_RESOURCE_EXHAUSTED,
+                    "%s peer is not reading: %" G_GSIZE_FORMAT " bytes unsent", s->name, pending);
+    ferry_stream_close(s, full); /* error may be NULL: not *error */
+    g_propagate_error(error, full);
+    return NULL;
+  }
+  if (s->dispatching)
+    s->drain_wanted = TRUE; /* waits for the data handler's end */
   gsize at = s->out->len;
   g_byte_array_set_size(s->out, (guint)(at + len));
   return s->out->data + at;
@@ -208,14 +257,46 @@ gboolean ferry_stream_write(FerryStream *s, const void *data, gsize len, GError 
   return TRUE;
 }
 
+void ferry_stream_set_reading(FerryStream *s, gboolean reading)
+{
+  s->reading = reading;
+  if (s->open)
+    update_watch(s);
+}
+
+void ferry_stream_shutdown_write(FerryStream *s)
+{
+  if (!s->open || s->shut_wanted)
+    return;
+  s->shut_wanted = TRUE;
+  if (!s->dispatching)
+    flush(s); /* else when the data handler returns */
+}
+
+static void handle_eof(FerryStream *s)
+{
+  if (s->handlers.eof == NULL) {
+    g_autoptr(GError) eof =
+        g_error_new(FERRY_ERROR, FERRY_ERROR_UNAVAILABLE, "%s connection closed by peer", s->name);
+    ferry_stream_close(s, eof);
+    return;
+  }
+  s->read_eof = TRUE;
+  update_watch(s);
+  s->handlers.eof(s, s->ud);
+}
+
 static void stream_handle_io(FerryStream *s, GIOCondition cond)
 {
   ferry_stream_ref(s);
-  if (cond & G_IO_OUT)
+  s->in_io = TRUE;
+  gboolean watching_input = s->reading && !s->read_eof;
+  /* POLLHUP / POLLERR while only POLLOUT is watched: the write reports why. */
+  if ((cond & G_IO_OUT) || (!watching_input && (cond & (G_IO_HUP | G_IO_ERR))))
     flush(s);
-  if (s->open && (cond & (G_IO_IN | G_IO_HUP | G_IO_ERR))) {
+  if (s->open && watching_input && (cond & (G_IO_IN | G_IO_HUP | G_IO_ERR))) {
     s->dispatching = TRUE;
-    for (int i = 0; i < READS_PER_DISPATCH && s->open; i++) {
+    for (int i = 0; i < READS_PER_DISPATCH && s->open && s->reading && !s->read_eof; i++) {
       ssize_t n = read(s->fd, s->read_buf, READ_CHUNK);
       if (n < 0 && errno == EINTR) {
         i--;
@@ -228,9 +309,7 @@ static void stream_handle_io(FerryStream *s, GIOCondition cond)
         break;
       }
       if (n == 0) {
-        g_autoptr(GError) eof = g_error_new(FERRY_ERROR, FERRY_ERROR_UNAVAILABLE,
-                                            "%s connection closed by peer", s->name);
-        ferry_stream_close(s, eof);
+        handle_eof(s);
         break;
       }
       s->handlers.data(s, s->read_buf, (gsize)n, s->ud);
@@ -240,6 +319,12 @@ static void stream_handle_io(FerryStream *s, GIOCondition cond)
     s->dispatching = FALSE;
     if (s->open)
       flush(s);
+  }
+  s->in_io = FALSE;
+  if (s->open && s->drain_wanted && s->out_off == s->out->len) {
+    s->drain_wanted = FALSE;
+    if (s->handlers.drained != NULL)
+      s->handlers.drained(s, s->ud);
   }
   ferry_stream_unref(s);
 }

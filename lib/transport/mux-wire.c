@@ -1,0 +1,346 @@
+/* The mux wire codec (docs/mux.md). Pure: no I/O. */
+#include "mux-wire.h"
+
+#include <string.h>
+
+#include "ferry/error.h"
+#include "ferry/mux.h"
+
+/* --------------------------------------------------------------- CRC-32 -- */
+
+static guint32 crc_table[256];
+
+static void crc_init(void)
+{
+  static gsize once;
+  if (!g_once_init_enter(&once))
+    return;
+  for (guint32 i = 0; i < 256; i++) {
+    guint32 c = i;
+    for (int k = 0; k < 8; k++)
+      c = (c & 1) ? 0xedb88320u ^ (c >> 1) : c >> 1;
+    crc_table[i] = c;
+  }
+  g_once_init_leave(&once, 1);
+}
+
+guint32 mux_crc32(guint32 crc, const guint8 *data, gsize len)
+{
+  crc_init();
+  crc = ~crc;
+  for (gsize i = 0; i < len; i++)
+    crc = crc_table[(crc ^ data[i]) & 0xff] ^ (crc >> 8);
+  return ~crc;
+}
+
+/* ------------------------------------------------------------ encoding -- */
+
+static void put32(guint8 *p, guint32 v)
+{
+  v = GUINT32_TO_LE(v);
+  memcpy(p, &v, 4);
+}
+
+static void put64(guint8 *p, guint64 v)
+{
+  v = GUINT64_TO_LE(v);
+  memcpy(p, &v, 8);
+}
+
+static guint32 get32(const guint8 *p)
+{
+  guint32 v;
+  memcpy(&v, p, 4);
+  return GUINT32_FROM_LE(v);
+}
+
+static guint64 get64(const guint8 *p)
+{
+  guint64 v;
+  memcpy(&v, p, 8);
+  return GUINT64_FROM_LE(v);
+}
+
+static void header_encode(guint8 *h, MuxType type, guint32 channel, guint32 length, guint64 offset)
+{
+  put32(h, MUX_MAGIC);
+  h[4] = (guint8)type;
+  h[5] = 0;
+  h[6] = 0;
+  h[7] = 0;
+  put32(h + 8, channel);
+  put32(h + 12, length);
+  put64(h + 16, offset);
+}
+
+void mux_frame_append(GByteArray *out, MuxType type, guint32 channel, guint64 offset,
+                      const guint8 *payload, guint32 length)
+{
+  guint at = out->len;
+  g_byte_array_set_size(out, at + MUX_HEADER_SIZE + length);
+  header_encode(out->data + at, type, channel, length, offset);
+  if (length > 0)
+    memcpy(out->data + at + MUX_HEADER_SIZE, payload, length);
+}
+
+void mux_hello_append(GByteArray *out, guint32 role, const MuxHelloEntry *e, guint n)
+{
+  guint32 length = 8 + 4 + 4 + 4 + n * MUX_HELLO_ENTRY_SIZE + 4;
+  guint at = out->len;
+  g_byte_array_set_size(out, at + MUX_HEADER_SIZE + length);
+  guint8 *h = out->data + at;
+  header_encode(h, MUX_HELLO, 0, length, 0);
+  guint8 *p = h + MUX_HEADER_SIZE;
+  memcpy(p, MUX_HELLO_TAG, 8);
+  put32(p + 8, MUX_VERSION);
+  put32(p + 12, role);
+  put32(p + 16, n);
+  p += 20;
+  for (guint i = 0; i < n; i++, p += MUX_HELLO_ENTRY_SIZE) {
+    put32(p, e[i].id);
+    put32(p + 4, e[i].port);
+    put32(p + 8, e[i].state);
+    put64(p + 12, e[i].consumed);
+    put32(p + 20, e[i].window);
+    put32(p + 24, 0); /* reserved */
+  }
+  put32(p, mux_crc32(0, h, MUX_HEADER_SIZE + length - 4));
+}
+
+/* The frame's header bytes are not kept by the parser; HELLO's checksum covers them, so
+ * rebuild them (they are fixed for a HELLO). */
+static guint32 hello_crc(const MuxFrame *f)
+{
+  guint8 h[MUX_HEADER_SIZE];
+  header_encode(h, MUX_HELLO, 0, f->length, 0);
+  g_autofree guint8 *all = g_malloc(MUX_HEADER_SIZE + f->length - 4);
+  memcpy(all, h, MUX_HEADER_SIZE);
+  memcpy(all + MUX_HEADER_SIZE, f->payload, f->length - 4);
+  return mux_crc32(0, all, MUX_HEADER_SIZE + f->length - 4);
+}
+
+MuxHelloEntry *mux_hello_decode(const MuxFrame *f, guint32 *role, guint *n_entries, GError **error)
+{
+  if (f->type != MUX_HELLO || f->length < 24 || f->length > MUX_MAX_HELLO ||
+      memcmp(f->payload, MUX_HELLO_TAG, 8) != 0) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "mux: not a HELLO");
+    return NULL;
+  }
+  guint32 version = get32(f->payload + 8);
+  guint32 n = get32(f->payload + 16);
+  if (version != MUX_VERSION) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION,
+                "mux: peer speaks version %u, we speak %u", version, MUX_VERSION);
+    return NULL;
+  }
+  if (n > FERRY_MUX_MAX_CHANNELS || f->length != 24 + n * MUX_HELLO_ENTRY_SIZE) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                "mux: HELLO with %u entries in %u bytes", n, f->length);
+    return NULL;
+  }
+  if (hello_crc(f) != get32(f->payload + f->length - 4)) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_DATA_LOSS, "mux: HELLO checksum mismatch");
+    return NULL;
+  }
+  *role = get32(f->payload + 12);
+  *n_entries = n;
+  MuxHelloEntry *e = g_new0(MuxHelloEntry, n + 1);
+  const guint8 *p = f->payload + 20;
+  for (guint i = 0; i < n; i++, p += MUX_HELLO_ENTRY_SIZE) {
+    e[i].id = get32(p);
+    e[i].port = get32(p + 4);
+    e[i].state = get32(p + 8);
+    e[i].consumed = get64(p + 12);
+    e[i].window = get32(p + 20);
+  }
+  return e;
+}
+
+/* -------------------------------------------------------------- parsing -- */
+
+struct MuxParser {
+  GByteArray *buf;
+  gsize start;
+  gboolean hunting;
+  guint64 skipped;
+};
+
+MuxParser *mux_parser_new(void)
+{
+  MuxParser *p = g_new0(MuxParser, 1);
+  p->buf = g_byte_array_new();
+  p->hunting = TRUE;
+  return p;
+}
+
+void mux_parser_free(MuxParser *p)
+{
+  if (p == NULL)
+    return;
+  g_byte_array_unref(p->buf);
+  g_free(p);
+}
+
+void mux_parser_reset(MuxParser *p)
+{
+  g_byte_array_set_size(p->buf, 0);
+  p->start = 0;
+  p->hunting = TRUE;
+  p->skipped = 0;
+}
+
+guint64 mux_parser_skipped(MuxParser *p)
+{
+  return p->skipped;
+}
+
+void mux_parser_feed(MuxParser *p, const guint8 *data, gsize len)
+{
+  if (p->start > 0) {
+    g_byte_array_remove_range(p->buf, 0, (guint)p->start);
+    p->start = 0;
+  }
+  g_byte_array_append(p->buf, data, (guint)len);
+}
+
+/* The exact payload length each type needs (-1: variable). */
+static gint64 fixed_length(guint8 type)
+{
+  switch (type) {
+  case MUX_OPEN:
+    return 8;
+  case MUX_ACCEPT:
+  case MUX_ACK:
+  case MUX_RESET:
+    return 4;
+  case MUX_REFUSE:
+  case MUX_SHUTDOWN:
+    return 0;
+  default:
+    return -1;
+  }
+}
+
+/* Check a header; FALSE (with why) when it is not a frame of this protocol. */
+static gboolean header_valid(const guint8 *h, GError **error)
+{
+  guint32 magic = get32(h);
+  guint8 type = h[4];
+  guint32 channel = get32(h + 8);
+  guint32 length = get32(h + 12);
+  guint64 offset = get64(h + 16);
+  const char *why = NULL;
+  if (magic != MUX_MAGIC)
+    why = "bad magic";
+  else if (h[5] != 0 || h[6] != 0 || h[7] != 0)
+    why = "reserved bits set";
+  else if (type < MUX_HELLO || type > MUX_RESET)
+    why = "unknown type";
+  else if (type == MUX_HELLO &&
+           (channel != 0 || offset != 0 || length < 24 || length > MUX_MAX_HELLO))
+    why = "malformed HELLO";
+  else if (type != MUX_HELLO && channel == 0)
+    why = "channel 0";
+  else if (type == MUX_DATA && (length == 0 || length > FERRY_MUX_MAX_DATA))
+    why = "DATA length out of range";
+  else if (fixed_length(type) >= 0 && length != fixed_length(type))
+    why = "wrong payload length";
+  else if (type != MUX_DATA && type != MUX_ACK && type != MUX_SHUTDOWN && offset != 0)
+    why = "offset set";
+  if (why != NULL) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                "mux: %s (type %u, channel %u, length %u)", why, type, channel, length);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static void frame_from(MuxFrame *f, const guint8 *h)
+{
+  f->type = h[4];
+  f->channel = get32(h + 8);
+  f->length = get32(h + 12);
+  f->offset = get64(h + 16);
+  f->payload = h + MUX_HEADER_SIZE;
+}
+
+/* Whether a complete, valid HELLO starts at `at` in the buffer. */
+static gboolean hello_at(MuxParser *p, gsize at, MuxFrame *f)
+{
+  gsize avail = p->buf->len - at;
+  const guint8 *h = p->buf->data + at;
+  if (avail < MUX_HEADER_SIZE || get32(h) != MUX_MAGIC || h[4] != MUX_HELLO ||
+      !header_valid(h, NULL))
+    return FALSE;
+  frame_from(f, h);
+  if (avail < MUX_HEADER_SIZE + f->length)
+    return FALSE;
+  guint32 role;
+  guint n;
+  g_autofree MuxHelloEntry *entries = mux_hello_decode(f, &role, &n, NULL);
+  return entries != NULL;
+}
+
+/* A candidate HELLO whose payload has not all arrived: can it still be one? Its tag is
+ * checked as soon as it is there, so stale bytes cannot hold the hunt for long. */
+static gboolean candidate_plausible(const guint8 *h, gsize avail)
+{
+  if (avail >= MUX_HEADER_SIZE + 8 && memcmp(h + MUX_HEADER_SIZE, MUX_HELLO_TAG, 8) != 0)
+    return FALSE;
+  return TRUE;
+}
+
+MuxParseResult mux_parser_next(MuxParser *p, MuxFrame *f, GError **error)
+{
+  for (;;) {
+    gsize avail = p->buf->len - p->start;
+    if (avail < MUX_HEADER_SIZE)
+      return MUX_PARSE_NEED_MORE;
+    const guint8 *h = p->buf->data + p->start;
+    if (p->hunting) {
+      /* Only a whole, checked HELLO ends the hunt; skip a byte at a time otherwise. */
+      if (get32(h) != MUX_MAGIC || h[4] != MUX_HELLO || !header_valid(h, NULL)) {
+        p->start++;
+        p->skipped++;
+        continue;
+      }
+      frame_from(f, h);
+      if (avail < MUX_HEADER_SIZE + f->length) {
+        if (!candidate_plausible(h, avail)) {
+          p->start++;
+          p->skipped++;
+          continue;
+        }
+        /* A stale header may claim more than will ever come (the peer sends its HELLO
+         * and then waits): a complete HELLO further on wins over an incomplete one. */
+        gboolean found = FALSE;
+        for (gsize at = p->start + 1; !found && at + MUX_HEADER_SIZE <= p->buf->len; at++) {
+          MuxFrame later;
+          if (hello_at(p, at, &later)) {
+            p->skipped += at - p->start;
+            p->start = at;
+            found = TRUE;
+          }
+        }
+        if (!found)
+          return MUX_PARSE_NEED_MORE;
+        continue;
+      }
+      if (!hello_at(p, p->start, f)) {
+        p->start++;
+        p->skipped++;
+        continue;
+      }
+      p->hunting = FALSE;
+      p->start += MUX_HEADER_SIZE + f->length;
+      return MUX_PARSE_FRAME;
+    }
+    if (!header_valid(h, error))
+      return MUX_PARSE_ERROR;
+    frame_from(f, h);
+    if (avail < MUX_HEADER_SIZE + f->length)
+      return MUX_PARSE_NEED_MORE;
+    p->start += MUX_HEADER_SIZE + f->length;
+    return MUX_PARSE_FRAME;
+  }
+}

@@ -1,0 +1,1125 @@
+/* The ferry channel mux (docs/mux.md): channel state, flow control, resume. */
+#include "ferry/mux.h"
+
+#include <string.h>
+
+#include "channel-impl.h"
+#include "ferry/error.h"
+#include "ferry/stream.h"
+#include "mux-wire.h"
+
+/* Stop producing frames while this much is waiting to be written. */
+#define OUTPUT_HIGH_WATER (256u * 1024u)
+#define HOST_ID_BIT 0x80000000u
+
+typedef struct MuxChannel MuxChannel;
+
+/* The application's handle; the state lives in MuxChannel and may outlive it. */
+typedef struct {
+  FerryChannel base;
+  MuxChannel *mc; /* NULL once the mux dropped the state */
+} MuxHandle;
+
+typedef enum {
+  MC_OPENING, /* we sent (or must send) OPEN; waiting for ACCEPT */
+  MC_ESTABLISHED,
+} McState;
+
+struct MuxChannel {
+  FerryMux *mux;
+  guint32 id;
+  guint32 port;
+  McState state;
+  MuxHandle *handle; /* the application's object, or NULL once it let go */
+  FerryDialFunc dial_done;
+  gpointer dial_data;
+  /* The peer's direction. */
+  guint64 recv_consumed;
+  GByteArray *recv_buf; /* bytes [recv_consumed, recv_consumed + len) */
+  guint32 recv_window;
+  guint64 last_ack;
+  gboolean ack_due;
+  gboolean peer_shut;
+  guint64 peer_final;
+  gboolean eof_emitted;
+  gboolean paused; /* the consumer took less than offered */
+  /* This side's direction. */
+  guint64 send_acked;
+  guint64 send_total;
+  guint64 send_next;    /* next offset to put on the current stream */
+  GByteArray *send_buf; /* bytes [send_acked, send_total) */
+  guint32 peer_window;
+  gboolean shut;
+  gboolean shutdown_sent; /* on the current stream */
+  gboolean want_writable;
+  /* Control frames owed on the current stream. */
+  gboolean open_due;
+  gboolean accept_due;
+};
+
+struct FerryMux {
+  FerryTransport base;
+  FerryMuxRole role;
+  FerryStream *stream;
+  MuxParser *parser;
+  gboolean synced;       /* the peer's HELLO arrived on the current stream */
+  GHashTable *channels;  /* id -> MuxChannel */
+  GHashTable *listeners; /* port -> Listener */
+  GByteArray *control;   /* REFUSE/RESET frames owed on the current stream */
+  guint32 next_id;
+  guint32 window;
+  gsize send_buffer;
+  GList *rr; /* round-robin position: ids in creation order */
+  guint deliver_source;
+  guint pump_source;
+  gboolean freeing;
+  FerryMuxLostFunc lost_func;
+  gpointer lost_data;
+  FerryMuxSyncedFunc synced_func;
+  gpointer synced_data;
+};
+
+typedef struct {
+  FerryAcceptFunc accept;
+  gpointer user_data;
+} Listener;
+
+static const FerryChannelClass mux_channel_class;
+static const FerryTransportClass mux_transport_class;
+static void pump(FerryMux *mux);
+static void schedule_deliver(FerryMux *mux);
+static void drop_stream(FerryMux *mux, const GError *why);
+
+/* ------------------------------------------------------------ channels -- */
+
+static MuxChannel *mc_new(FerryMux *mux, guint32 id, guint32 port, McState state)
+{
+  MuxChannel *mc = g_new0(MuxChannel, 1);
+  mc->mux = mux;
+  mc->id = id;
+  mc->port = port;
+  mc->state = state;
+  mc->recv_buf = g_byte_array_new();
+  mc->send_buf = g_byte_array_new();
+  mc->recv_window = mux->window;
+  g_hash_table_insert(mux->channels, GUINT_TO_POINTER(id), mc);
+  mux->rr = g_list_append(mux->rr, GUINT_TO_POINTER(id));
+  return mc;
+}
+
+static FerryChannel *mc_handle(MuxChannel *mc)
+{
+  MuxHandle *h = g_new0(MuxHandle, 1);
+  ferry_channel_init(&h->base, &mux_channel_class, mc->port);
+  h->mc = mc;
+  mc->handle = h;
+  return &h->base;
+}
+
+/* Forget a channel's state; tell its application (if any) that it is closed. */
+static void mc_remove(MuxChannel *mc, const GError *error)
+{
+  FerryMux *mux = mc->mux;
+  g_hash_table_steal(mux->channels, GUINT_TO_POINTER(mc->id));
+  mux->rr = g_list_remove(mux->rr, GUINT_TO_POINTER(mc->id));
+  MuxHandle *h = mc->handle;
+  FerryDialFunc dial_done = mc->dial_done;
+  gpointer dial_data = mc->dial_data;
+  g_byte_array_unref(mc->recv_buf);
+  g_byte_array_unref(mc->send_buf);
+  g_free(mc);
+  if (dial_done != NULL) {
+    /* Never established: the dialer hears of it, not a channel. */
+    dial_done(&mux->base, NULL, error, dial_data);
+    return;
+  }
+  if (h != NULL) {
+    h->mc = NULL;
+    ferry_channel_emit_closed(&h->base, error);
+  }
+}
+
+static void mc_reset(MuxChannel *mc, MuxResetReason reason, const GError *error)
+{
+  FerryMux *mux = mc->mux;
+  if (mux->synced) {
+    guint8 r[4];
+    guint32 le = GUINT32_TO_LE((guint32)reason);
+    memcpy(r, &le, 4);
+    mux_frame_append(mux->control, MUX_RESET, mc->id, 0, r, 4);
+  }
+  mc_remove(mc, error);
+  pump(mux);
+}
+
+static gsize mc_room(MuxChannel *mc)
+{
+  gsize used = (gsize)(mc->send_total - mc->send_acked);
+  gsize cap = mc->mux->send_buffer;
+  return used >= cap ? 0 : cap - used;
+}
+
+/* Both directions ended and were fully consumed: nothing more can happen. */
+static gboolean mc_finished(MuxChannel *mc)
+{
+  return mc->shut && mc->send_acked == mc->send_total && mc->peer_shut &&
+         mc->recv_consumed == mc->peer_final;
+}
+
+/* Send an ACK when consumption moved a quarter window, or caught up with arrivals. */
+static void mc_maybe_ack(MuxChannel *mc)
+{
+  guint64 moved = mc->recv_consumed - mc->last_ack;
+  if (moved > 0 && (moved >= mc->recv_window / 4 || mc->recv_buf->len == 0))
+    mc->ack_due = TRUE;
+}
+
+/* Offer buffered data to the consumer (or, with no application, consume it). */
+static void mc_deliver(MuxChannel *mc)
+{
+  FerryMux *mux = mc->mux;
+  while (mc->recv_buf->len > 0 && !mc->paused) {
+    gsize took;
+    if (mc->handle == NULL) {
+      took = mc->recv_buf->len; /* nobody wants it: drained silently */
+    } else {
+      ferry_channel_ref(&mc->handle->base);
+      MuxHandle *h = mc->handle;
+      took = ferry_channel_emit_data(&h->base, mc->recv_buf->data, mc->recv_buf->len);
+      gboolean gone = h->mc != mc;
+      ferry_channel_unref(&h->base);
+      if (gone)
+        return; /* closed from inside the handler */
+    }
+    took = MIN(took, (gsize)mc->recv_buf->len);
+    if (took == 0) {
+      mc->paused = TRUE;
+      break;
+    }
+    g_byte_array_remove_range(mc->recv_buf, 0, (guint)took);
+    mc->recv_consumed += took;
+    if (mc->recv_buf->len > 0)
+      mc->paused = TRUE;
+  }
+  mc_maybe_ack(mc);
+  if (mc->peer_shut && !mc->eof_emitted && mc->recv_buf->len == 0 &&
+      mc->recv_consumed == mc->peer_final) {
+    mc->eof_emitted = TRUE;
+    if (mc->handle != NULL)
+      ferry_channel_emit_eof(&mc->handle->base);
+  }
+  if (mc->handle == NULL && mc_finished(mc) &&
+      g_hash_table_contains(mux->channels, GUINT_TO_POINTER(mc->id)))
+    mc_reset(mc, MUX_RESET_FINISHED, NULL);
+}
+
+static gboolean on_deliver(gpointer p)
+{
+  FerryMux *mux = p;
+  mux->deliver_source = 0;
+  GList *ids = g_list_copy(mux->rr);
+  for (GList *l = ids; l != NULL; l = l->next) {
+    MuxChannel *mc = g_hash_table_lookup(mux->channels, l->data);
+    if (mc != NULL && mc->state == MC_ESTABLISHED)
+      mc_deliver(mc);
+  }
+  g_list_free(ids);
+  pump(mux);
+  return G_SOURCE_REMOVE;
+}
+
+static void schedule_deliver(FerryMux *mux)
+{
+  if (mux->deliver_source == 0 && !mux->freeing)
+    mux->deliver_source = g_idle_add(on_deliver, mux);
+}
+
+/* ---- the application's side (FerryChannelClass) ---- */
+
+static MuxChannel *handle_mc(FerryChannel *ch)
+{
+  return ((MuxHandle *)ch)->mc;
+}
+
+static gsize mch_write(FerryChannel *ch, const void *data, gsize len)
+{
+  MuxChannel *mc = handle_mc(ch);
+  if (mc == NULL || mc->shut)
+    return 0;
+  gsize n = MIN(len, mc_room(mc));
+  if (n > 0) {
+    g_byte_array_append(mc->send_buf, data, (guint)n);
+    mc->send_total += n;
+  }
+  if (n < len)
+    mc->want_writable = TRUE;
+  pump(mc->mux);
+  return n;
+}
+
+static gsize mch_write_room(FerryChannel *ch)
+{
+  MuxChannel *mc = handle_mc(ch);
+  if (mc == NULL || mc->shut)
+    return 0;
+  gsize room = mc_room(mc);
+  if (room == 0)
+    mc->want_writable = TRUE;
+  return room;
+}
+
+static gsize mch_unacked(FerryChannel *ch)
+{
+  MuxChannel *mc = handle_mc(ch);
+  return mc == NULL ? 0 : (gsize)(mc->send_total - mc->send_acked);
+}
+
+static void mch_resume_reading(FerryChannel *ch)
+{
+  MuxChannel *mc = handle_mc(ch);
+  if (mc == NULL)
+    return;
+  mc->paused = FALSE;
+  schedule_deliver(mc->mux);
+}
+
+static void mch_shutdown_write(FerryChannel *ch)
+{
+  MuxChannel *mc = handle_mc(ch);
+  if (mc == NULL || mc->shut)
+    return;
+  mc->shut = TRUE;
+  pump(mc->mux);
+}
+
+/* The application let go of its last reference without closing: finish gracefully --
+ * what it wrote is still delivered (its write side is shut), what arrives is drained,
+ * and the channel ends with RESET "finished" once both directions are done. */
+static void mc_let_go(MuxChannel *mc)
+{
+  mc->handle = NULL;
+  mc->shut = TRUE;
+  mc->paused = FALSE;
+  schedule_deliver(mc->mux);
+  pump(mc->mux);
+}
+
+static void mch_close(FerryChannel *ch)
+{
+  MuxChannel *mc = handle_mc(ch);
+  if (mc == NULL)
+    return;
+  ((MuxHandle *)ch)->mc = NULL;
+  if (ch->refs == 0) {
+    /* Called from the last unref (channel.c): not an abort. */
+    mc_let_go(mc);
+    return;
+  }
+  /* An explicit close aborts; the generic code emits closed for it. */
+  mc->handle = NULL;
+  mc_reset(mc, MUX_RESET_ABORTED, NULL);
+}
+
+static void mch_handlers_changed(FerryChannel *ch)
+{
+  MuxChannel *mc = handle_mc(ch);
+  if (mc != NULL) {
+    mc->paused = FALSE;
+    schedule_deliver(mc->mux);
+  }
+}
+
+static void mch_finalize(FerryChannel *ch)
+{
+  MuxChannel *mc = handle_mc(ch);
+  if (mc != NULL) {
+    ((MuxHandle *)ch)->mc = NULL;
+    mc_let_go(mc);
+  }
+}
+
+static const FerryChannelClass mux_channel_class = {
+  .write = mch_write,
+  .write_room = mch_write_room,
+  .unacked = mch_unacked,
+  .resume_reading = mch_resume_reading,
+  .shutdown_write = mch_shutdown_write,
+  .close = mch_close,
+  .handlers_changed = mch_handlers_changed,
+  .finalize = mch_finalize,
+};
+
+/* --------------------------------------------------------------- output -- */
+
+static void put_u32(guint8 *p, guint32 v)
+{
+  v = GUINT32_TO_LE(v);
+  memcpy(p, &v, 4);
+}
+
+static guint32 get_u32(const guint8 *p)
+{
+  guint32 v;
+  memcpy(&v, p, 4);
+  return GUINT32_FROM_LE(v);
+}
+
+/* Control frames a channel owes, then its data within the peer's window. */
+static void mc_produce(MuxChannel *mc, GByteArray *out, gsize budget)
+{
+  guint8 w[8];
+  if (mc->open_due) {
+    put_u32(w, mc->port);
+    put_u32(w + 4, mc->recv_window);
+    mux_frame_append(out, MUX_OPEN, mc->id, 0, w, 8);
+    mc->open_due = FALSE;
+  }
+  if (mc->accept_due) {
+    put_u32(w, mc->recv_window);
+    mux_frame_append(out, MUX_ACCEPT, mc->id, 0, w, 4);
+    mc->accept_due = FALSE;
+  }
+  if (mc->state != MC_ESTABLISHED)
+    return;
+  if (mc->ack_due) {
+    put_u32(w, mc->recv_window);
+    mux_frame_append(out, MUX_ACK, mc->id, mc->recv_consumed, w, 4);
+    mc->last_ack = mc->recv_consumed;
+    mc->ack_due = FALSE;
+  }
+  guint64 limit = MIN(mc->send_total, mc->send_acked + mc->peer_window);
+  if (mc->send_next < limit && out->len < budget) {
+    gsize n = (gsize)MIN(limit - mc->send_next, (guint64)FERRY_MUX_MAX_DATA);
+    const guint8 *p = mc->send_buf->data + (mc->send_next - mc->send_acked);
+    mux_frame_append(out, MUX_DATA, mc->id, mc->send_next, p, (guint32)n);
+    mc->send_next += n;
+  }
+  if (mc->shut && !mc->shutdown_sent && mc->send_next == mc->send_total) {
+    mux_frame_append(out, MUX_SHUTDOWN, mc->id, mc->send_total, NULL, 0);
+    mc->shutdown_sent = TRUE;
+  }
+}
+
+static gboolean mc_has_output(MuxChannel *mc)
+{
+  if (mc->open_due || mc->accept_due)
+    return TRUE;
+  if (mc->state != MC_ESTABLISHED)
+    return FALSE;
+  guint64 limit = MIN(mc->send_total, mc->send_acked + mc->peer_window);
+  return mc->ack_due || mc->send_next < limit ||
+         (mc->shut && !mc->shutdown_sent && mc->send_next == mc->send_total);
+}
+
+static void pump_full(FerryMux *mux, gboolean from_idle);
+
+static gboolean on_pump_idle(gpointer p)
+{
+  FerryMux *mux = p;
+  mux->pump_source = 0;
+  pump_full(mux, TRUE);
+  return G_SOURCE_REMOVE;
+}
+
+static void pump_later(FerryMux *mux)
+{
+  if (mux->pump_source == 0 && !mux->freeing)
+    mux->pump_source = g_idle_add(on_pump_idle, mux);
+}
+
+/*
+ * Write what is owed while the stream has room: control frames first, then channels in
+ * turn, one DATA frame each per round, so no channel starves the others. At most
+ * OUTPUT_HIGH_WATER waits in the stream at a time; the rest follows from the main loop
+ * (an idle when the stream took everything, the stream's drained handler when the peer
+ * is slow).
+ */
+static void pump_full(FerryMux *mux, gboolean from_idle)
+{
+  if (mux->stream == NULL || !mux->synced || mux->freeing)
+    return;
+  gsize pending = ferry_stream_pending_output(mux->stream);
+  if (pending >= OUTPUT_HIGH_WATER) {
+    /* From an idle the output has been flushed already, so what waits is waiting for the
+     * peer and drained will follow; inside a data handler it has not: look again soon. */
+    if (!from_idle)
+      pump_later(mux);
+    return;
+  }
+  g_autoptr(GByteArray) out = g_byte_array_new();
+  if (mux->control->len > 0) {
+    g_byte_array_append(out, mux->control->data, mux->control->len);
+    g_byte_array_set_size(mux->control, 0);
+  }
+  gsize budget = OUTPUT_HIGH_WATER;
+  gboolean progress = TRUE;
+  while (progress && pending + out->len < budget) {
+    progress = FALSE;
+    for (GList *l = mux->rr; l != NULL && pending + out->len < budget; l = l->next) {
+      MuxChannel *mc = g_hash_table_lookup(mux->channels, l->data);
+      if (mc == NULL || !mc_has_output(mc))
+        continue;
+      mc_produce(mc, out, budget - pending);
+      progress = TRUE;
+    }
+  }
+  gboolean cut_short = progress;
+  if (out->len > 0) {
+    g_autoptr(GError) error = NULL;
+    if (!ferry_stream_write(mux->stream, out->data, out->len, &error))
+      return; /* the stream closed itself; its closed handler drops it */
+  }
+  if (cut_short)
+    pump_later(mux);
+}
+
+static void pump(FerryMux *mux)
+{
+  pump_full(mux, FALSE);
+}
+
+/* ------------------------------------------------------------------ input -- */
+
+static void protocol_error(FerryMux *mux, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+
+static void protocol_error(FerryMux *mux, const char *fmt, ...)
+{
+  va_list ap;
+  va_start(ap, fmt);
+  g_autofree char *msg = g_strdup_vprintf(fmt, ap);
+  va_end(ap);
+  g_autoptr(GError) error = g_error_new(FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "mux: %s", msg);
+  drop_stream(mux, error);
+}
+
+static gboolean id_is_peers(FerryMux *mux, guint32 id)
+{
+  gboolean host_id = (id & HOST_ID_BIT) != 0;
+  return mux->role == FERRY_MUX_HOST ? !host_id : host_id;
+}
+
+static void queue_reset(FerryMux *mux, guint32 id, MuxResetReason reason)
+{
+  guint8 r[4];
+  put_u32(r, reason);
+  mux_frame_append(mux->control, MUX_RESET, id, 0, r, 4);
+}
+
+static void on_hello(FerryMux *mux, const MuxFrame *f)
+{
+  guint32 role;
+  guint n;
+  g_autoptr(GError) error = NULL;
+  g_autofree MuxHelloEntry *entries = mux_hello_decode(f, &role, &n, &error);
+  if (entries == NULL) {
+    drop_stream(mux, error);
+    return;
+  }
+  if (role == (guint32)mux->role) {
+    protocol_error(mux, "peer claims our own role %u", role);
+    return;
+  }
+  g_autoptr(GHashTable) peer = g_hash_table_new(NULL, NULL);
+  for (guint i = 0; i < n; i++)
+    g_hash_table_insert(peer, GUINT_TO_POINTER(entries[i].id), &entries[i]);
+
+  mux->synced = TRUE;
+  GList *ids = g_list_copy(mux->rr);
+  for (GList *l = ids; l != NULL; l = l->next) {
+    MuxChannel *mc = g_hash_table_lookup(mux->channels, l->data);
+    if (mc == NULL)
+      continue;
+    MuxHelloEntry *e = g_hash_table_lookup(peer, l->data);
+    mc->shutdown_sent = FALSE;
+    mc->open_due = mc->accept_due = FALSE;
+    if (e == NULL) {
+      if (mc->state == MC_OPENING) {
+        mc->open_due = TRUE; /* the peer never saw our OPEN */
+      } else {
+        g_autoptr(GError) lost =
+            g_error_new(FERRY_ERROR, FERRY_ERROR_UNAVAILABLE, "mux: peer lost channel %u (port %u)",
+                        mc->id, mc->port);
+        mc_remove(mc, lost);
+      }
+      continue;
+    }
+    if (e->consumed < mc->send_acked || e->consumed > mc->send_total ||
+        e->window > FERRY_MUX_MAX_WINDOW) {
+      protocol_error(mux,
+                     "HELLO for channel %u acknowledges %" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT
+                     " bytes",
+                     mc->id, e->consumed, mc->send_total);
+      g_list_free(ids);
+      return;
+    }
+    g_byte_array_remove_range(mc->send_buf, 0, (guint)(e->consumed - mc->send_acked));
+    mc->send_acked = e->consumed;
+    mc->send_next = mc->send_acked;
+    mc->peer_window = e->window;
+    if (mc->state == MC_OPENING) {
+      /* The peer accepted; its ACCEPT was lost with the old stream. */
+      mc->state = MC_ESTABLISHED;
+      FerryDialFunc done = g_steal_pointer(&mc->dial_done);
+      if (done != NULL)
+        done(&mux->base, mc_handle(mc), NULL, mc->dial_data);
+    }
+    /* Tell the peer where we are: it resends from our consumed offset. */
+    mc->last_ack = mc->recv_consumed;
+    if (mc->want_writable && mc_room(mc) > 0 && mc->handle != NULL) {
+      mc->want_writable = FALSE;
+      ferry_channel_emit_writable(&mc->handle->base);
+    }
+  }
+  g_list_free(ids);
+  if (mux->synced_func != NULL)
+    mux->synced_func(mux, mux->synced_data);
+  schedule_deliver(mux);
+  pump(mux);
+}
+
+static void on_open(FerryMux *mux, const MuxFrame *f)
+{
+  guint32 port = get_u32(f->payload);
+  guint32 window = get_u32(f->payload + 4);
+  if (!id_is_peers(mux, f->channel) || window > FERRY_MUX_MAX_WINDOW) {
+    protocol_error(mux, "OPEN of channel %u with window %u", f->channel, window);
+    return;
+  }
+  MuxChannel *mc = g_hash_table_lookup(mux->channels, GUINT_TO_POINTER(f->channel));
+  if (mc != NULL) {
+    /* A resend of an OPEN we accepted: accept again. */
+    mc->accept_due = TRUE;
+    return;
+  }
+  Listener *l = g_hash_table_lookup(mux->listeners, GUINT_TO_POINTER(port));
+  if (l == NULL || g_hash_table_size(mux->channels) >= FERRY_MUX_MAX_CHANNELS) {
+    mux_frame_append(mux->control, MUX_REFUSE, f->channel, 0, NULL, 0);
+    return;
+  }
+  mc = mc_new(mux, f->channel, port, MC_ESTABLISHED);
+  mc->peer_window = window;
+  mc->accept_due = TRUE;
+  FerryChannel *ch = mc_handle(mc);
+  l->accept(&mux->base, ch, l->user_data);
+}
+
+static void on_data(FerryMux *mux, MuxChannel *mc, const MuxFrame *f)
+{
+  guint64 have_end = mc->recv_consumed + mc->recv_buf->len;
+  guint64 end = f->offset + f->length;
+  if (f->offset > have_end || end > mc->recv_consumed + mc->recv_window ||
+      (mc->peer_shut && end > mc->peer_final)) {
+    protocol_error(mux,
+                   "DATA for channel %u at %" G_GUINT64_FORMAT "+%u: have %" G_GUINT64_FORMAT
+                   ", window to %" G_GUINT64_FORMAT,
+                   mc->id, f->offset, f->length, have_end, mc->recv_consumed + mc->recv_window);
+    return;
+  }
+  if (end <= have_end)
+    return; /* all of it was resent */
+  gsize skip = (gsize)(have_end - f->offset);
+  g_byte_array_append(mc->recv_buf, f->payload + skip, (guint)(f->length - skip));
+  if (!mc->paused)
+    schedule_deliver(mux);
+}
+
+static void on_ack(FerryMux *mux, MuxChannel *mc, const MuxFrame *f)
+{
+  guint32 window = get_u32(f->payload);
+  if (f->offset > mc->send_total || window > FERRY_MUX_MAX_WINDOW) {
+    protocol_error(
+        mux, "ACK for channel %u of %" G_GUINT64_FORMAT " bytes, %" G_GUINT64_FORMAT " written",
+        mc->id, f->offset, mc->send_total);
+    return;
+  }
+  mc->peer_window = window;
+  if (f->offset > mc->send_acked) {
+    g_byte_array_remove_range(mc->send_buf, 0, (guint)(f->offset - mc->send_acked));
+    mc->send_acked = f->offset;
+    if (mc->send_next < mc->send_acked)
+      mc->send_next = mc->send_acked;
+  }
+  if (mc->want_writable && mc_room(mc) > 0 && mc->handle != NULL) {
+    mc->want_writable = FALSE;
+    ferry_channel_emit_writable(&mc->handle->base);
+  }
+  if (mc->handle == NULL && mc_finished(mc))
+    mc_reset(mc, MUX_RESET_FINISHED, NULL);
+}
+
+static void on_frame(FerryMux *mux, const MuxFrame *f)
+{
+  if (f->type == MUX_HELLO) {
+    protocol_error(mux, "HELLO twice on one stream");
+    return;
+  }
+  if (f->type == MUX_OPEN) {
+    on_open(mux, f);
+    return;
+  }
+  MuxChannel *mc = g_hash_table_lookup(mux->channels, GUINT_TO_POINTER(f->channel));
+  if (mc == NULL) {
+    /* A channel we have closed or never knew: tell the peer, unless it is a RESET. */
+    if (f->type != MUX_RESET && f->type != MUX_REFUSE)
+      queue_reset(mux, f->channel, MUX_RESET_UNKNOWN_CHANNEL);
+    return;
+  }
+  switch (f->type) {
+  case MUX_ACCEPT: {
+    guint32 window = get_u32(f->payload);
+    if (mc->state != MC_OPENING || window > FERRY_MUX_MAX_WINDOW) {
+      protocol_error(mux, "unexpected ACCEPT for channel %u", mc->id);
+      return;
+    }
+    mc->state = MC_ESTABLISHED;
+    mc->peer_window = window;
+    FerryDialFunc done = g_steal_pointer(&mc->dial_done);
+    if (done != NULL)
+      done(&mux->base, mc_handle(mc), NULL, mc->dial_data);
+    break;
+  }
+  case MUX_REFUSE: {
+    if (mc->state != MC_OPENING) {
+      protocol_error(mux, "unexpected REFUSE for channel %u", mc->id);
+      return;
+    }
+    g_autoptr(GError) refused = g_error_new(FERRY_ERROR, FERRY_ERROR_UNAVAILABLE,
+                                            "mux: nobody listens on port %u", mc->port);
+    mc_remove(mc, refused);
+    break;
+  }
+  case MUX_DATA:
+    if (mc->state != MC_ESTABLISHED) {
+      protocol_error(mux, "DATA before ACCEPT on channel %u", mc->id);
+      return;
+    }
+    on_data(mux, mc, f);
+    break;
+  case MUX_ACK:
+    on_ack(mux, mc, f);
+    break;
+  case MUX_SHUTDOWN: {
+    guint64 have_end = mc->recv_consumed + mc->recv_buf->len;
+    if ((mc->peer_shut && f->offset != mc->peer_final) || f->offset < have_end) {
+      protocol_error(mux, "SHUTDOWN of channel %u at %" G_GUINT64_FORMAT, mc->id, f->offset);
+      return;
+    }
+    mc->peer_shut = TRUE;
+    mc->peer_final = f->offset;
+    schedule_deliver(mux);
+    break;
+  }
+  case MUX_RESET: {
+    guint32 reason = get_u32(f->payload);
+    g_autoptr(GError) error = NULL;
+    if (reason != MUX_RESET_FINISHED)
+      error = g_error_new(FERRY_ERROR, FERRY_ERROR_UNAVAILABLE,
+                          "mux: channel %u (port %u) reset by peer (reason %u)", mc->id, mc->port,
+                          reason);
+    mc_remove(mc, error);
+    break;
+  }
+  default:
+    break;
+  }
+}
+
+static void on_stream_data(FerryStream *s, const guint8 *data, gsize len, gpointer ud)
+{
+  FerryMux *mux = ud;
+  mux_parser_feed(mux->parser, data, len);
+  while (mux->stream == s) {
+    MuxFrame f;
+    g_autoptr(GError) error = NULL;
+    MuxParseResult r = mux_parser_next(mux->parser, &f, &error);
+    if (r == MUX_PARSE_NEED_MORE)
+      break;
+    if (r == MUX_PARSE_ERROR) {
+      drop_stream(mux, error);
+      break;
+    }
+    if (!mux->synced) {
+      on_hello(mux, &f); /* the parser hands out nothing else while hunting */
+      continue;
+    }
+    on_frame(mux, &f);
+  }
+  pump(mux);
+}
+
+static void on_stream_closed(FerryStream *s, const GError *error, gpointer ud)
+{
+  FerryMux *mux = ud;
+  if (mux->stream != s)
+    return;
+  drop_stream(mux, error);
+}
+
+static void on_stream_drained(FerryStream *s, gpointer ud)
+{
+  pump_full(ud, TRUE);
+}
+
+static const FerryStreamHandlers mux_stream_handlers = {
+  .data = on_stream_data,
+  .closed = on_stream_closed,
+  .drained = on_stream_drained,
+};
+
+/* ---------------------------------------------------------------- stream -- */
+
+static void drop_stream(FerryMux *mux, const GError *why)
+{
+  if (mux->stream == NULL)
+    return;
+  FerryStream *s = g_steal_pointer(&mux->stream);
+  mux->synced = FALSE;
+  g_byte_array_set_size(mux->control, 0);
+  ferry_stream_close(s, NULL);
+  ferry_stream_unref(s);
+  if (why != NULL && mux->lost_func != NULL && !mux->freeing)
+    mux->lost_func(mux, why, mux->lost_data);
+}
+
+static void send_hello(FerryMux *mux)
+{
+  guint n = g_hash_table_size(mux->channels);
+  g_autofree MuxHelloEntry *entries = g_new0(MuxHelloEntry, n + 1);
+  guint i = 0;
+  for (GList *l = mux->rr; l != NULL; l = l->next) {
+    MuxChannel *mc = g_hash_table_lookup(mux->channels, l->data);
+    if (mc == NULL)
+      continue;
+    MuxHelloEntry *e = &entries[i++];
+    e->id = mc->id;
+    e->port = mc->port;
+    e->state = (mc->state == MC_ESTABLISHED ? MUX_STATE_ESTABLISHED : 0) |
+               (mc->shut ? MUX_STATE_SHUT_SENT : 0) | (mc->peer_shut ? MUX_STATE_PEER_DONE : 0);
+    e->consumed = mc->recv_consumed;
+    e->window = mc->recv_window;
+  }
+  g_autoptr(GByteArray) out = g_byte_array_new();
+  mux_hello_append(out, (guint32)mux->role, entries, i);
+  ferry_stream_write(mux->stream, out->data, out->len, NULL);
+}
+
+gboolean ferry_mux_attach(FerryMux *mux, int fd, GError **error)
+{
+  ferry_mux_detach(mux);
+  mux->stream = ferry_stream_new(fd, "mux", &mux_stream_handlers, mux, error);
+  if (mux->stream == NULL)
+    return FALSE;
+  mux_parser_reset(mux->parser);
+  send_hello(mux);
+  return TRUE;
+}
+
+void ferry_mux_detach(FerryMux *mux)
+{
+  drop_stream(mux, NULL);
+}
+
+gboolean ferry_mux_is_attached(FerryMux *mux)
+{
+  return mux->stream != NULL;
+}
+
+gboolean ferry_mux_is_synced(FerryMux *mux)
+{
+  return mux->stream != NULL && mux->synced;
+}
+
+/* ------------------------------------------------------------ transport -- */
+
+static gboolean mux_listen(FerryTransport *t, guint32 port, FerryAcceptFunc accept,
+                           gpointer user_data, GError **error)
+{
+  FerryMux *mux = (FerryMux *)t;
+  if (g_hash_table_contains(mux->listeners, GUINT_TO_POINTER(port))) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_ALREADY_EXISTS, "mux: port %u is listened on",
+                port);
+    return FALSE;
+  }
+  Listener *l = g_new0(Listener, 1);
+  l->accept = accept;
+  l->user_data = user_data;
+  g_hash_table_insert(mux->listeners, GUINT_TO_POINTER(port), l);
+  return TRUE;
+}
+
+static void mux_unlisten(FerryTransport *t, guint32 port)
+{
+  FerryMux *mux = (FerryMux *)t;
+  g_hash_table_remove(mux->listeners, GUINT_TO_POINTER(port));
+}
+
+typedef struct {
+  FerryDialFunc done;
+  gpointer user_data;
+  GError *error;
+} DialFailure;
+
+static gboolean on_dial_failure(gpointer p)
+{
+  DialFailure *d = p;
+  d->done(NULL, NULL, d->error, d->user_data);
+  g_error_free(d->error);
+  g_free(d);
+  return G_SOURCE_REMOVE;
+}
+
+static void mux_dial(FerryTransport *t, guint32 port, FerryDialFunc done, gpointer user_data)
+{
+  FerryMux *mux = (FerryMux *)t;
+  if (g_hash_table_size(mux->channels) >= FERRY_MUX_MAX_CHANNELS ||
+      mux->next_id == G_MAXUINT32 >> 1) {
+    DialFailure *d = g_new0(DialFailure, 1);
+    d->done = done;
+    d->user_data = user_data;
+    d->error = g_error_new(FERRY_ERROR, FERRY_ERROR_RESOURCE_EXHAUSTED,
+                           "mux: no more channels (%u open)", g_hash_table_size(mux->channels));
+    g_idle_add(on_dial_failure, d);
+    return;
+  }
+  guint32 id = mux->next_id++ | (mux->role == FERRY_MUX_HOST ? HOST_ID_BIT : 0);
+  MuxChannel *mc = mc_new(mux, id, port, MC_OPENING);
+  mc->dial_done = done;
+  mc->dial_data = user_data;
+  mc->open_due = TRUE;
+  pump(mux);
+}
+
+static void mux_transport_finalize(FerryTransport *t)
+{
+  /* The mux is freed by ferry_mux_free(); the transport view holds no extra state. */
+}
+
+static const FerryTransportClass mux_transport_class = {
+  .listen = mux_listen,
+  .unlisten = mux_unlisten,
+  .dial = mux_dial,
+  .finalize = mux_transport_finalize,
+};
+
+/* ------------------------------------------------------------ lifecycle -- */
+
+FerryMux *ferry_mux_new(FerryMuxRole role)
+{
+  FerryMux *mux = g_new0(FerryMux, 1);
+  ferry_transport_init(&mux->base, &mux_transport_class);
+  mux->role = role;
+  mux->parser = mux_parser_new();
+  mux->channels = g_hash_table_new(NULL, NULL);
+  mux->listeners = g_hash_table_new_full(NULL, NULL, NULL, g_free);
+  mux->control = g_byte_array_new();
+  mux->next_id = 1;
+  mux->window = FERRY_MUX_DEFAULT_WINDOW;
+  mux->send_buffer = FERRY_MUX_DEFAULT_SEND_BUFFER;
+  return mux;
+}
+
+FerryTransport *ferry_mux_get_transport(FerryMux *mux)
+{
+  return &mux->base;
+}
+
+FerryMuxRole ferry_mux_get_role(FerryMux *mux)
+{
+  return mux->role;
+}
+
+void ferry_mux_free(FerryMux *mux)
+{
+  if (mux == NULL)
+    return;
+  drop_stream(mux, NULL);
+  mux->freeing = TRUE;
+  if (mux->deliver_source != 0)
+    g_source_remove(mux->deliver_source);
+  if (mux->pump_source != 0)
+    g_source_remove(mux->pump_source);
+  g_autoptr(GError) gone = g_error_new(FERRY_ERROR, FERRY_ERROR_CANCELLED, "mux: freed");
+  while (mux->rr != NULL) {
+    MuxChannel *mc = g_hash_table_lookup(mux->channels, mux->rr->data);
+    if (mc == NULL) {
+      mux->rr = g_list_delete_link(mux->rr, mux->rr);
+      continue;
+    }
+    mc_remove(mc, gone);
+  }
+  g_hash_table_unref(mux->channels);
+  g_hash_table_unref(mux->listeners);
+  g_byte_array_unref(mux->control);
+  mux_parser_free(mux->parser);
+  g_free(mux);
+}
+
+void ferry_mux_set_lost_func(FerryMux *mux, FerryMuxLostFunc func, gpointer user_data)
+{
+  mux->lost_func = func;
+  mux->lost_data = user_data;
+}
+
+void ferry_mux_set_synced_func(FerryMux *mux, FerryMuxSyncedFunc func, gpointer user_data)
+{
+  mux->synced_func = func;
+  mux->synced_data = user_data;
+}
+
+guint ferry_mux_channel_count(FerryMux *mux)
+{
+  return g_hash_table_size(mux->channels);
+}
+
+void ferry_mux_set_window(FerryMux *mux, guint32 window)
+{
+  mux->window = CLAMP(window, 4096u, FERRY_MUX_MAX_WINDOW);
+}
+
+void ferry_mux_set_send_buffer(FerryMux *mux, gsize bytes)
+{
+  mux->send_buffer = MAX(bytes, (gsize)4096);
+}
+
+/* --------------------------------------------------------- export/import -- */
+
+void ferry_mux_channel_state_clear(FerryMuxChannelState *s)
+{
+  g_clear_pointer(&s->unacked, g_bytes_unref);
+}
+
+gboolean ferry_mux_export_channel(FerryMux *mux, FerryChannel *channel, FerryMuxChannelState *out,
+                                  GError **error)
+{
+  MuxChannel *mc = channel->klass == &mux_channel_class ? handle_mc(channel) : NULL;
+  if (mc == NULL || mc->mux != mux) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND,
+                "mux: channel on port %u is not an open channel of this mux", channel->port);
+    return FALSE;
+  }
+  memset(out, 0, sizeof(*out));
+  out->id = mc->id;
+  out->port = mc->port;
+  out->established = mc->state == MC_ESTABLISHED;
+  out->recv_consumed = mc->recv_consumed;
+  out->recv_window = mc->recv_window;
+  out->peer_shut = mc->peer_shut;
+  out->peer_final = mc->peer_final;
+  out->eof_emitted = mc->eof_emitted;
+  out->send_acked = mc->send_acked;
+  out->send_total = mc->send_total;
+  out->unacked = g_bytes_new(mc->send_buf->data, mc->send_buf->len);
+  out->peer_window = mc->peer_window;
+  out->shut = mc->shut;
+  return TRUE;
+}
+
+FerryChannel *ferry_mux_import_channel(FerryMux *mux, const FerryMuxChannelState *s, GError **error)
+{
+  const char *why = NULL;
+  gsize unacked = s->unacked != NULL ? g_bytes_get_size(s->unacked) : 0;
+  if (mux->stream != NULL)
+    why = "the mux is already attached";
+  else if (s->id == 0 || g_hash_table_contains(mux->channels, GUINT_TO_POINTER(s->id)))
+    why = "channel id 0 or already in use";
+  else if (!s->established)
+    why = "channel was never established";
+  else if (s->send_acked > s->send_total || s->send_total - s->send_acked != unacked)
+    why = "unacknowledged bytes do not match the offsets";
+  else if (s->peer_shut && s->peer_final < s->recv_consumed)
+    why = "peer's final length is below what was consumed";
+  else if (s->recv_window > FERRY_MUX_MAX_WINDOW || s->peer_window > FERRY_MUX_MAX_WINDOW)
+    why = "window out of range";
+  else if (g_hash_table_size(mux->channels) >= FERRY_MUX_MAX_CHANNELS)
+    why = "too many channels";
+  if (why != NULL) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                "mux: import of channel %u (port %u): %s", s->id, s->port, why);
+    return NULL;
+  }
+  MuxChannel *mc = mc_new(mux, s->id, s->port, MC_ESTABLISHED);
+  mc->recv_consumed = s->recv_consumed;
+  mc->last_ack = s->recv_consumed;
+  mc->recv_window = s->recv_window != 0 ? s->recv_window : mux->window;
+  mc->peer_shut = s->peer_shut;
+  mc->peer_final = s->peer_final;
+  mc->eof_emitted = s->eof_emitted;
+  mc->send_acked = s->send_acked;
+  mc->send_total = s->send_total;
+  mc->send_next = s->send_acked;
+  if (unacked > 0)
+    g_byte_array_append(mc->send_buf, g_bytes_get_data(s->unacked, NULL), (guint)unacked);
+  mc->peer_window = s->peer_window;
+  mc->shut = s->shut;
+  /* Our own ids must not collide with imported ones. */
+  guint32 plain = s->id & ~HOST_ID_BIT;
+  if (!id_is_peers(mux, s->id) && plain >= mux->next_id)
+    mux->next_id = plain + 1;
+  return mc_handle(mc);
+}
+
+/* Serialized state: a version byte, then fixed little-endian fields, then the unacked
+ * bytes. */
+#define STATE_VERSION 1u
+#define STATE_FIXED 60u
+
+GBytes *ferry_mux_channel_state_serialize(const FerryMuxChannelState *s)
+{
+  gsize unacked = s->unacked != NULL ? g_bytes_get_size(s->unacked) : 0;
+  GByteArray *out = g_byte_array_sized_new((guint)(STATE_FIXED + unacked));
+  g_byte_array_set_size(out, STATE_FIXED);
+  guint8 *p = out->data;
+  p[0] = STATE_VERSION;
+  p[1] = (s->established ? 1 : 0) | (s->peer_shut ? 2 : 0) | (s->eof_emitted ? 4 : 0) |
+         (s->shut ? 8 : 0);
+  p[2] = p[3] = 0;
+  put_u32(p + 4, s->id);
+  put_u32(p + 8, s->port);
+  guint64 v[5] = { s->recv_consumed, s->peer_final, s->send_acked, s->send_total, unacked };
+  for (int i = 0; i < 5; i++) {
+    guint64 le = GUINT64_TO_LE(v[i]);
+    memcpy(p + 12 + 8 * i, &le, 8);
+  }
+  put_u32(p + 52, s->recv_window);
+  put_u32(p + 56, s->peer_window);
+  if (unacked > 0)
+    g_byte_array_append(out, g_bytes_get_data(s->unacked, NULL), (guint)unacked);
+  return g_byte_array_free_to_bytes(out);
+}
+
+gboolean ferry_mux_channel_state_deserialize(GBytes *bytes, FerryMuxChannelState *out,
+                                             GError **error)
+{
+  gsize len;
+  const guint8 *p = g_bytes_get_data(bytes, &len);
+  memset(out, 0, sizeof(*out));
+  if (len < STATE_FIXED || p[0] != STATE_VERSION || (p[1] & ~0xfu) != 0) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                "mux channel state: bad header (%" G_GSIZE_FORMAT " bytes)", len);
+    return FALSE;
+  }
+  guint64 v[5];
+  for (int i = 0; i < 5; i++) {
+    memcpy(&v[i], p + 12 + 8 * i, 8);
+    v[i] = GUINT64_FROM_LE(v[i]);
+  }
+  if (v[4] != len - STATE_FIXED || v[2] > v[3] || v[3] - v[2] != v[4]) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                "mux channel state: %" G_GUINT64_FORMAT " unacknowledged bytes do not match", v[4]);
+    return FALSE;
+  }
+  out->established = (p[1] & 1) != 0;
+  out->peer_shut = (p[1] & 2) != 0;
+  out->eof_emitted = (p[1] & 4) != 0;
+  out->shut = (p[1] & 8) != 0;
+  out->id = get_u32(p + 4);
+  out->port = get_u32(p + 8);
+  out->recv_consumed = v[0];
+  out->peer_final = v[1];
+  out->send_acked = v[2];
+  out->send_total = v[3];
+  out->recv_window = get_u32(p + 52);
+  out->peer_window = get_u32(p + 56);
+  out->unacked = g_bytes_new(p + STATE_FIXED, (gsize)v[4]);
+  return TRUE;
+}
