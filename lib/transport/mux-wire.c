@@ -35,42 +35,16 @@ guint32 mux_crc32(guint32 crc, const guint8 *data, gsize len)
 
 /* ------------------------------------------------------------ encoding -- */
 
-static void put32(guint8 *p, guint32 v)
-{
-  v = GUINT32_TO_LE(v);
-  memcpy(p, &v, 4);
-}
-
-static void put64(guint8 *p, guint64 v)
-{
-  v = GUINT64_TO_LE(v);
-  memcpy(p, &v, 8);
-}
-
-static guint32 get32(const guint8 *p)
-{
-  guint32 v;
-  memcpy(&v, p, 4);
-  return GUINT32_FROM_LE(v);
-}
-
-static guint64 get64(const guint8 *p)
-{
-  guint64 v;
-  memcpy(&v, p, 8);
-  return GUINT64_FROM_LE(v);
-}
-
 static void header_encode(guint8 *h, MuxType type, guint32 channel, guint32 length, guint64 offset)
 {
-  put32(h, MUX_MAGIC);
+  mux_put32(h, MUX_MAGIC);
   h[4] = (guint8)type;
   h[5] = 0;
   h[6] = 0;
   h[7] = 0;
-  put32(h + 8, channel);
-  put32(h + 12, length);
-  put64(h + 16, offset);
+  mux_put32(h + 8, channel);
+  mux_put32(h + 12, length);
+  mux_put64(h + 16, offset);
 }
 
 void mux_frame_append(GByteArray *out, MuxType type, guint32 channel, guint64 offset,
@@ -92,19 +66,19 @@ void mux_hello_append(GByteArray *out, guint32 role, const MuxHelloEntry *e, gui
   header_encode(h, MUX_HELLO, 0, length, 0);
   guint8 *p = h + MUX_HEADER_SIZE;
   memcpy(p, MUX_HELLO_TAG, 8);
-  put32(p + 8, MUX_VERSION);
-  put32(p + 12, role);
-  put32(p + 16, n);
+  mux_put32(p + 8, MUX_VERSION);
+  mux_put32(p + 12, role);
+  mux_put32(p + 16, n);
   p += 20;
   for (guint i = 0; i < n; i++, p += MUX_HELLO_ENTRY_SIZE) {
-    put32(p, e[i].id);
-    put32(p + 4, e[i].port);
-    put32(p + 8, e[i].state);
-    put64(p + 12, e[i].consumed);
-    put32(p + 20, e[i].window);
-    put32(p + 24, 0); /* reserved */
+    mux_put32(p, e[i].id);
+    mux_put32(p + 4, e[i].port);
+    mux_put32(p + 8, e[i].state);
+    mux_put64(p + 12, e[i].consumed);
+    mux_put32(p + 20, e[i].window);
+    mux_put32(p + 24, 0); /* reserved */
   }
-  put32(p, mux_crc32(0, h, MUX_HEADER_SIZE + length - 4));
+  mux_put32(p, mux_crc32(0, h, MUX_HEADER_SIZE + length - 4));
 }
 
 /* The frame's header bytes are not kept by the parser; HELLO's checksum covers them, so
@@ -126,8 +100,8 @@ MuxHelloEntry *mux_hello_decode(const MuxFrame *f, guint32 *role, guint *n_entri
     g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "mux: not a HELLO");
     return NULL;
   }
-  guint32 version = get32(f->payload + 8);
-  guint32 n = get32(f->payload + 16);
+  guint32 version = mux_get32(f->payload + 8);
+  guint32 n = mux_get32(f->payload + 16);
   if (version != MUX_VERSION) {
     g_set_error(error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION,
                 "mux: peer speaks version %u, we speak %u", version, MUX_VERSION);
@@ -138,20 +112,20 @@ MuxHelloEntry *mux_hello_decode(const MuxFrame *f, guint32 *role, guint *n_entri
                 "mux: HELLO with %u entries in %u bytes", n, f->length);
     return NULL;
   }
-  if (hello_crc(f) != get32(f->payload + f->length - 4)) {
+  if (hello_crc(f) != mux_get32(f->payload + f->length - 4)) {
     g_set_error(error, FERRY_ERROR, FERRY_ERROR_DATA_LOSS, "mux: HELLO checksum mismatch");
     return NULL;
   }
-  *role = get32(f->payload + 12);
+  *role = mux_get32(f->payload + 12);
   *n_entries = n;
   MuxHelloEntry *e = g_new0(MuxHelloEntry, n + 1);
   const guint8 *p = f->payload + 20;
   for (guint i = 0; i < n; i++, p += MUX_HELLO_ENTRY_SIZE) {
-    e[i].id = get32(p);
-    e[i].port = get32(p + 4);
-    e[i].state = get32(p + 8);
-    e[i].consumed = get64(p + 12);
-    e[i].window = get32(p + 20);
+    e[i].id = mux_get32(p);
+    e[i].port = mux_get32(p + 4);
+    e[i].state = mux_get32(p + 8);
+    e[i].consumed = mux_get64(p + 12);
+    e[i].window = mux_get32(p + 20);
   }
   return e;
 }
@@ -224,11 +198,11 @@ static gint64 fixed_length(guint8 type)
 /* Check a header; FALSE (with why) when it is not a frame of this protocol. */
 static gboolean header_valid(const guint8 *h, GError **error)
 {
-  guint32 magic = get32(h);
+  guint32 magic = mux_get32(h);
   guint8 type = h[4];
-  guint32 channel = get32(h + 8);
-  guint32 length = get32(h + 12);
-  guint64 offset = get64(h + 16);
+  guint32 channel = mux_get32(h + 8);
+  guint32 length = mux_get32(h + 12);
+  guint64 offset = mux_get64(h + 16);
   const char *why = NULL;
   if (magic != MUX_MAGIC)
     why = "bad magic";
@@ -258,9 +232,9 @@ static gboolean header_valid(const guint8 *h, GError **error)
 static void frame_from(MuxFrame *f, const guint8 *h)
 {
   f->type = h[4];
-  f->channel = get32(h + 8);
-  f->length = get32(h + 12);
-  f->offset = get64(h + 16);
+  f->channel = mux_get32(h + 8);
+  f->length = mux_get32(h + 12);
+  f->offset = mux_get64(h + 16);
   f->payload = h + MUX_HEADER_SIZE;
 }
 
@@ -269,7 +243,7 @@ static gboolean hello_at(MuxParser *p, gsize at, MuxFrame *f)
 {
   gsize avail = p->buf->len - at;
   const guint8 *h = p->buf->data + at;
-  if (avail < MUX_HEADER_SIZE || get32(h) != MUX_MAGIC || h[4] != MUX_HELLO ||
+  if (avail < MUX_HEADER_SIZE || mux_get32(h) != MUX_MAGIC || h[4] != MUX_HELLO ||
       !header_valid(h, NULL))
     return FALSE;
   frame_from(f, h);
@@ -299,7 +273,7 @@ MuxParseResult mux_parser_next(MuxParser *p, MuxFrame *f, GError **error)
     const guint8 *h = p->buf->data + p->start;
     if (p->hunting) {
       /* Only a whole, checked HELLO ends the hunt; skip a byte at a time otherwise. */
-      if (get32(h) != MUX_MAGIC || h[4] != MUX_HELLO || !header_valid(h, NULL)) {
+      if (mux_get32(h) != MUX_MAGIC || h[4] != MUX_HELLO || !header_valid(h, NULL)) {
         p->start++;
         p->skipped++;
         continue;

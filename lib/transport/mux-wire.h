@@ -3,6 +3,7 @@
 #pragma once
 
 #include <glib.h>
+#include <string.h>
 
 #define MUX_MAGIC 0x584d4646u /* bytes "FFMX" */
 #define MUX_HEADER_SIZE 24u
@@ -51,6 +52,33 @@ typedef struct {
 } MuxHelloEntry;
 
 guint32 mux_crc32(guint32 crc, const guint8 *data, gsize len);
+
+/* Little-endian fields. */
+static inline void mux_put32(guint8 *p, guint32 v)
+{
+  v = GUINT32_TO_LE(v);
+  memcpy(p, &v, 4);
+}
+
+static inline void mux_put64(guint8 *p, guint64 v)
+{
+  v = GUINT64_TO_LE(v);
+  memcpy(p, &v, 8);
+}
+
+static inline guint32 mux_get32(const guint8 *p)
+{
+  guint32 v;
+  memcpy(&v, p, 4);
+  return GUINT32_FROM_LE(v);
+}
+
+static inline guint64 mux_get64(const guint8 *p)
+{
+  guint64 v;
+  memcpy(&v, p, 8);
+  return GUINT64_FROM_LE(v);
+}
 
 /* Append a frame (header + payload) to `out`. */
 void mux_frame_append(GByteArray *out, MuxType type, guint32 channel, guint64 offset,

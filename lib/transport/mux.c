@@ -351,38 +351,25 @@ static const FerryChannelClass mux_channel_class = {
 
 /* --------------------------------------------------------------- output -- */
 
-static void put_u32(guint8 *p, guint32 v)
-{
-  v = GUINT32_TO_LE(v);
-  memcpy(p, &v, 4);
-}
-
-static guint32 get_u32(const guint8 *p)
-{
-  guint32 v;
-  memcpy(&v, p, 4);
-  return GUINT32_FROM_LE(v);
-}
-
 /* Control frames a channel owes, then its data within the peer's window. */
 static void mc_produce(MuxChannel *mc, GByteArray *out, gsize budget)
 {
   guint8 w[8];
   if (mc->open_due) {
-    put_u32(w, mc->port);
-    put_u32(w + 4, mc->recv_window);
+    mux_put32(w, mc->port);
+    mux_put32(w + 4, mc->recv_window);
     mux_frame_append(out, MUX_OPEN, mc->id, 0, w, 8);
     mc->open_due = FALSE;
   }
   if (mc->accept_due) {
-    put_u32(w, mc->recv_window);
+    mux_put32(w, mc->recv_window);
     mux_frame_append(out, MUX_ACCEPT, mc->id, 0, w, 4);
     mc->accept_due = FALSE;
   }
   if (mc->state != MC_ESTABLISHED)
     return;
   if (mc->ack_due) {
-    put_u32(w, mc->recv_window);
+    mux_put32(w, mc->recv_window);
     mux_frame_append(out, MUX_ACK, mc->id, mc->recv_consumed, w, 4);
     mc->last_ack = mc->recv_consumed;
     mc->ack_due = FALSE;
@@ -501,7 +488,7 @@ static gboolean id_is_peers(FerryMux *mux, guint32 id)
 static void queue_reset(FerryMux *mux, guint32 id, MuxResetReason reason)
 {
   guint8 r[4];
-  put_u32(r, reason);
+  mux_put32(r, reason);
   mux_frame_append(mux->control, MUX_RESET, id, 0, r, 4);
 }
 
@@ -579,8 +566,8 @@ static void on_hello(FerryMux *mux, const MuxFrame *f)
 
 static void on_open(FerryMux *mux, const MuxFrame *f)
 {
-  guint32 port = get_u32(f->payload);
-  guint32 window = get_u32(f->payload + 4);
+  guint32 port = mux_get32(f->payload);
+  guint32 window = mux_get32(f->payload + 4);
   if (!id_is_peers(mux, f->channel) || window > FERRY_MUX_MAX_WINDOW) {
     protocol_error(mux, "OPEN of channel %u with window %u", f->channel, window);
     return;
@@ -625,7 +612,7 @@ static void on_data(FerryMux *mux, MuxChannel *mc, const MuxFrame *f)
 
 static void on_ack(FerryMux *mux, MuxChannel *mc, const MuxFrame *f)
 {
-  guint32 window = get_u32(f->payload);
+  guint32 window = mux_get32(f->payload);
   if (f->offset > mc->send_total || window > FERRY_MUX_MAX_WINDOW) {
     protocol_error(
         mux, "ACK for channel %u of %" G_GUINT64_FORMAT " bytes, %" G_GUINT64_FORMAT " written",
@@ -666,7 +653,7 @@ static void on_frame(FerryMux *mux, const MuxFrame *f)
   }
   switch (f->type) {
   case MUX_ACCEPT: {
-    guint32 window = get_u32(f->payload);
+    guint32 window = mux_get32(f->payload);
     if (mc->state != MC_OPENING || window > FERRY_MUX_MAX_WINDOW) {
       protocol_error(mux, "unexpected ACCEPT for channel %u", mc->id);
       return;
@@ -710,7 +697,7 @@ static void on_frame(FerryMux *mux, const MuxFrame *f)
     break;
   }
   case MUX_RESET: {
-    guint32 reason = get_u32(f->payload);
+    guint32 reason = mux_get32(f->payload);
     g_autoptr(GError) error = NULL;
     if (reason != MUX_RESET_FINISHED)
       error = g_error_new(FERRY_ERROR, FERRY_ERROR_UNAVAILABLE,
@@ -1073,15 +1060,13 @@ GBytes *ferry_mux_channel_state_serialize(const FerryMuxChannelState *s)
   p[1] = (s->established ? 1 : 0) | (s->peer_shut ? 2 : 0) | (s->eof_emitted ? 4 : 0) |
          (s->shut ? 8 : 0);
   p[2] = p[3] = 0;
-  put_u32(p + 4, s->id);
-  put_u32(p + 8, s->port);
+  mux_put32(p + 4, s->id);
+  mux_put32(p + 8, s->port);
   guint64 v[5] = { s->recv_consumed, s->peer_final, s->send_acked, s->send_total, unacked };
-  for (int i = 0; i < 5; i++) {
-    guint64 le = GUINT64_TO_LE(v[i]);
-    memcpy(p + 12 + 8 * i, &le, 8);
-  }
-  put_u32(p + 52, s->recv_window);
-  put_u32(p + 56, s->peer_window);
+  for (int i = 0; i < 5; i++)
+    mux_put64(p + 12 + 8 * i, v[i]);
+  mux_put32(p + 52, s->recv_window);
+  mux_put32(p + 56, s->peer_window);
   if (unacked > 0)
     g_byte_array_append(out, g_bytes_get_data(s->unacked, NULL), (guint)unacked);
   return g_byte_array_free_to_bytes(out);
@@ -1099,10 +1084,8 @@ gboolean ferry_mux_channel_state_deserialize(GBytes *bytes, FerryMuxChannelState
     return FALSE;
   }
   guint64 v[5];
-  for (int i = 0; i < 5; i++) {
-    memcpy(&v[i], p + 12 + 8 * i, 8);
-    v[i] = GUINT64_FROM_LE(v[i]);
-  }
+  for (int i = 0; i < 5; i++)
+    v[i] = mux_get64(p + 12 + 8 * i);
   if (v[4] != len - STATE_FIXED || v[2] > v[3] || v[3] - v[2] != v[4]) {
     g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
                 "mux channel state: %" G_GUINT64_FORMAT " unacknowledged bytes do not match", v[4]);
@@ -1112,14 +1095,14 @@ gboolean ferry_mux_channel_state_deserialize(GBytes *bytes, FerryMuxChannelState
   out->peer_shut = (p[1] & 2) != 0;
   out->eof_emitted = (p[1] & 4) != 0;
   out->shut = (p[1] & 8) != 0;
-  out->id = get_u32(p + 4);
-  out->port = get_u32(p + 8);
+  out->id = mux_get32(p + 4);
+  out->port = mux_get32(p + 8);
   out->recv_consumed = v[0];
   out->peer_final = v[1];
   out->send_acked = v[2];
   out->send_total = v[3];
-  out->recv_window = get_u32(p + 52);
-  out->peer_window = get_u32(p + 56);
+  out->recv_window = mux_get32(p + 52);
+  out->peer_window = mux_get32(p + 56);
   out->unacked = g_bytes_new(p + STATE_FIXED, (gsize)v[4]);
   return TRUE;
 }
