@@ -13,8 +13,8 @@ import os
 import re
 import sys
 
-RANK = {"base": 0, "ttrpc": 1, "bridge": 1, "transport": 1, "runtime": 1, "vm": 2, "cmd": 2,
-        "migration": 3}
+RANK = {"base": 0, "ttrpc": 1, "bridge": 1, "transport": 1, "runtime": 1, "gcs": 2, "vm": 2,
+        "cmd": 2, "migration": 3}
 
 # Which module each public header belongs to. A new header must be added here.
 HEADER_MODULE = {
@@ -32,6 +32,7 @@ HEADER_MODULE = {
     "transport": "transport",
     "transport-vsock": "transport",
     "runtime": "runtime",
+    "gcs": "gcs",
 }
 
 # Generated protobuf headers, by the module allowed to use them first.

@@ -80,7 +80,9 @@ gboolean ferry_bridge_is_parked(FerryBridge *bridge);
  * every pending RPC. Takes ownership of fd. */
 gboolean ferry_bridge_resume_on_conn(FerryBridge *bridge, int fd, GError **error);
 
-/* The next request id, and raising it (never lowers it). */
+/* The next request id, and raising it (never lowers it). Ids below a seeded floor were
+ * issued by other hosts: an answer to one that is not pre-registered is dropped rather
+ * than fatal (a process reopened on several hosts has a wait from each). */
 guint64 ferry_bridge_next_id(FerryBridge *bridge);
 void ferry_bridge_seed_next_id(FerryBridge *bridge, guint64 next_id);
 

@@ -79,7 +79,8 @@ typedef struct {
   guint32 recv_window;
   gboolean peer_shut;   /* the peer's final length is known */
   guint64 peer_final;   /* valid when peer_shut */
-  gboolean eof_emitted; /* the application was told EOF */
+  gboolean eof_emitted; /* the exporting application was told EOF (an importing one is
+                           told again) */
   /* This side's direction. */
   guint64 send_acked;
   guint64 send_total;

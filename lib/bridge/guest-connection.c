@@ -37,9 +37,11 @@ struct FerryGcsProcess {
   FerryGuestConnection *gc;
   char *container_id;
   guint32 pid;
-  guint32 ports[3]; /* stdin, stdout, stderr; 0 = none */
-  guint64 wait_id;  /* 0 = none */
-  gboolean waited;  /* the wait call completed */
+  guint32 ports[3];          /* stdin, stdout, stderr; 0 = none */
+  guint64 wait_id;           /* the newest outstanding wait; 0 = none */
+  guint waits_pending;       /* WaitForProcess calls not answered yet */
+  gboolean needs_fresh_wait; /* reopened: send a wait of our own after negotiating */
+  gboolean waited;           /* the wait call completed */
   GError *wait_error;
   int exit_code;
   gboolean closed;
@@ -151,6 +153,7 @@ static gboolean usable(FerryGuestConnection *gc, const char *what, GError **erro
 /* ---------------------------------------------------- guest connection -- */
 
 static void container_mark_exited(FerryGcsContainer *c, const char *type, const GError *error);
+static void send_fresh_waits(FerryGuestConnection *gc);
 
 static gboolean on_notification(FerryBridge *b, json_t *body, gpointer ud, GError **error)
 {
@@ -273,6 +276,8 @@ static void on_negotiated(FerryBridge *b, json_t *response, const GError *error,
   }
   if (error == NULL && n->leave_migrating)
     ferry_bridge_set_migrating(n->gc->bridge, FALSE);
+  if (error == NULL)
+    send_fresh_waits(n->gc);
   n->done(error, n->user_data);
   g_free(n);
 }
@@ -417,22 +422,30 @@ FerryGcsMigrationState ferry_gcs_process_migration_state(FerryGcsProcess *p)
   return s;
 }
 
-/* The WaitForProcess answer, for a sent or a pre-registered wait. The process holds a
- * reference while its wait is pending. */
+/*
+ * The answer to one of the process's WaitForProcess calls: a sent one, or one another
+ * host sent that was pre-registered. A reopened process has both (the other host's
+ * answer may have been lost with its connection), so the first success wins, and an
+ * error counts only when no other wait is still pending. Each pending wait holds a
+ * reference.
+ */
 static void on_process_waited(FerryBridge *b, json_t *response, const GError *error, gpointer ud)
 {
   FerryGcsProcess *p = ud;
-  p->waited = TRUE;
-  if (error != NULL) {
-    p->wait_error = g_error_copy(error);
-  } else {
-    guint32 code = 0;
-    g_autoptr(GError) local = NULL;
-    if (!ferry_json_get_uint32(response, "ExitCode", FALSE, &code, &local))
-      p->wait_error = g_steal_pointer(&local);
-    p->exit_code = (int)code;
+  p->waits_pending--;
+  if (!p->waited && (error == NULL || p->waits_pending == 0)) {
+    p->waited = TRUE;
+    if (error != NULL) {
+      p->wait_error = g_error_copy(error);
+    } else {
+      guint32 code = 0;
+      g_autoptr(GError) local = NULL;
+      if (!ferry_json_get_uint32(response, "ExitCode", FALSE, &code, &local))
+        p->wait_error = g_steal_pointer(&local);
+      p->exit_code = (int)code;
+    }
+    run_waiters(p->waiters, p->wait_error);
   }
-  run_waiters(p->waiters, p->wait_error);
   ferry_gcs_process_unref(p);
 }
 
@@ -442,8 +455,25 @@ static void start_wait(FerryGcsProcess *p)
   json_object_set_new(body, "ProcessId", json_integer(p->pid));
   json_object_set_new(body, "TimeoutInMs", json_integer(FERRY_BRIDGE_INFINITE_TIMEOUT));
   ferry_gcs_process_ref(p);
+  p->waits_pending++;
   p->wait_id = ferry_bridge_rpc(p->gc->bridge, FERRY_BRIDGE_RPC_WAIT_FOR_PROCESS, body, 0,
                                 on_process_waited, p);
+}
+
+/* After a negotiation: reopened processes get a wait of their own (hcsshim #2866 probes
+ * for the same reason: an exit answered to the old host may never arrive here). */
+static void send_fresh_waits(FerryGuestConnection *gc)
+{
+  GHashTableIter it;
+  gpointer key;
+  g_hash_table_iter_init(&it, gc->processes);
+  while (g_hash_table_iter_next(&it, &key, NULL)) {
+    FerryGcsProcess *p = key;
+    if (p->needs_fresh_wait && !p->waited) {
+      p->needs_fresh_wait = FALSE;
+      start_wait(p);
+    }
+  }
 }
 
 void ferry_gcs_process_wait(FerryGcsProcess *p, FerryGcsDoneFunc done, gpointer user_data)
@@ -914,6 +944,11 @@ FerryGcsProcess *ferry_gcs_container_open_process_with_io(FerryGcsContainer *c, 
     ferry_gcs_process_unref(p);
     return NULL;
   }
+  p->waits_pending++;
+  p->needs_fresh_wait = TRUE;
+  /* Already negotiated (a reconnecting host): send it now. */
+  if (c->gc->protocol != 0)
+    send_fresh_waits(c->gc);
   return p;
 }
 

@@ -26,7 +26,8 @@ struct FerryBridge {
   FerryStream *stream; /* NULL while parked or dead */
   FerryBridgeParser *parser;
   guint64 next_id;
-  GHashTable *pending; /* id (guint64*) -> PendingRpc */
+  guint64 foreign_below; /* ids under this were issued by other hosts (seeded floor) */
+  GHashTable *pending;   /* id (guint64*) -> PendingRpc */
   gboolean migrating;
   GError *dead; /* set once killed: what every later RPC fails with */
   FerryBridgeNotifyFunc notify_func;
@@ -190,6 +191,11 @@ static void kill_with(FerryBridge *b, int code, const char *fmt, ...)
 static void handle_response(FerryBridge *b, const FerryBridgeHeader *h, json_t *body)
 {
   PendingRpc *r = g_hash_table_lookup(b->pending, &h->id);
+  if (r == NULL && h->id < b->foreign_below) {
+    /* Another host's request (a process reopened after a migration is waited on by
+     * every host it passed through): its answer is an expected leftover. */
+    return;
+  }
   if (r == NULL) {
     kill_with(b, FERRY_ERROR_INVALID_ARGUMENT,
               "guest answered id %" G_GUINT64_FORMAT " (type 0x%08x), which has no pending call",
@@ -408,6 +414,8 @@ void ferry_bridge_seed_next_id(FerryBridge *b, guint64 next_id)
 {
   if (next_id > b->next_id)
     b->next_id = next_id;
+  if (next_id > b->foreign_below)
+    b->foreign_below = next_id;
 }
 
 gboolean ferry_bridge_preregister_rpc(FerryBridge *b, guint64 id, FerryBridgeRpc rpc,

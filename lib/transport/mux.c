@@ -822,6 +822,10 @@ static gboolean mux_listen(FerryTransport *t, guint32 port, FerryAcceptFunc acce
                            gpointer user_data, GError **error)
 {
   FerryMux *mux = (FerryMux *)t;
+  if (mux->freeing) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE, "mux: shut down");
+    return FALSE;
+  }
   if (g_hash_table_contains(mux->listeners, GUINT_TO_POINTER(port))) {
     g_set_error(error, FERRY_ERROR, FERRY_ERROR_ALREADY_EXISTS, "mux: port %u is listened on",
                 port);
@@ -858,13 +862,15 @@ static gboolean on_dial_failure(gpointer p)
 static void mux_dial(FerryTransport *t, guint32 port, FerryDialFunc done, gpointer user_data)
 {
   FerryMux *mux = (FerryMux *)t;
-  if (g_hash_table_size(mux->channels) >= FERRY_MUX_MAX_CHANNELS ||
+  if (mux->freeing || g_hash_table_size(mux->channels) >= FERRY_MUX_MAX_CHANNELS ||
       mux->next_id == G_MAXUINT32 >> 1) {
     DialFailure *d = g_new0(DialFailure, 1);
     d->done = done;
     d->user_data = user_data;
-    d->error = g_error_new(FERRY_ERROR, FERRY_ERROR_RESOURCE_EXHAUSTED,
-                           "mux: no more channels (%u open)", g_hash_table_size(mux->channels));
+    d->error = mux->freeing ? g_error_new(FERRY_ERROR, FERRY_ERROR_UNAVAILABLE, "mux: shut down")
+                            : g_error_new(FERRY_ERROR, FERRY_ERROR_RESOURCE_EXHAUSTED,
+                                          "mux: no more channels (%u open)",
+                                          g_hash_table_size(mux->channels));
     g_idle_add(on_dial_failure, d);
     return;
   }
@@ -876,10 +882,7 @@ static void mux_dial(FerryTransport *t, guint32 port, FerryDialFunc done, gpoint
   pump(mux);
 }
 
-static void mux_transport_finalize(FerryTransport *t)
-{
-  /* The mux is freed by ferry_mux_free(); the transport view holds no extra state. */
-}
+static void mux_transport_finalize(FerryTransport *t);
 
 static const FerryTransportClass mux_transport_class = {
   .listen = mux_listen,
@@ -915,9 +918,10 @@ FerryMuxRole ferry_mux_get_role(FerryMux *mux)
   return mux->role;
 }
 
-void ferry_mux_free(FerryMux *mux)
+/* Drop the stream and every channel; the mux answers nothing afterwards. */
+static void mux_shut_down(FerryMux *mux)
 {
-  if (mux == NULL)
+  if (mux->freeing)
     return;
   drop_stream(mux, NULL);
   mux->freeing = TRUE;
@@ -925,6 +929,7 @@ void ferry_mux_free(FerryMux *mux)
     g_source_remove(mux->deliver_source);
   if (mux->pump_source != 0)
     g_source_remove(mux->pump_source);
+  mux->deliver_source = mux->pump_source = 0;
   g_autoptr(GError) gone = g_error_new(FERRY_ERROR, FERRY_ERROR_CANCELLED, "mux: freed");
   while (mux->rr != NULL) {
     MuxChannel *mc = g_hash_table_lookup(mux->channels, mux->rr->data);
@@ -934,11 +939,29 @@ void ferry_mux_free(FerryMux *mux)
     }
     mc_remove(mc, gone);
   }
+  g_hash_table_remove_all(mux->listeners);
+}
+
+/* The transport's last reference went: free what the mux owns (the generic code frees
+ * the block itself). */
+static void mux_transport_finalize(FerryTransport *t)
+{
+  FerryMux *mux = (FerryMux *)t;
+  mux_shut_down(mux);
   g_hash_table_unref(mux->channels);
   g_hash_table_unref(mux->listeners);
   g_byte_array_unref(mux->control);
   mux_parser_free(mux->parser);
-  g_free(mux);
+}
+
+/* Shut down now; the memory goes with the last transport reference (a FerryStdioPorts,
+ * say, may still hold one: its calls then fail cleanly). */
+void ferry_mux_free(FerryMux *mux)
+{
+  if (mux == NULL)
+    return;
+  mux_shut_down(mux);
+  ferry_transport_unref(&mux->base);
 }
 
 void ferry_mux_set_lost_func(FerryMux *mux, FerryMuxLostFunc func, gpointer user_data)
@@ -1030,7 +1053,8 @@ FerryChannel *ferry_mux_import_channel(FerryMux *mux, const FerryMuxChannelState
   mc->recv_window = s->recv_window != 0 ? s->recv_window : mux->window;
   mc->peer_shut = s->peer_shut;
   mc->peer_final = s->peer_final;
-  mc->eof_emitted = s->eof_emitted;
+  /* The application of this object has not been told yet, whatever the old one was. */
+  mc->eof_emitted = FALSE;
   mc->send_acked = s->send_acked;
   mc->send_total = s->send_total;
   mc->send_next = s->send_acked;

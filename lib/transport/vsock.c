@@ -256,7 +256,11 @@ static gsize vsock_write_room(FerryChannel *channel)
   if (vc->stream == NULL || vc->write_shut)
     return 0;
   gsize pending = ferry_stream_pending_output(vc->stream);
-  return pending < FERRY_VSOCK_SEND_BUFFER ? FERRY_VSOCK_SEND_BUFFER - pending : 0;
+  if (pending >= FERRY_VSOCK_SEND_BUFFER) {
+    vc->short_write = TRUE; /* transport.h: a room of 0 arms writable */
+    return 0;
+  }
+  return FERRY_VSOCK_SEND_BUFFER - pending;
 }
 
 static gsize vsock_write(FerryChannel *channel, const void *data, gsize len)

@@ -399,6 +399,25 @@ static void expect_killed(BridgeFixture *f, const char *substring)
             substring);
 }
 
+/* Answers to ids under the seeded floor (other hosts' requests) are dropped; unknown ids
+ * at or above it still kill the bridge. */
+static void test_bridge_foreign_ids_dropped(BridgeFixture *f, gconstpointer data)
+{
+  ferry_bridge_seed_next_id(f->bridge, 50);
+  guest_answer(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), 12, json_pack("{s:i}", "ExitCode", 0));
+  Result r = { 0 };
+  guint64 id = start_rpc(f, &r, 0);
+  g_assert_cmpuint(id, ==, 50);
+  guest_expect(&f->guest, RPC_TYPE(START), NULL);
+  guest_answer(&f->guest, RPC_TYPE(START), id, NULL);
+  wait_for(&r);
+  g_assert_no_error(r.error);
+  g_assert_false(ferry_bridge_is_dead(f->bridge));
+  guest_answer(&f->guest, RPC_TYPE(START), 60, NULL);
+  expect_killed(f, "id 60");
+  result_clear(&r);
+}
+
 static void test_bridge_unknown_response_id(BridgeFixture *f, gconstpointer data)
 {
   guest_answer(&f->guest, RPC_TYPE(START), 77, NULL);
@@ -1027,10 +1046,17 @@ static void test_gc_open_process_with_io(GcFixture *f, gconstpointer data)
   g_assert_cmphex(g_array_index(f->listened, guint32, 0), ==, 0x40000004);
   g_assert_cmphex(g_array_index(f->listened, guint32, 1), ==, 0x40000005);
   g_assert_cmphex(ferry_guest_connection_next_port(f->gc), ==, 0x40000010);
-  /* The id floor stays above everything the guest may still answer. */
-  g_assert_cmpuint(ferry_guest_connection_next_id(f->gc), ==, 77);
+  /* Already negotiated, so the process also gets a wait of its own at once (the other
+   * host's answer may be lost); it takes the next id above the seeded floor, and is
+   * the one a further migration would carry. */
+  json_t *fresh;
+  guint64 fresh_id = guest_expect(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), &fresh);
+  g_assert_cmpuint(fresh_id, ==, 77);
+  g_assert_cmpint(json_integer_value(json_object_get(fresh, "ProcessId")), ==, 12);
+  json_decref(fresh);
+  g_assert_cmpuint(ferry_guest_connection_next_id(f->gc), ==, 78);
   FerryGcsMigrationState ms = ferry_gcs_process_migration_state(p);
-  g_assert_cmpuint(ms.wait_call_id, ==, 33);
+  g_assert_cmpuint(ms.wait_call_id, ==, 77);
 
   /* The same wait id cannot be registered twice. */
   g_assert_null(ferry_gcs_container_open_process_with_io(c, 12, 0, 0, 0, 33, &error));
@@ -1039,12 +1065,42 @@ static void test_gc_open_process_with_io(GcFixture *f, gconstpointer data)
 
   Result w = { 0 };
   ferry_gcs_process_wait(p, on_done, &w);
+  /* The old host's wait is answered first: it wins; the second answer changes nothing. */
   guest_answer(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), 33, json_pack("{s:i}", "ExitCode", 143));
   wait_for(&w);
   g_assert_no_error(w.error);
   int code;
   g_assert_true(ferry_gcs_process_exit_code(p, &code, &error));
   g_assert_cmpint(code, ==, 143);
+  guest_answer(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), 77, json_pack("{s:i}", "ExitCode", 1));
+  settle();
+  g_assert_true(ferry_gcs_process_exit_code(p, &code, &error));
+  g_assert_cmpint(code, ==, 143);
+  g_assert_false(ferry_bridge_is_dead(ferry_guest_connection_get_bridge(f->gc)));
+}
+
+/* A reopened process whose old wait answer was lost with the old host: the wait it sends
+ * itself after negotiating completes it. An error on one wait is ignored while the other
+ * is still pending. */
+static void test_gc_reopened_process_fresh_wait(GcFixture *f, gconstpointer data)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(FerryGcsContainer) c = ferry_guest_connection_open_container(f->gc, "c9", &error);
+  g_autoptr(FerryGcsProcess) p =
+      ferry_gcs_container_open_process_with_io(c, 13, 0, 0, 0, 5, &error);
+  g_assert_no_error(error);
+  guint64 fresh_id = guest_expect(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), NULL);
+  Result w = { 0 };
+  ferry_gcs_process_wait(p, on_done, &w);
+  guest_fail(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), fresh_id, FERRY_HR_E_FAIL, "hiccup");
+  settle();
+  g_assert_false(w.done); /* the pre-registered wait (id 5) may still answer */
+  guest_answer(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), 5, json_pack("{s:i}", "ExitCode", 4));
+  wait_for(&w);
+  g_assert_no_error(w.error);
+  int code;
+  g_assert_true(ferry_gcs_process_exit_code(p, &code, &error));
+  g_assert_cmpint(code, ==, 4);
 }
 
 /* A transport break while migrating: the process's wait survives, the connection is
@@ -1124,6 +1180,7 @@ int main(int argc, char **argv)
   B("notify-delivered", test_bridge_notify_delivered);
   B("notify-failure-kills", test_bridge_notify_failure_kills);
   B("unknown-response-id-kills", test_bridge_unknown_response_id);
+  B("foreign-ids-dropped", test_bridge_foreign_ids_dropped);
   B("response-type-mismatch-kills", test_bridge_response_type_mismatch);
   B("unexpected-type-kills", test_bridge_unexpected_type);
   B("wrong-notify-type-kills", test_bridge_wrong_notify_type);
@@ -1152,6 +1209,7 @@ int main(int argc, char **argv)
   GC("port-floor", test_gc_port_floor);
   GC("open-process-with-io", test_gc_open_process_with_io);
   GC("resume-on-conn", test_gc_resume_on_conn);
+  GC("reopened-process-fresh-wait", test_gc_reopened_process_fresh_wait);
   GC("exec-failure-releases-ports", test_gc_exec_failure_releases_ports);
   return g_test_run();
 }

@@ -606,6 +606,24 @@ static void test_protocol_error_drops_stream_only(void)
   pair_clear(&p);
 }
 
+/* The transport view may outlive ferry_mux_free(): its calls fail, nothing is freed
+ * twice (run under ASan). */
+static void test_transport_outlives_free(void)
+{
+  FerryMux *m = ferry_mux_new(FERRY_MUX_HOST);
+  FerryTransport *t = ferry_transport_ref(ferry_mux_get_transport(m));
+  ferry_mux_free(m);
+  g_autoptr(GError) error = NULL;
+  g_assert_false(ferry_transport_listen(t, 5, on_accept, NULL, &error));
+  g_assert_error(error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE);
+  Pair p = { 0 };
+  ferry_transport_dial(t, 5, on_dialed, &p);
+  g_assert_true(test_run_until(&p.dial_done, 2000));
+  g_assert_error(p.dial_error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE);
+  g_clear_error(&p.dial_error);
+  ferry_transport_unref(t);
+}
+
 static void test_state_serialization(void)
 {
   FerryMuxChannelState s = { .id = 7,
@@ -672,5 +690,6 @@ int main(int argc, char **argv)
   g_test_add_func("/mux/resync-skips-garbage", test_resync_skips_garbage);
   g_test_add_func("/mux/protocol-error-drops-stream-only", test_protocol_error_drops_stream_only);
   g_test_add_func("/mux/state-serialization", test_state_serialization);
+  g_test_add_func("/mux/transport-outlives-free", test_transport_outlives_free);
   return g_test_run();
 }

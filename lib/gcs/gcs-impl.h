@@ -1,0 +1,123 @@
+/*
+ * The guest agent's internals, shared by the files of lib/gcs (private).
+ *
+ * gcs.c       the agent: lifecycle, the bridge connection and its re-dial, the tables
+ *             of containers and processes, "exited and drained" and what follows it
+ * handlers.c  the bridge handlers except ExecuteProcess
+ * exec.c      ExecuteProcess: parameters, dialing the stdio ports, starting
+ * relay.c     stdio relays between a process's fds and channels
+ */
+#pragma once
+
+#include <jansson.h>
+
+#include "ferry/bridge-guest.h"
+#include "ferry/gcs.h"
+
+typedef struct GcsRelay GcsRelay;
+
+typedef enum {
+  GCS_SHUTDOWN_NONE,
+  GCS_SHUTDOWN_GRACEFUL,
+  GCS_SHUTDOWN_FORCED,
+} GcsShutdown;
+
+typedef enum {
+  GCS_CONTAINER_CREATED,  /* registered; no init yet */
+  GCS_CONTAINER_STARTING, /* the first exec is dialing its ports */
+  GCS_CONTAINER_RUNNING,  /* the init runs (or exited but has not drained) */
+  GCS_CONTAINER_STOPPED,  /* the exit notification was sent */
+} GcsContainerState;
+
+typedef struct {
+  char *id;
+  guint64 serial;    /* tells a container from a later one with the same id */
+  char *activity_id; /* of the Create request: the exit notification carries it */
+  char *bundle;
+  GcsContainerState state;
+  GPid init_pid;
+  GcsShutdown shutdown; /* the last shutdown asked for: the notification's Type */
+} GcsContainer;
+
+/* A process the agent started, from its start until it is evicted after its exit. */
+typedef struct {
+  FerryGcs *gcs;
+  GPid pid;
+  char *container_id; /* NULL: a process in the UVM */
+  guint64 container_serial;
+  gboolean is_init;
+  FerryProcess *process;
+  gboolean exited;
+  int exit_code;
+  GPtrArray *outputs; /* GcsRelay: output relays that have not reached their end */
+  GPtrArray *waits;   /* GcsWait */
+  gboolean indexed;   /* gcs->processes maps pid to it */
+  gboolean complete;  /* exited and drained */
+} GcsProcess;
+
+struct FerryGcs {
+  FerryTransport *transport;
+  FerryRuntime *runtime;
+  FerryGcsOptions opts;
+  FerryBridgeServer *server;
+  gboolean shutting_down;
+  gboolean freeing;
+  /* The bridge connection. */
+  struct GcsDial *dial; /* a dial in flight, or NULL */
+  guint redial_source;
+  guint connections;
+  /* What runs. */
+  GHashTable *containers; /* id -> GcsContainer */
+  guint64 next_serial;
+  GHashTable *processes; /* pid -> GcsProcess (indexed) */
+  GHashTable *records;   /* GcsProcess set: every record, indexed or not (owning) */
+  GQueue completed;      /* indexed complete records, oldest first */
+  GHashTable *relays;    /* GcsRelay set (owning) */
+  GHashTable *execs;     /* struct GcsExec set: ExecuteProcess requests being dialed */
+};
+
+/* ---- gcs.c ---- */
+
+gboolean gcs_is_uvm(const char *container_id);
+GcsContainer *gcs_container_lookup(FerryGcs *gcs, const char *id);
+/* Register a started process; it replaces (evicts) a record with the same pid. */
+GcsProcess *gcs_process_add(FerryGcs *gcs, FerryProcess *process, const char *container_id,
+                            guint64 container_serial, gboolean is_init);
+GcsProcess *gcs_process_lookup(FerryGcs *gcs, GPid pid);
+/* An output relay of `record` reached its end (EOF read, shutdown_write done). */
+void gcs_process_output_done(GcsProcess *record, GcsRelay *relay);
+/* Answer WaitForProcess for `record`: now if complete, else when it is (or times out). */
+void gcs_process_wait(GcsProcess *record, FerryBridgeRequest *request, guint32 timeout_ms);
+/* Signal each running process of a container; errors other than "exited" are logged. */
+void gcs_container_signal_all(FerryGcs *gcs, const char *id, int signum);
+/* The container exit notification (the init completed), if it is still registered. */
+void gcs_container_init_complete(FerryGcs *gcs, GcsProcess *init);
+
+/* ---- handlers.c / exec.c ---- */
+
+void gcs_register_handlers(FerryGcs *gcs);
+void gcs_handle_execute_process(FerryBridgeRequest *request, gpointer user_data);
+/* Let go of ExecuteProcess requests still dialing (the agent is being freed). */
+void gcs_execs_abandon(FerryGcs *gcs);
+
+/* ---- relay.c ---- */
+
+/*
+ * Relay a process's output `fd` (taken) into `channel` (a reference is taken; NULL:
+ * read and discard, for a terminal nobody listens to). Reads only while the channel has
+ * write room. At end of file (0, or EIO on a pty master) or when the channel closes, it
+ * shuts the channel's write side and calls gcs_process_output_done(); then it keeps the
+ * channel until the peer consumed everything and frees itself.
+ */
+GcsRelay *gcs_relay_output_new(FerryGcs *gcs, GcsProcess *record, FerryChannel *channel, int fd);
+/* The process exited: from now on, output that stays quiet (empty but open) for the
+ * drain grace period counts as ended. */
+void gcs_relay_output_process_exited(GcsRelay *relay);
+/*
+ * Relay `channel` into a process's input `fd` (taken): consumes only what the fd
+ * accepted; closes the fd at the channel's end of file; closes the channel when the fd
+ * fails (the process stopped reading).
+ */
+GcsRelay *gcs_relay_input_new(FerryGcs *gcs, FerryChannel *channel, int fd);
+/* Free without callbacks (the agent is being freed). */
+void gcs_relay_free(GcsRelay *relay);
