@@ -1,8 +1,12 @@
 #include "test-util.h"
 
+#include <errno.h>
 #include <ftw.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include "ferry/error.h"
 
 GByteArray *test_hex(const char *hex)
 {
@@ -69,4 +73,31 @@ void test_rm_rf(const char *path)
 {
   if (path != NULL)
     nftw(path, remove_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+gboolean test_build_busybox_rootfs(const char *dir, GError **error)
+{
+  static const char *const applets[] = { "sh", "echo", "cat",  "sleep", "stty", "cut",      "id",
+                                         "ls", "tr",   "true", "pwd",   "env",  "hostname", NULL };
+  static const char *const dirs[] = { "bin", "proc", "dev", "sys", "tmp", NULL };
+  for (const char *const *d = dirs; *d != NULL; d++) {
+    g_autofree char *path = g_build_filename(dir, *d, NULL);
+    if (g_mkdir_with_parents(path, 0755) < 0)
+      return ferry_error_set_errno(error, errno, "mkdir %s", path);
+  }
+  g_autofree char *contents = NULL;
+  gsize len;
+  if (!g_file_get_contents("/bin/busybox", &contents, &len, error))
+    return FALSE;
+  g_autofree char *busybox = g_build_filename(dir, "bin", "busybox", NULL);
+  if (!g_file_set_contents(busybox, contents, (gssize)len, error))
+    return FALSE;
+  if (chmod(busybox, 0755) < 0)
+    return ferry_error_set_errno(error, errno, "chmod %s", busybox);
+  for (const char *const *a = applets; *a != NULL; a++) {
+    g_autofree char *link = g_build_filename(dir, "bin", *a, NULL);
+    if (symlink("busybox", link) < 0 && errno != EEXIST)
+      return ferry_error_set_errno(error, errno, "symlink %s", link);
+  }
+  return TRUE;
 }

@@ -13,6 +13,10 @@ char *test_to_hex(const guint8 *data, gsize len);
  * passes; FALSE on timeout. */
 gboolean test_run_until(const gboolean *flag, guint timeout_ms);
 
+/* A busybox root file system in `dir` (Debian's busybox-static): bin/busybox with the
+ * common applets linked to it, and empty proc, dev, sys, tmp. */
+gboolean test_build_busybox_rootfs(const char *dir, GError **error);
+
 /* A new private temporary directory (removed by test_rm_rf). */
 char *test_make_tmpdir(void);
 void test_rm_rf(const char *path);

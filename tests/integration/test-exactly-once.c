@@ -227,6 +227,17 @@ static Host *host_new(World *w)
   return h;
 }
 
+static void host_free(Host *h)
+{
+  ferry_cmd_free(h->cmd);
+  if (h->uvm != NULL)
+    ferry_gcs_container_unref(h->uvm);
+  ferry_guest_connection_free(h->gc);
+  ferry_stdio_ports_free(h->ports);
+  ferry_mux_free(h->mux);
+  g_free(h);
+}
+
 static void exported_free(Exported *x)
 {
   if (x == NULL)
@@ -260,13 +271,7 @@ static void host_break_and_export(World *w)
   }
   g_assert_cmpuint(x->ms.wait_call_id, !=, 0);
   /* Tear the old object down completely; nothing of it is used again. */
-  ferry_cmd_free(h->cmd);
-  if (h->uvm != NULL)
-    ferry_gcs_container_unref(h->uvm);
-  ferry_guest_connection_free(h->gc);
-  ferry_stdio_ports_free(h->ports);
-  ferry_mux_free(h->mux);
-  g_free(h);
+  host_free(h);
   w->host = NULL;
   exported_free(w->exported);
   w->exported = x;
@@ -324,16 +329,8 @@ static void world_start(World *w)
 
 static void world_stop(World *w)
 {
-  if (w->host != NULL) {
-    Host *h = w->host;
-    ferry_cmd_free(h->cmd);
-    if (h->uvm != NULL)
-      ferry_gcs_container_unref(h->uvm);
-    ferry_guest_connection_free(h->gc);
-    ferry_stdio_ports_free(h->ports);
-    ferry_mux_free(h->mux);
-    g_free(h);
-  }
+  if (w->host != NULL)
+    host_free(w->host);
   exported_free(w->exported);
   if (w->agent > 0) {
     kill(w->agent, SIGTERM);

@@ -679,33 +679,6 @@ static char *crun_problem;
 static char *rootfs_parent;
 static char *rootfs;
 
-static gboolean build_rootfs(const char *dir, GError **error)
-{
-  static const char *const applets[] = { "sh", "echo", "cat",  "sleep", "stty", "cut",      "id",
-                                         "ls", "tr",   "true", "pwd",   "env",  "hostname", NULL };
-  static const char *const dirs[] = { "bin", "proc", "dev", "sys", "tmp", NULL };
-  for (const char *const *d = dirs; *d != NULL; d++) {
-    g_autofree char *path = g_build_filename(dir, *d, NULL);
-    if (g_mkdir_with_parents(path, 0755) < 0)
-      return ferry_error_set_errno(error, errno, "mkdir %s", path);
-  }
-  g_autofree char *contents = NULL;
-  gsize len;
-  if (!g_file_get_contents("/bin/busybox", &contents, &len, error))
-    return FALSE;
-  g_autofree char *busybox = g_build_filename(dir, "bin", "busybox", NULL);
-  if (!g_file_set_contents(busybox, contents, (gssize)len, error))
-    return FALSE;
-  if (chmod(busybox, 0755) < 0)
-    return ferry_error_set_errno(error, errno, "chmod %s", busybox);
-  for (const char *const *a = applets; *a != NULL; a++) {
-    g_autofree char *link = g_build_filename(dir, "bin", *a, NULL);
-    if (symlink("busybox", link) < 0 && errno != EEXIST)
-      return ferry_error_set_errno(error, errno, "symlink %s", link);
-  }
-  return TRUE;
-}
-
 /* An OCI config for the busybox root: the namespaces a container gets in the UVM
  * except user and cgroup ones, no cgroup mount (local mode disables cgroups). */
 static json_t *make_config(void)
@@ -1213,7 +1186,7 @@ static void prepare_containers(void)
   }
   rootfs_parent = test_make_tmpdir();
   rootfs = g_build_filename(rootfs_parent, "rootfs", NULL);
-  if (!build_rootfs(rootfs, &error))
+  if (!test_build_busybox_rootfs(rootfs, &error))
     crun_problem = g_strdup_printf("busybox root: %s", error->message);
 }
 
