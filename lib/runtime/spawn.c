@@ -64,11 +64,23 @@ static void G_GNUC_NORETURN child_main(const RuntimeSpawnPlan *plan, int report_
 {
   /* Handlers would not survive exec anyway, but ignored signals would; the mask
    * (all blocked by the parent around fork) goes last so that no parent handler
-   * runs here. sigaction fails for SIGKILL, SIGSTOP and libc's reserved ones:
-   * nothing to reset there. */
+   * runs here. sigaction fails for SIGKILL and SIGSTOP (nothing to reset) and for
+   * libc's reserved ones (reset below). */
   struct sigaction dfl = { .sa_handler = SIG_DFL };
   for (int sig = 1; sig < NSIG; sig++)
     (void)sigaction(sig, &dfl, NULL);
+  /* glibc refuses its reserved real-time signals (32, 33), yet an ignored disposition for
+   * them is inherited across exec like any other: reset those with the raw system call
+   * (struct kernel_sigaction: handler, flags, restorer, mask). */
+  for (int sig = 32; sig < SIGRTMIN; sig++) {
+    struct {
+      void (*handler)(int);
+      unsigned long flags;
+      void (*restorer)(void);
+      unsigned long mask;
+    } kdfl = { SIG_DFL, 0, NULL, 0 };
+    (void)syscall(SYS_rt_sigaction, sig, &kdfl, NULL, sizeof(kdfl.mask));
+  }
 
   if (setsid() < 0)
     child_fail(report_fd, STEP_SETSID);
