@@ -29,6 +29,7 @@ HEADER_MODULE = {
     "ttrpc": "ttrpc",
     "mux": "transport",
     "cmd": "cmd",
+    "qmp": "vm",
     "transport": "transport",
     "transport-vsock": "transport",
     "runtime": "runtime",

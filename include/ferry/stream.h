@@ -65,6 +65,12 @@ void ferry_stream_commit(FerryStream *stream);
 /* reserve + copy + commit. */
 gboolean ferry_stream_write(FerryStream *stream, const void *data, gsize len, GError **error);
 
+/* Write `data` (at least one byte) with a copy of `fd` passed along its first byte
+ * (SCM_RIGHTS), in order with everything else written. Sockets only. The caller keeps
+ * `fd`. */
+gboolean ferry_stream_write_with_fd(FerryStream *stream, const void *data, gsize len, int fd,
+                                    GError **error);
+
 /* Bytes waiting to be written. */
 gsize ferry_stream_pending_output(const FerryStream *stream);
 

@@ -3,6 +3,7 @@
 #include "ferry/stream.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <glib-unix.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -34,9 +35,16 @@ struct FerryStream {
   GByteArray *out;
   gsize out_off; /* bytes of `out` already written */
   gsize max_output;
+  GArray *fd_marks; /* FdMark, by offset in `out`: fds that go with a byte */
   FerryStreamHandlers handlers;
   gpointer ud;
 };
+
+/* An fd to pass (SCM_RIGHTS) with the byte at `at` of the output buffer. */
+typedef struct {
+  gsize at;
+  int fd;
+} FdMark;
 
 typedef struct {
   GSource base;
@@ -75,6 +83,7 @@ FerryStream *ferry_stream_new(int fd, const char *name, const FerryStreamHandler
   s->name = g_strdup(name);
   s->read_buf = g_malloc(READ_CHUNK);
   s->out = g_byte_array_new();
+  s->fd_marks = g_array_new(FALSE, FALSE, sizeof(FdMark));
   s->max_output = FERRY_STREAM_DEFAULT_MAX_OUTPUT;
   s->handlers = *handlers;
   s->ud = user_data;
@@ -102,6 +111,9 @@ static void stream_shut(FerryStream *s)
   ferry_fd_clear(&s->fd);
   g_byte_array_set_size(s->out, 0);
   s->out_off = 0;
+  for (guint i = 0; i < s->fd_marks->len; i++)
+    ferry_fd_close_quietly(g_array_index(s->fd_marks, FdMark, i).fd);
+  g_array_set_size(s->fd_marks, 0);
 }
 
 void ferry_stream_unref(FerryStream *s)
@@ -112,6 +124,7 @@ void ferry_stream_unref(FerryStream *s)
     stream_shut(s);
   g_free(s->read_buf);
   g_byte_array_unref(s->out);
+  g_array_unref(s->fd_marks);
   g_free(s->name);
   g_free(s);
 }
@@ -179,7 +192,37 @@ static void flush(FerryStream *s)
   while (s->open && s->out_off < s->out->len) {
     const guint8 *p = s->out->data + s->out_off;
     gsize len = s->out->len - s->out_off;
-    ssize_t n = s->is_socket ? send(s->fd, p, len, MSG_NOSIGNAL) : write(s->fd, p, len);
+    FdMark *mark = s->fd_marks->len > 0 ? &g_array_index(s->fd_marks, FdMark, 0) : NULL;
+    ssize_t n;
+    if (mark != NULL && mark->at == s->out_off) {
+      /* This byte carries an fd: send it with the bytes up to the next mark. */
+      if (s->fd_marks->len > 1)
+        len = MIN(len, g_array_index(s->fd_marks, FdMark, 1).at - s->out_off);
+      union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+      } control;
+      memset(&control, 0, sizeof(control));
+      struct iovec iov = { .iov_base = (void *)p, .iov_len = len };
+      struct msghdr msg = { .msg_iov = &iov,
+                            .msg_iovlen = 1,
+                            .msg_control = control.buf,
+                            .msg_controllen = sizeof(control.buf) };
+      struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+      cmsg->cmsg_level = SOL_SOCKET;
+      cmsg->cmsg_type = SCM_RIGHTS;
+      cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+      memcpy(CMSG_DATA(cmsg), &mark->fd, sizeof(int));
+      n = sendmsg(s->fd, &msg, MSG_NOSIGNAL);
+      if (n > 0) {
+        ferry_fd_close_quietly(mark->fd);
+        g_array_remove_index(s->fd_marks, 0);
+      }
+    } else {
+      if (mark != NULL)
+        len = MIN(len, mark->at - s->out_off); /* stop before the byte with an fd */
+      n = s->is_socket ? send(s->fd, p, len, MSG_NOSIGNAL) : write(s->fd, p, len);
+    }
     if (n < 0 && errno == EINTR)
       continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
@@ -206,6 +249,8 @@ static void flush(FerryStream *s)
     }
   } else {
     if (s->out_off > s->out->len / 2) {
+      for (guint i = 0; i < s->fd_marks->len; i++)
+        g_array_index(s->fd_marks, FdMark, i).at -= s->out_off;
       g_byte_array_remove_range(s->out, 0, (guint)s->out_off);
       s->out_off = 0;
     }
@@ -327,4 +372,28 @@ static void stream_handle_io(FerryStream *s, GIOCondition cond)
       s->handlers.drained(s, s->ud);
   }
   ferry_stream_unref(s);
+}
+
+gboolean ferry_stream_write_with_fd(FerryStream *s, const void *data, gsize len, int fd,
+                                    GError **error)
+{
+  if (len == 0 || !s->is_socket) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                "%s: an fd needs at least one byte on a socket", s->name);
+    return FALSE;
+  }
+  int copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  if (copy < 0)
+    return ferry_error_set_errno(error, errno, "%s: duplicate fd %d", s->name, fd);
+  gsize at = s->out->len;
+  guint8 *p = ferry_stream_reserve(s, len, error);
+  if (p == NULL) {
+    ferry_fd_close_quietly(copy);
+    return FALSE;
+  }
+  memcpy(p, data, len);
+  FdMark mark = { at, copy };
+  g_array_append_val(s->fd_marks, mark);
+  ferry_stream_commit(s);
+  return TRUE;
 }

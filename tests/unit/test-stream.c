@@ -371,6 +371,48 @@ static void test_drained_after_deferred_output(void)
   sink_clear(&sink);
 }
 
+/* An fd rides with its first byte, in order with the bytes around it. */
+static void test_write_with_fd(void)
+{
+  Sink sink = { 0 };
+  int peer;
+  FerryStream *s = make_stream(&sink, &peer);
+  g_autoptr(GError) error = NULL;
+  int p[2];
+  g_assert_cmpint(pipe(p), ==, 0);
+  g_assert_true(ferry_stream_write(s, "ab", 2, &error));
+  g_assert_true(ferry_stream_write_with_fd(s, "cd", 2, p[1], &error));
+  g_assert_true(ferry_stream_write(s, "ef", 2, &error));
+  close(p[1]); /* the stream sent its own copy */
+  char buf[16];
+  gsize got = 0, n;
+  int fd = -1, received_at = -1;
+  while (got < 6) {
+    int one;
+    g_assert_true(ferry_fd_recv(peer, buf + got, sizeof(buf) - got, &n, &one, &error));
+    if (one >= 0) {
+      fd = one;
+      received_at = (int)got;
+    }
+    got += n;
+  }
+  g_assert_cmpmem(buf, 6, "abcdef", 6);
+  /* No later than with "cd" (the kernel may merge it with the bytes before). */
+  g_assert_cmpint(received_at, >=, 0);
+  g_assert_cmpint(received_at, <=, 2);
+  g_assert_cmpint(write(fd, "!", 1), ==, 1);
+  char c;
+  g_assert_cmpint(read(p[0], &c, 1), ==, 1);
+  close(fd);
+  close(p[0]);
+  /* Not on a pipe, and not without a byte. */
+  g_assert_false(ferry_stream_write_with_fd(s, "", 0, 0, &error));
+  g_assert_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT);
+  ferry_stream_unref(s);
+  close(peer);
+  sink_clear(&sink);
+}
+
 int main(int argc, char **argv)
 {
   g_test_init(&argc, &argv, NULL);
@@ -385,5 +427,6 @@ int main(int argc, char **argv)
   g_test_add_func("/stream/shutdown-write-after-output", test_shutdown_write_after_output);
   g_test_add_func("/stream/drained-after-blocked-output", test_drained_after_blocked_output);
   g_test_add_func("/stream/drained-after-deferred-output", test_drained_after_deferred_output);
+  g_test_add_func("/stream/write-with-fd", test_write_with_fd);
   return g_test_run();
 }
