@@ -101,3 +101,26 @@ gboolean test_build_busybox_rootfs(const char *dir, GError **error)
   }
   return TRUE;
 }
+
+json_t *test_busybox_oci_spec(void)
+{
+  return json_pack("{s:s, s:{s:b, s:{s:i, s:i}, s:[s], s:[s], s:s, s:b},"
+                   " s:{s:s, s:b}, s:s,"
+                   " s:[{s:s, s:s, s:s},"
+                   "    {s:s, s:s, s:s, s:[s, s, s]},"
+                   "    {s:s, s:s, s:s, s:[s, s, s, s, s]},"
+                   "    {s:s, s:s, s:s, s:[s, s, s]},"
+                   "    {s:s, s:s, s:s, s:[s, s, s, s]}],"
+                   " s:{s:[{s:s}, {s:s}, {s:s}, {s:s}, {s:s}]}}",
+                   "ociVersion", "1.0.2", "process", "terminal", 0, "user", "uid", 0, "gid", 0,
+                   "args", "sh", "env", "PATH=/bin", "cwd", "/", "noNewPrivileges", 1, "root",
+                   "path", "rootfs", "readonly", 1, "hostname", "ferry-test", "mounts",
+                   "destination", "/proc", "type", "proc", "source", "proc", "destination", "/dev",
+                   "type", "tmpfs", "source", "tmpfs", "options", "nosuid", "mode=755",
+                   "size=65536k", "destination", "/dev/pts", "type", "devpts", "source", "devpts",
+                   "options", "nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620",
+                   "destination", "/dev/shm", "type", "tmpfs", "source", "shm", "options", "nosuid",
+                   "noexec", "nodev", "destination", "/sys", "type", "sysfs", "source", "sysfs",
+                   "options", "nosuid", "noexec", "nodev", "ro", "linux", "namespaces", "type",
+                   "pid", "type", "ipc", "type", "uts", "type", "mount", "type", "network");
+}

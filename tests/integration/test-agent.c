@@ -1014,31 +1014,6 @@ static void test_redial_after_host_closes(void)
 
 /* --------------------------------------------------------- containers -- */
 
-/* An OCI spec for the busybox root: the namespaces a container gets in the UVM except
- * user and cgroup ones, no cgroup mount (local mode disables cgroups). */
-static json_t *make_oci_spec(void)
-{
-  return json_pack("{s:s, s:{s:b, s:{s:i, s:i}, s:[s], s:[s], s:s, s:b},"
-                   " s:{s:s, s:b}, s:s,"
-                   " s:[{s:s, s:s, s:s},"
-                   "    {s:s, s:s, s:s, s:[s, s, s]},"
-                   "    {s:s, s:s, s:s, s:[s, s, s, s, s]},"
-                   "    {s:s, s:s, s:s, s:[s, s, s]},"
-                   "    {s:s, s:s, s:s, s:[s, s, s, s]}],"
-                   " s:{s:[{s:s}, {s:s}, {s:s}, {s:s}, {s:s}]}}",
-                   "ociVersion", "1.0.2", "process", "terminal", 0, "user", "uid", 0, "gid", 0,
-                   "args", "sh", "env", "PATH=/bin", "cwd", "/", "noNewPrivileges", 1, "root",
-                   "path", "rootfs", "readonly", 1, "hostname", "ferry-test", "mounts",
-                   "destination", "/proc", "type", "proc", "source", "proc", "destination", "/dev",
-                   "type", "tmpfs", "source", "tmpfs", "options", "nosuid", "mode=755",
-                   "size=65536k", "destination", "/dev/pts", "type", "devpts", "source", "devpts",
-                   "options", "nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620",
-                   "destination", "/dev/shm", "type", "tmpfs", "source", "shm", "options", "nosuid",
-                   "noexec", "nodev", "destination", "/sys", "type", "sysfs", "source", "sysfs",
-                   "options", "nosuid", "noexec", "nodev", "ro", "linux", "namespaces", "type",
-                   "pid", "type", "ipc", "type", "uts", "type", "mount", "type", "network");
-}
-
 /* ProcessParameters for a container process: an OCI process object plus the pipes. */
 static json_t *container_params(const char *script, gboolean out)
 {
@@ -1075,7 +1050,7 @@ static void test_container_lifecycle(void)
   g_assert_cmpint(symlink(rootfs, link), ==, 0);
   g_autoptr(json_t) config =
       json_pack("{s:{s:i,s:i}, s:s, s:o}", "SchemaVersion", "Major", 2, "Minor", 1, "OciBundlePath",
-                bundle, "OciSpecification", make_oci_spec());
+                bundle, "OciSpecification", test_busybox_oci_spec());
   g_autoptr(GError) error = NULL;
   Result created = { 0 };
   g_autoptr(FerryGcsContainer) c =

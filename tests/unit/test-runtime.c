@@ -679,31 +679,6 @@ static char *crun_problem;
 static char *rootfs_parent;
 static char *rootfs;
 
-/* An OCI config for the busybox root: the namespaces a container gets in the UVM
- * except user and cgroup ones, no cgroup mount (local mode disables cgroups). */
-static json_t *make_config(void)
-{
-  return json_pack("{s:s, s:{s:b, s:{s:i, s:i}, s:[s], s:[s], s:s, s:b},"
-                   " s:{s:s, s:b}, s:s,"
-                   " s:[{s:s, s:s, s:s},"
-                   "    {s:s, s:s, s:s, s:[s, s, s]},"
-                   "    {s:s, s:s, s:s, s:[s, s, s, s, s]},"
-                   "    {s:s, s:s, s:s, s:[s, s, s]},"
-                   "    {s:s, s:s, s:s, s:[s, s, s, s]}],"
-                   " s:{s:[{s:s}, {s:s}, {s:s}, {s:s}, {s:s}]}}",
-                   "ociVersion", "1.0.2", "process", "terminal", 0, "user", "uid", 0, "gid", 0,
-                   "args", "sh", "env", "PATH=/bin", "cwd", "/", "noNewPrivileges", 1, "root",
-                   "path", "rootfs", "readonly", 1, "hostname", "ferry-test", "mounts",
-                   "destination", "/proc", "type", "proc", "source", "proc", "destination", "/dev",
-                   "type", "tmpfs", "source", "tmpfs", "options", "nosuid", "mode=755",
-                   "size=65536k", "destination", "/dev/pts", "type", "devpts", "source", "devpts",
-                   "options", "nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620",
-                   "destination", "/dev/shm", "type", "tmpfs", "source", "shm", "options", "nosuid",
-                   "noexec", "nodev", "destination", "/sys", "type", "sysfs", "source", "sysfs",
-                   "options", "nosuid", "noexec", "nodev", "ro", "linux", "namespaces", "type",
-                   "pid", "type", "ipc", "type", "uts", "type", "mount", "type", "network");
-}
-
 typedef struct {
   char *dir;
   char *bundle;
@@ -735,7 +710,7 @@ static CrunEnv *crun_env_new(void)
   g_autofree char *link = g_build_filename(env->bundle, "rootfs", NULL);
   g_assert_cmpint(symlink(rootfs, link), ==, 0);
   g_autofree char *config_path = g_build_filename(env->bundle, "config.json", NULL);
-  g_autoptr(json_t) config = make_config();
+  g_autoptr(json_t) config = test_busybox_oci_spec();
   g_assert_nonnull(config);
   g_assert_cmpint(json_dump_file(config, config_path, JSON_INDENT(1)), ==, 0);
   g_autofree char *state = g_build_filename(env->dir, "state", NULL);
