@@ -1056,25 +1056,10 @@ static void test_container_delete_running(void)
 
 /* A stand-in for crun (a shell script), to reach the runtime's failure paths on any
  * host: a runtime using it and a bundle with an empty config. */
-typedef struct {
-  char *dir;
-  char *bundle;
-  FerryRuntime *runtime;
-} FakeCrun;
 
-static void fake_crun_free(FakeCrun *fake)
+static CrunEnv *fake_crun_new(const char *script, guint start_timeout_ms)
 {
-  ferry_runtime_free(fake->runtime);
-  test_rm_rf(fake->dir);
-  g_free(fake->dir);
-  g_free(fake->bundle);
-  g_free(fake);
-}
-G_DEFINE_AUTOPTR_CLEANUP_FUNC(FakeCrun, fake_crun_free)
-
-static FakeCrun *fake_crun_new(const char *script, guint start_timeout_ms)
-{
-  FakeCrun *fake = g_new0(FakeCrun, 1);
+  CrunEnv *fake = g_new0(CrunEnv, 1);
   fake->dir = test_make_tmpdir();
   g_autofree char *crun = g_build_filename(fake->dir, "crun", NULL);
   g_assert_true(g_file_set_contents(crun, script, -1, NULL));
@@ -1101,7 +1086,7 @@ static void test_crun_failure_message_from_log(void)
                       "echo 'open `/x`: %s' >> \"$log\"\n"
                       "exit 1\n",
                       g_strerror(EACCES));
-  g_autoptr(FakeCrun) fake = fake_crun_new(script, 0);
+  g_autoptr(CrunEnv) fake = fake_crun_new(script, 0);
   const char *argv[] = { "true", NULL };
   FerryProcessSpec spec = { .argv = argv, .stdout_mode = FERRY_STDIO_PIPE };
   FerryProcessStdio io;
@@ -1118,7 +1103,7 @@ static void test_crun_failure_message_from_log(void)
 /* A crun that never starts the process is killed and reaped at the start timeout. */
 static void test_crun_start_timeout(void)
 {
-  g_autoptr(FakeCrun) fake = fake_crun_new("#!/bin/sh\nexec sleep 100\n", 300);
+  g_autoptr(CrunEnv) fake = fake_crun_new("#!/bin/sh\nexec sleep 100\n", 300);
   const char *argv[] = { "true", NULL };
   FerryProcessSpec spec = { .argv = argv };
   FerryProcessStdio io;
