@@ -720,13 +720,20 @@ static void on_one(FerryTtrpcClient *c, const ProtobufCMessage *resp, const GErr
     r->error = g_error_copy(error);
 }
 
+/* Start a call with a StringValue `value`; its answer lands in `r`. Returns the id. */
+static guint32 call_async(FerryTtrpcClient *client, const char *method, const char *value,
+                          OneResult *r)
+{
+  StringValue v = GOOGLE__PROTOBUF__STRING_VALUE__INIT;
+  v.value = (char *)value;
+  return ferry_ttrpc_client_call(client, SVC, method, &v.base,
+                                 &google__protobuf__string_value__descriptor, NULL, on_one, r);
+}
+
 static void test_client_close_fails_pending(RpcFixture *f, gconstpointer data)
 {
   OneResult r = { 0 };
-  StringValue v = GOOGLE__PROTOBUF__STRING_VALUE__INIT;
-  v.value = "60000";
-  ferry_ttrpc_client_call(f->client, SVC, "Sleep", &v.base,
-                          &google__protobuf__string_value__descriptor, NULL, on_one, &r);
+  call_async(f->client, "Sleep", "60000", &r);
   for (int i = 0; i < 20; i++)
     g_main_context_iteration(NULL, FALSE);
   ferry_ttrpc_client_close(f->client);
@@ -742,8 +749,7 @@ static void test_client_close_fails_pending(RpcFixture *f, gconstpointer data)
 
   /* A call on a closed client fails from the main loop, never synchronously. */
   OneResult late = { 0 };
-  ferry_ttrpc_client_call(f->client, SVC, "Echo", &v.base,
-                          &google__protobuf__string_value__descriptor, NULL, on_one, &late);
+  call_async(f->client, "Echo", "60000", &late);
   g_assert_false(late.done);
   g_assert_true(test_run_until(&late.done, 2000));
   g_assert_error(late.error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE);
@@ -754,10 +760,7 @@ static void test_client_close_fails_pending(RpcFixture *f, gconstpointer data)
 static void test_server_shutdown_fails_client_calls(RpcFixture *f, gconstpointer data)
 {
   OneResult r = { 0 };
-  StringValue v = GOOGLE__PROTOBUF__STRING_VALUE__INIT;
-  v.value = "60000";
-  ferry_ttrpc_client_call(f->client, SVC, "Sleep", &v.base,
-                          &google__protobuf__string_value__descriptor, NULL, on_one, &r);
+  call_async(f->client, "Sleep", "60000", &r);
   for (int i = 0; i < 20; i++)
     g_main_context_iteration(NULL, FALSE);
   ferry_ttrpc_server_shutdown(f->server);
@@ -770,11 +773,7 @@ static void test_server_shutdown_fails_client_calls(RpcFixture *f, gconstpointer
 static void test_client_cancel(RpcFixture *f, gconstpointer data)
 {
   OneResult r = { 0 };
-  StringValue v = GOOGLE__PROTOBUF__STRING_VALUE__INIT;
-  v.value = "50";
-  guint32 sid =
-      ferry_ttrpc_client_call(f->client, SVC, "Sleep", &v.base,
-                              &google__protobuf__string_value__descriptor, NULL, on_one, &r);
+  guint32 sid = call_async(f->client, "Sleep", "50", &r);
   g_assert_cmpuint(sid % 2, ==, 1);
   g_assert_true(ferry_ttrpc_client_cancel(f->client, sid));
   g_assert_false(ferry_ttrpc_client_cancel(f->client, sid));
@@ -789,15 +788,9 @@ static void test_client_cancel(RpcFixture *f, gconstpointer data)
 /* Stream ids are odd and increase by two. */
 static void test_client_stream_ids(RpcFixture *f, gconstpointer data)
 {
-  StringValue v = GOOGLE__PROTOBUF__STRING_VALUE__INIT;
-  v.value = "x";
   OneResult a = { 0 }, b = { 0 };
-  guint32 s1 =
-      ferry_ttrpc_client_call(f->client, SVC, "Echo", &v.base,
-                              &google__protobuf__string_value__descriptor, NULL, on_one, &a);
-  guint32 s2 =
-      ferry_ttrpc_client_call(f->client, SVC, "Echo", &v.base,
-                              &google__protobuf__string_value__descriptor, NULL, on_one, &b);
+  guint32 s1 = call_async(f->client, "Echo", "x", &a);
+  guint32 s2 = call_async(f->client, "Echo", "x", &b);
   g_assert_cmpuint(s1, ==, 1);
   g_assert_cmpuint(s2, ==, 3);
   g_assert_true(test_run_until(&b.done, 2000));
