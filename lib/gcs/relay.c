@@ -180,11 +180,13 @@ static gboolean on_output_ready(gint fd, GIOCondition condition, gpointer user_d
     }
     gsize want = sizeof(buf);
     if (relay->channel != NULL) {
-      /* Read no more than the channel takes. With no room at all, one byte: the write
-       * that cannot take it is what asks the channel for a writable event (the channel
-       * API reports room again only after a short write). */
+      /* Read no more than the channel takes; with no room, stop until writable (a room of
+       * 0 arms that event, transport.h). */
       want = MIN(ferry_channel_write_room(relay->channel), sizeof(buf));
-      want = MAX(want, 1);
+      if (want == 0) {
+        g_clear_pointer(&relay->watch, g_source_unref);
+        return G_SOURCE_REMOVE;
+      }
     }
     ssize_t n = read(relay->fd, buf, want);
     if (n > 0) {
