@@ -99,6 +99,17 @@ FerryGcsProcess *ferry_cmd_get_process(FerryCmd *cmd);
 typedef void (*FerryCmdWaitFunc)(int exit_code, const GError *error, gpointer user_data);
 void ferry_cmd_wait(FerryCmd *cmd, FerryCmdWaitFunc done, gpointer user_data);
 
+/* The standard streams, as `ferry_cmd_stream_done()` names them. */
+typedef enum { FERRY_CMD_STDIN, FERRY_CMD_STDOUT, FERRY_CMD_STDERR } FerryCmdStream;
+
+/* Whether the relay of `stream` has finished: it had no fd, or its direction ended (all
+ * of stdout/stderr written to the host fd, or stdin's EOF passed on and every byte of
+ * it acknowledged by the guest), or it failed. A host object that hands a process over (a
+ * migration, a host rebuilt) records this: the channel of a finished stream is gone, so the next
+ * `ferry_cmd_attach()` must get -1 for that fd instead of waiting for a channel that never comes.
+ */
+gboolean ferry_cmd_stream_done(FerryCmd *cmd, FerryCmdStream stream);
+
 /* Stop relaying without touching the process or its channels (a host object being
  * replaced): the fds are closed, the channels are left as they are. */
 void ferry_cmd_detach(FerryCmd *cmd);

@@ -47,6 +47,13 @@ gboolean ferry_mux_attach(FerryMux *mux, int fd, GError **error);
 void ferry_mux_detach(FerryMux *mux);
 
 gboolean ferry_mux_is_attached(FerryMux *mux);
+
+/* Quiet: no frame goes out (what is owed stays owed) until set_quiet(FALSE). With
+ * ferry_mux_output_flushed() -- nothing waits in our stream and, on a socket, the peer
+ * has read every byte -- a migration source makes sure the stream it leaves behind ends
+ * on a frame boundary: the guest then reads the destination host's HELLO whole. */
+void ferry_mux_set_quiet(FerryMux *mux, gboolean quiet);
+gboolean ferry_mux_output_flushed(FerryMux *mux);
 /* Attached and the HELLO exchange is complete: channels are flowing. */
 gboolean ferry_mux_is_synced(FerryMux *mux);
 

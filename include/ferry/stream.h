@@ -73,6 +73,9 @@ gboolean ferry_stream_write_with_fd(FerryStream *stream, const void *data, gsize
 
 /* Bytes waiting to be written. */
 gsize ferry_stream_pending_output(const FerryStream *stream);
+/* On a socket: bytes the kernel took from us that the peer has not read yet (SIOCOUTQ);
+ * 0 for other fds and closed streams. */
+gsize ferry_stream_unread_output(const FerryStream *stream);
 
 /* Stop (FALSE) or resume (TRUE) reading, for flow control: while stopped no data handler
  * runs (also not for the rest of the current wake-up) and the peer's bytes wait in the

@@ -2,6 +2,9 @@
  * buffer. */
 #include "ferry/stream.h"
 
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <glib-unix.h>
@@ -142,6 +145,14 @@ void ferry_stream_set_max_output(FerryStream *s, gsize max_bytes)
 gsize ferry_stream_pending_output(const FerryStream *s)
 {
   return s->out->len - s->out_off;
+}
+
+gsize ferry_stream_unread_output(const FerryStream *s)
+{
+  int queued = 0;
+  if (!s->open || !s->is_socket || ioctl(s->fd, SIOCOUTQ, &queued) != 0 || queued < 0)
+    return 0;
+  return (gsize)queued;
 }
 
 void ferry_stream_close(FerryStream *s, const GError *error)

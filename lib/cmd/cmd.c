@@ -10,7 +10,11 @@
 /* Bytes a stdin relay reads at a time (never more than the channel takes). */
 #define STDIN_CHUNK (64u * 1024u)
 
-enum { STDIN_RELAY, STDOUT_RELAY, STDERR_RELAY };
+enum {
+  STDIN_RELAY = FERRY_CMD_STDIN,
+  STDOUT_RELAY = FERRY_CMD_STDOUT,
+  STDERR_RELAY = FERRY_CMD_STDERR
+};
 
 typedef struct {
   FerryCmd *cmd;
@@ -280,6 +284,16 @@ FerryCmd *ferry_cmd_new(FerryGuestConnection *gc, FerryGcsContainer *container,
 void ferry_cmd_set_copy_after_exit(FerryCmd *cmd, guint ms)
 {
   cmd->copy_ms = ms;
+}
+
+gboolean ferry_cmd_stream_done(FerryCmd *cmd, FerryCmdStream stream)
+{
+  g_return_val_if_fail(stream <= FERRY_CMD_STDERR, FALSE);
+  Relay *r = &cmd->relays[stream];
+  /* stdin is done when its EOF was passed on and the guest took every byte: until then
+   * the channel still carries unacknowledged input that a new host must resend. */
+  return r->done && (r->channel == NULL || !ferry_channel_is_open(r->channel) ||
+                     ferry_channel_unacked(r->channel) == 0);
 }
 
 FerryGcsProcess *ferry_cmd_get_process(FerryCmd *cmd)

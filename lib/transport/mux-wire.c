@@ -57,13 +57,14 @@ void mux_frame_append(GByteArray *out, MuxType type, guint32 channel, guint64 of
     memcpy(out->data + at + MUX_HEADER_SIZE, payload, length);
 }
 
-void mux_hello_append(GByteArray *out, guint32 role, const MuxHelloEntry *e, guint n)
+void mux_hello_append(GByteArray *out, guint32 role, gboolean reply, const MuxHelloEntry *e,
+                      guint n)
 {
   guint32 length = 8 + 4 + 4 + 4 + n * MUX_HELLO_ENTRY_SIZE + 4;
   guint at = out->len;
   g_byte_array_set_size(out, at + MUX_HEADER_SIZE + length);
   guint8 *h = out->data + at;
-  header_encode(h, MUX_HELLO, 0, length, 0);
+  header_encode(h, MUX_HELLO, 0, length, reply ? MUX_HELLO_REPLY : 0);
   guint8 *p = h + MUX_HEADER_SIZE;
   memcpy(p, MUX_HELLO_TAG, 8);
   mux_put32(p + 8, MUX_VERSION);
@@ -86,7 +87,7 @@ void mux_hello_append(GByteArray *out, guint32 role, const MuxHelloEntry *e, gui
 static guint32 hello_crc(const MuxFrame *f)
 {
   guint8 h[MUX_HEADER_SIZE];
-  header_encode(h, MUX_HELLO, 0, f->length, 0);
+  header_encode(h, MUX_HELLO, 0, f->length, f->offset);
   g_autofree guint8 *all = g_malloc(MUX_HEADER_SIZE + f->length - 4);
   memcpy(all, h, MUX_HEADER_SIZE);
   memcpy(all + MUX_HEADER_SIZE, f->payload, f->length - 4);
@@ -211,7 +212,7 @@ static gboolean header_valid(const guint8 *h, GError **error)
   else if (type < MUX_HELLO || type > MUX_RESET)
     why = "unknown type";
   else if (type == MUX_HELLO &&
-           (channel != 0 || offset != 0 || length < 24 || length > MUX_MAX_HELLO))
+           (channel != 0 || offset > MUX_HELLO_REPLY || length < 24 || length > MUX_MAX_HELLO))
     why = "malformed HELLO";
   else if (type != MUX_HELLO && channel == 0)
     why = "channel 0";
@@ -219,7 +220,8 @@ static gboolean header_valid(const guint8 *h, GError **error)
     why = "DATA length out of range";
   else if (fixed_length(type) >= 0 && length != fixed_length(type))
     why = "wrong payload length";
-  else if (type != MUX_DATA && type != MUX_ACK && type != MUX_SHUTDOWN && offset != 0)
+  else if (type != MUX_HELLO && type != MUX_DATA && type != MUX_ACK && type != MUX_SHUTDOWN &&
+           offset != 0)
     why = "offset set";
   if (why != NULL) {
     g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,

@@ -84,7 +84,11 @@ static inline guint64 mux_get64(const guint8 *p)
 void mux_frame_append(GByteArray *out, MuxType type, guint32 channel, guint64 offset,
                       const guint8 *payload, guint32 length);
 /* Append a HELLO frame carrying `entries`. */
-void mux_hello_append(GByteArray *out, guint32 role, const MuxHelloEntry *entries, guint n);
+/* HELLO's offset field: 0 asks the peer to answer with its own HELLO, MUX_HELLO_REPLY is
+ * that answer. */
+#define MUX_HELLO_REPLY 1u
+void mux_hello_append(GByteArray *out, guint32 role, gboolean reply, const MuxHelloEntry *entries,
+                      guint n);
 /* Decode a HELLO frame's payload (checked: tag, version, count, checksum). Returns the
  * entries (caller frees with g_free) and the sender's role. */
 MuxHelloEntry *mux_hello_decode(const MuxFrame *frame, guint32 *role, guint *n_entries,

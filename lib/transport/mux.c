@@ -73,6 +73,7 @@ struct FerryMux {
   guint deliver_source;
   guint pump_source;
   gboolean freeing;
+  gboolean quiet; /* nothing goes out until ferry_mux_set_quiet(FALSE) */
   FerryMuxLostFunc lost_func;
   gpointer lost_data;
   FerryMuxSyncedFunc synced_func;
@@ -88,6 +89,7 @@ static const FerryChannelClass mux_channel_class;
 static const FerryTransportClass mux_transport_class;
 static void pump(FerryMux *mux);
 static void schedule_deliver(FerryMux *mux);
+static void send_hello(FerryMux *mux, gboolean reply);
 static void drop_stream(FerryMux *mux, const GError *why);
 
 /* ------------------------------------------------------------ channels -- */
@@ -202,8 +204,11 @@ static void mc_deliver(MuxChannel *mc)
       mc->paused = TRUE;
   }
   mc_maybe_ack(mc);
+  /* EOF waits for an application that listens for it: an imported channel whose peer
+   * had already finished is delivered before its new owner set its handlers. */
   if (mc->peer_shut && !mc->eof_emitted && mc->recv_buf->len == 0 &&
-      mc->recv_consumed == mc->peer_final) {
+      mc->recv_consumed == mc->peer_final &&
+      (mc->handle == NULL || mc->handle->base.handlers.eof != NULL)) {
     mc->eof_emitted = TRUE;
     if (mc->handle != NULL)
       ferry_channel_emit_eof(&mc->handle->base);
@@ -423,7 +428,7 @@ static void pump_later(FerryMux *mux)
  */
 static void pump_full(FerryMux *mux, gboolean from_idle)
 {
-  if (mux->stream == NULL || !mux->synced || mux->freeing)
+  if (mux->stream == NULL || !mux->synced || mux->freeing || mux->quiet)
     return;
   gsize pending = ferry_stream_pending_output(mux->stream);
   if (pending >= OUTPUT_HIGH_WATER) {
@@ -506,6 +511,10 @@ static void on_hello(FerryMux *mux, const MuxFrame *f)
     protocol_error(mux, "peer claims our own role %u", role);
     return;
   }
+  /* The peer hunts for a HELLO from this side and drops everything before it: answer
+   * first (our HELLO of the attach may have reached an older stream of the peer's). */
+  if (f->offset == 0)
+    send_hello(mux, TRUE);
   g_autoptr(GHashTable) peer = g_hash_table_new(NULL, NULL);
   for (guint i = 0; i < n; i++)
     g_hash_table_insert(peer, GUINT_TO_POINTER(entries[i].id), &entries[i]);
@@ -637,7 +646,12 @@ static void on_ack(FerryMux *mux, MuxChannel *mc, const MuxFrame *f)
 static void on_frame(FerryMux *mux, const MuxFrame *f)
 {
   if (f->type == MUX_HELLO) {
-    protocol_error(mux, "HELLO twice on one stream");
+    /* An answer to our HELLO that crossed the peer's own: nothing new. A HELLO that asks
+     * for one while we are in step: the peer started a new stream and this side's did
+     * not break (a virtio-serial port whose host end moved to a migrated VM's QEMU), so
+     * resume from the peer's offsets and answer. */
+    if (f->offset == 0)
+      on_hello(mux, f);
     return;
   }
   if (f->type == MUX_OPEN) {
@@ -768,7 +782,7 @@ static void drop_stream(FerryMux *mux, const GError *why)
     mux->lost_func(mux, why, mux->lost_data);
 }
 
-static void send_hello(FerryMux *mux)
+static void send_hello(FerryMux *mux, gboolean reply)
 {
   guint n = g_hash_table_size(mux->channels);
   g_autofree MuxHelloEntry *entries = g_new0(MuxHelloEntry, n + 1);
@@ -786,7 +800,7 @@ static void send_hello(FerryMux *mux)
     e->window = mc->recv_window;
   }
   g_autoptr(GByteArray) out = g_byte_array_new();
-  mux_hello_append(out, (guint32)mux->role, entries, i);
+  mux_hello_append(out, (guint32)mux->role, reply, entries, i);
   ferry_stream_write(mux->stream, out->data, out->len, NULL);
 }
 
@@ -797,13 +811,26 @@ gboolean ferry_mux_attach(FerryMux *mux, int fd, GError **error)
   if (mux->stream == NULL)
     return FALSE;
   mux_parser_reset(mux->parser);
-  send_hello(mux);
+  send_hello(mux, FALSE);
   return TRUE;
 }
 
 void ferry_mux_detach(FerryMux *mux)
 {
   drop_stream(mux, NULL);
+}
+
+void ferry_mux_set_quiet(FerryMux *mux, gboolean quiet)
+{
+  mux->quiet = quiet;
+  if (!quiet)
+    pump(mux);
+}
+
+gboolean ferry_mux_output_flushed(FerryMux *mux)
+{
+  return mux->stream == NULL || (ferry_stream_pending_output(mux->stream) == 0 &&
+                                 ferry_stream_unread_output(mux->stream) == 0);
 }
 
 gboolean ferry_mux_is_attached(FerryMux *mux)

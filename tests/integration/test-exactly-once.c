@@ -95,7 +95,8 @@ typedef struct {
   FerryGcsMigrationState ms;
   guint32 next_port;
   guint64 next_id;
-  GPtrArray *channels; /* GBytes: serialized channel states */
+  gboolean stream_done[3]; /* stdin, stdout, stderr: that relay finished, its channel gone */
+  GPtrArray *channels;     /* GBytes: serialized channel states */
 } Exported;
 
 struct World {
@@ -124,12 +125,22 @@ static void on_cmd_done(int code, const GError *error, gpointer ud)
     w->wait_error = g_error_copy(error);
 }
 
-static FerryCmdIo host_io(World *w)
+/* Each host object gets its own descriptors of the same pipes, except for the streams
+ * an earlier host object already finished (their channels are gone). */
+static FerryCmdIo host_io(World *w, const Exported *x)
 {
-  /* Each host object gets its own descriptors of the same pipes. */
-  return (FerryCmdIo){ fcntl(w->stdin_r, F_DUPFD_CLOEXEC, 3),
-                       fcntl(w->stdout_w, F_DUPFD_CLOEXEC, 3),
-                       fcntl(w->stderr_w, F_DUPFD_CLOEXEC, 3) };
+  int fds[3] = { w->stdin_r, w->stdout_w, w->stderr_w };
+  for (int i = 0; i < 3; i++)
+    fds[i] = x != NULL && x->stream_done[i] ? -1 : fcntl(fds[i], F_DUPFD_CLOEXEC, 3);
+  return (FerryCmdIo){ fds[0], fds[1], fds[2] };
+}
+
+/* The test is about losing nothing, so the output gets all the time it needs after the
+ * exit: the 1 s default gives up on it (as hcsshim does) and a loaded sanitizer run can
+ * take longer than that to drain a rebuilt host's backlog. The stall check bounds it. */
+static void host_set_copy_after_exit(Host *h)
+{
+  ferry_cmd_set_copy_after_exit(h->cmd, 60 * 1000);
 }
 
 static void on_connected(const GError *error, gpointer ud)
@@ -165,7 +176,8 @@ static void on_bridge(FerryTransport *t, FerryChannel *ch, gpointer ud)
     g_autofree char *script =
         g_strdup_printf("seq 1 %u >&2 & cat; wait; exit %d", STDERR_LINES, EXIT_CODE);
     g_autoptr(json_t) params = json_pack("{s:[s,s,s]}", "CommandArgs", "sh", "-c", script);
-    h->cmd = ferry_cmd_new(h->gc, NULL, h->ports, params, host_io(w));
+    h->cmd = ferry_cmd_new(h->gc, NULL, h->ports, params, host_io(w, NULL));
+    host_set_copy_after_exit(h);
     ferry_guest_connection_connect(h->gc, on_connected, h);
     ferry_cmd_start(h->cmd, on_started, h);
     return;
@@ -180,7 +192,8 @@ static void on_bridge(FerryTransport *t, FerryChannel *ch, gpointer ud)
       ferry_gcs_container_open_process_with_io(h->uvm, x->pid, x->ms.stdin_port, x->ms.stdout_port,
                                                x->ms.stderr_port, x->ms.wait_call_id, &error);
   g_assert_no_error(error);
-  h->cmd = ferry_cmd_attach(p, h->ports, host_io(w));
+  h->cmd = ferry_cmd_attach(p, h->ports, host_io(w, x));
+  host_set_copy_after_exit(h);
   ferry_cmd_wait(h->cmd, on_cmd_done, w);
   ferry_guest_connection_connect(h->gc, on_connected, h);
 }
@@ -260,6 +273,9 @@ static void host_break_and_export(World *w)
   x->channels = g_ptr_array_new_with_free_func((GDestroyNotify)g_bytes_unref);
   guint32 ports[3] = { x->ms.stdin_port, x->ms.stdout_port, x->ms.stderr_port };
   for (int i = 0; i < 3; i++) {
+    x->stream_done[i] = ferry_cmd_stream_done(h->cmd, (FerryCmdStream)i);
+    if (x->stream_done[i])
+      continue;
     FerryChannel *ch = ports[i] != 0 ? ferry_stdio_ports_get(h->ports, ports[i]) : NULL;
     if (ch == NULL || !ferry_channel_is_open(ch))
       continue; /* not dialed yet: the next host listens for it */
@@ -374,6 +390,35 @@ static void feed_stdin(World *w)
   }
 }
 
+/* Where each stdio stream of the current host stands, for the stall message. */
+static char *describe_streams(World *w)
+{
+  GString *s = g_string_new("");
+  Host *h = w->host;
+  if (h == NULL || h->cmd == NULL || ferry_cmd_get_process(h->cmd) == NULL)
+    return g_string_free(s, FALSE);
+  FerryGcsMigrationState ms = ferry_gcs_process_migration_state(ferry_cmd_get_process(h->cmd));
+  guint32 ports[3] = { ms.stdin_port, ms.stdout_port, ms.stderr_port };
+  for (int i = 0; i < 3; i++) {
+    g_string_append_printf(s, "; stream %d port %u done %d", i, ports[i],
+                           ferry_cmd_stream_done(h->cmd, (FerryCmdStream)i));
+    FerryChannel *ch = ports[i] != 0 ? ferry_stdio_ports_get(h->ports, ports[i]) : NULL;
+    FerryMuxChannelState st;
+    if (ch != NULL && ferry_channel_is_open(ch) &&
+        ferry_mux_export_channel(h->mux, ch, &st, NULL)) {
+      g_string_append_printf(s,
+                             " consumed %" G_GUINT64_FORMAT " peer_shut %d final %" G_GUINT64_FORMAT
+                             " acked %" G_GUINT64_FORMAT "/%" G_GUINT64_FORMAT " shut %d",
+                             st.recv_consumed, st.peer_shut, st.peer_final, st.send_acked,
+                             st.send_total, st.shut);
+      ferry_mux_channel_state_clear(&st);
+    } else {
+      g_string_append_printf(s, " channel %s", ch == NULL ? "none" : "closed");
+    }
+  }
+  return g_string_free(s, FALSE);
+}
+
 static guint64 progress(World *w)
 {
   return w->out.got + w->err.got + w->stdin_sent;
@@ -408,12 +453,12 @@ static void test_exactly_once(void)
       g_error("stalled for 30 s after %u breaks: stdout %" G_GUINT64_FORMAT
               ", stderr %" G_GUINT64_FORMAT ", stdin sent %" G_GUINT64_FORMAT
               ", host %p connected %d gc %p, mux synced %d, "
-              "%u mux channels, exported %u channels",
+              "%u mux channels, exported %u channels%s",
               w.breaks, w.out.got, w.err.got, w.stdin_sent, (void *)w.host,
               w.host ? w.host->connected : -1, w.host ? (void *)w.host->gc : NULL,
               w.host ? ferry_mux_is_synced(w.host->mux) : -1,
               w.host ? ferry_mux_channel_count(w.host->mux) : 0,
-              w.exported ? w.exported->channels->len : 0);
+              w.exported ? w.exported->channels->len : 0, describe_streams(&w));
     }
     static gint64 last_report;
     if (g_getenv("FERRY_TEST_VERBOSE") != NULL &&

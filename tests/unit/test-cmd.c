@@ -281,6 +281,8 @@ static void test_stdout_relay_exact(Fixture *f, gconstpointer data)
   }
   g_assert_true(wr.done);
   g_assert_no_error(wr.error);
+  g_assert_true(ferry_cmd_stream_done(cmd, FERRY_CMD_STDOUT));
+  g_assert_true(ferry_cmd_stream_done(cmd, FERRY_CMD_STDIN)); /* no fd: nothing to relay */
   /* When the wait completes, the whole output is in the host fd: read the rest without
    * running the loop again. */
   while (reader_step(&r, 4096))
@@ -398,6 +400,7 @@ static void test_attach_continues_exactly(Fixture *f, gconstpointer data)
     g_main_context_iteration(NULL, FALSE);
     reader_step(&r, 4096);
   }
+  g_assert_false(ferry_cmd_stream_done(cmd, FERRY_CMD_STDOUT)); /* mid-stream */
   ferry_cmd_detach(cmd);
   ferry_cmd_free(cmd);
   /* A new relay on the same process and ports, writing to the same pipe. */

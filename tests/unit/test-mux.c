@@ -545,6 +545,171 @@ static void test_peer_lost_channel(void)
   pair_clear(&p);
 }
 
+static gboolean eof_flag(gpointer p)
+{
+  return ((End *)p)->eof;
+}
+
+/* A channel whose peer had already finished, imported into a new host object that syncs
+ * before its application sets handlers: the EOF waits for the handlers instead of going
+ * to nobody (the relay of a rebuilt host would wait for it forever). */
+static void test_imported_eof_waits_for_handlers(void)
+{
+  Pair p;
+  pair_init(&p);
+  FerryChannel *g, *h;
+  pair_open(&p, &g, &h);
+  End ge = { .send_seed = 3, .send_total = 1000, .shut_when_done = TRUE };
+  End he = { .recv_seed = 3 };
+  end_bind(&ge, g);
+  end_bind(&he, h);
+  run_until(eof_flag, &he, 5);
+  g_assert_cmpuint(he.received, ==, 1000);
+  /* Export after the EOF, then rebuild the host side. */
+  g_autoptr(GError) error = NULL;
+  FerryMuxChannelState st;
+  g_assert_true(ferry_mux_export_channel(p.host, he.ch, &st, &error));
+  g_assert_true(st.peer_shut);
+  ferry_mux_detach(p.guest);
+  end_clear(&he);
+  for (guint i = 0; i < p.accepted->len; i++)
+    ferry_channel_unref(p.accepted->pdata[i]);
+  g_ptr_array_set_size(p.accepted, 0);
+  ferry_mux_free(p.host);
+  p.host = ferry_mux_new(FERRY_MUX_HOST);
+  FerryChannel *ch = ferry_mux_import_channel(p.host, &st, &error);
+  ferry_mux_channel_state_clear(&st);
+  g_assert_no_error(error);
+  pair_connect(&p);
+  pair_wait_synced(&p);
+  for (int i = 0; i < 20; i++)
+    g_main_context_iteration(NULL, FALSE);
+  End again = { .recv_seed = 3 };
+  end_bind(&again, ch);
+  run_until(eof_flag, &again, 5);
+  g_assert_cmpuint(again.received, ==, 0); /* nothing twice */
+  end_clear(&again);
+  end_clear(&ge);
+  pair_clear(&p);
+}
+
+/* ---- a host that moves while the guest's stream goes on (virtio-serial) ---- */
+
+/* Moves bytes between the guest's stream (t) and the current host stream (hb), as QEMU
+ * does between a virtio-serial port and its chardev socket. */
+typedef struct {
+  int t, hb;
+  GByteArray *to_guest, *to_host;
+} Forwarder;
+
+static void fwd_read(int fd, GByteArray *into)
+{
+  guint8 buf[65536];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0)
+    g_byte_array_append(into, buf, (guint)n);
+}
+
+static void fwd_write(int fd, GByteArray *from)
+{
+  while (from->len > 0) {
+    ssize_t n = write(fd, from->data, from->len);
+    if (n <= 0)
+      return;
+    g_byte_array_remove_range(from, 0, (guint)n);
+  }
+}
+
+static void fwd_step(Forwarder *f)
+{
+  fwd_read(f->t, f->to_host);
+  fwd_read(f->hb, f->to_guest);
+  fwd_write(f->t, f->to_guest);
+  fwd_write(f->hb, f->to_host);
+}
+
+static void fwd_new_host_stream(Forwarder *f, FerryMux *host)
+{
+  g_autoptr(GError) error = NULL;
+  int sp[2];
+  g_assert_true(ferry_socketpair(sp, FALSE, &error));
+  g_assert_true(ferry_fd_set_nonblocking(sp[1], TRUE, &error));
+  if (f->hb >= 0)
+    close(f->hb);
+  f->hb = sp[1];
+  g_assert_true(ferry_mux_attach(host, sp[0], &error));
+}
+
+/* The host side moves to a new stream ten times while the guest's stream never breaks
+ * (a migrated VM: the guest's port goes on, the host now reaches it through another
+ * QEMU). The host quiets and flushes before each move, so the guest reads the new
+ * host's HELLO whole; whatever the guest wrote in flight reaches the new host torn and
+ * is skipped. Both directions stay exactly-once. */
+static void test_host_moves_under_continuing_guest_stream(void)
+{
+  g_autoptr(GError) error = NULL;
+  Pair p;
+  memset(&p, 0, sizeof(p));
+  p.host = ferry_mux_new(FERRY_MUX_HOST);
+  p.guest = ferry_mux_new(FERRY_MUX_GUEST);
+  p.accepted = g_ptr_array_new();
+  g_assert_true(
+      ferry_transport_listen(ferry_mux_get_transport(p.host), PORT, on_accept, &p, &error));
+  int gs[2];
+  g_assert_true(ferry_socketpair(gs, FALSE, &error));
+  g_assert_true(ferry_fd_set_nonblocking(gs[1], TRUE, &error));
+  g_assert_true(ferry_mux_attach(p.guest, gs[0], &error));
+  Forwarder f = { gs[1], -1, g_byte_array_new(), g_byte_array_new() };
+  fwd_new_host_stream(&f, p.host);
+  /* Open a channel with the forwarder running. */
+  p.dial_done = FALSE;
+  ferry_transport_dial(ferry_mux_get_transport(p.guest), PORT, on_dialed, &p);
+  gint64 until = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
+  while (!p.dial_done || p.accepted->len == 0) {
+    g_assert_cmpint(g_get_monotonic_time(), <, until);
+    fwd_step(&f);
+    g_main_context_iteration(NULL, FALSE);
+  }
+  g_assert_no_error(p.dial_error);
+  End ge = { .send_seed = 21, .recv_seed = 22, .send_total = 4 << 20, .shut_when_done = TRUE };
+  End he = { .send_seed = 22, .recv_seed = 21, .send_total = 4 << 20, .shut_when_done = TRUE };
+  end_bind(&ge, g_steal_pointer(&p.dialed));
+  end_bind(&he, ferry_channel_ref(p.accepted->pdata[0]));
+  Two t = { &ge, &he };
+  guint moves = 0;
+  until = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
+  while (!both_complete(&t)) {
+    g_assert_cmpint(g_get_monotonic_time(), <, until);
+    fwd_step(&f);
+    g_main_context_iteration(NULL, FALSE);
+    guint64 done = ge.received + he.received;
+    if (moves < 10 && done > (moves + 1) * (700u << 10)) {
+      ferry_mux_set_quiet(p.host, TRUE);
+      while (!(ferry_mux_output_flushed(p.host) && f.to_guest->len == 0)) {
+        g_assert_cmpint(g_get_monotonic_time(), <, until);
+        fwd_step(&f);
+        g_main_context_iteration(NULL, FALSE);
+      }
+      ferry_mux_detach(p.host);
+      ferry_mux_set_quiet(p.host, FALSE);
+      fwd_new_host_stream(&f, p.host);
+      moves++;
+    }
+  }
+  g_assert_cmpuint(moves, ==, 10);
+  g_assert_cmpuint(ge.received, ==, he.send_total);
+  g_assert_cmpuint(he.received, ==, ge.send_total);
+  g_assert_cmpuint(ge.mismatches + he.mismatches, ==, 0);
+  g_assert_false(ge.closed || he.closed);
+  end_clear(&ge);
+  end_clear(&he);
+  close(f.t);
+  close(f.hb);
+  g_byte_array_unref(f.to_guest);
+  g_byte_array_unref(f.to_host);
+  pair_clear(&p);
+}
+
 /* Stale bytes in front of the HELLO (half a frame from before a break) are skipped. */
 static void test_resync_skips_garbage(void)
 {
@@ -687,6 +852,9 @@ int main(int argc, char **argv)
   g_test_add_func("/mux/exactly-once-across-new-host-objects",
                   test_exactly_once_across_new_host_objects);
   g_test_add_func("/mux/peer-lost-channel", test_peer_lost_channel);
+  g_test_add_func("/mux/imported-eof-waits-for-handlers", test_imported_eof_waits_for_handlers);
+  g_test_add_func("/mux/host-moves-under-continuing-guest-stream",
+                  test_host_moves_under_continuing_guest_stream);
   g_test_add_func("/mux/resync-skips-garbage", test_resync_skips_garbage);
   g_test_add_func("/mux/protocol-error-drops-stream-only", test_protocol_error_drops_stream_only);
   g_test_add_func("/mux/state-serialization", test_state_serialization);
