@@ -3,6 +3,7 @@
  * host listens on, or a virtio-serial port), a crun runtime and the agent logic
  * (lib/gcs) together and runs the main loop. docs/agent.md.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <glib-unix.h>
@@ -22,6 +23,8 @@
 
 #define DEFAULT_STATE_DIR "/run/ferry-gcs"
 #define VIRTIO_PORTS_DIR "/dev/virtio-ports"
+/* Where the kernel names each port (vportXpY/name) when no udev made the symlinks. */
+#define VIRTIO_PORTS_SYSFS "/sys/class/virtio-ports"
 /* Between attempts to get the mux's stream back. */
 #define RECONNECT_MS 100
 
@@ -29,7 +32,7 @@ typedef struct {
   GMainLoop *loop;
   FerryMux *mux;
   char *socket_path; /* --mux-socket */
-  char *port_path;   /* --virtio-port, as a path */
+  char *port_name;   /* --virtio-port */
   guint reconnect_source;
   guint failures;  /* in a row; the first is logged at info */
   gboolean synced; /* since the last attach: a loss after it is news */
@@ -56,11 +59,53 @@ static int connect_unix(const char *path, GError **error)
   return ferry_fd_steal(&fd);
 }
 
-static int open_port(const char *path, GError **error)
+/* The /dev path of the port called `name` according to sysfs (/dev/vportXpY, which
+ * devtmpfs creates), or NULL with errno set: ENOENT when no port has that name. */
+static char *find_port_in_sysfs(const char *name)
 {
-  int fd = open(path, O_RDWR | O_CLOEXEC | O_NOCTTY);
-  if (fd < 0)
-    ferry_error_set_errno(error, errno, "open %s", path);
+  DIR *dir = opendir(VIRTIO_PORTS_SYSFS);
+  if (dir == NULL)
+    return NULL;
+  char *path = NULL;
+  struct dirent *entry;
+  while (path == NULL && (entry = readdir(dir)) != NULL) {
+    if (entry->d_name[0] == '.')
+      continue;
+    g_autofree char *name_file = g_build_filename(VIRTIO_PORTS_SYSFS, entry->d_name, "name", NULL);
+    g_autofree char *contents = NULL;
+    /* A port without a name has an empty file; one being removed may have none. */
+    if (g_file_get_contents(name_file, &contents, NULL, NULL) &&
+        strcmp(g_strchomp(contents), name) == 0)
+      path = g_build_filename("/dev", entry->d_name, NULL);
+  }
+  closedir(dir);
+  errno = ENOENT;
+  return path;
+}
+
+/* /dev/virtio-ports/NAME where udev made it, else the port sysfs names NAME. */
+static int open_port(const char *name, GError **error)
+{
+  g_autofree char *link = g_build_filename(VIRTIO_PORTS_DIR, name, NULL);
+  int fd = open(link, O_RDWR | O_CLOEXEC | O_NOCTTY);
+  if (fd >= 0 || errno != ENOENT) {
+    if (fd < 0)
+      ferry_error_set_errno(error, errno, "open %s", link);
+    return fd;
+  }
+  g_autofree char *path = find_port_in_sysfs(name);
+  if (path == NULL) {
+    int errsv = errno;
+    ferry_error_set_errno(error, errsv, "no virtio port named %s in %s or %s", name,
+                          VIRTIO_PORTS_DIR, VIRTIO_PORTS_SYSFS);
+    return -1;
+  }
+  fd = open(path, O_RDWR | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) {
+    ferry_error_set_errno(error, errno, "open %s (virtio port %s)", path, name);
+    return -1;
+  }
+  ferry_log(FERRY_LOG_DEBUG, "virtio port found in sysfs", "virtio_port", name, "path", path, NULL);
   return fd;
 }
 
@@ -68,7 +113,7 @@ static int open_port(const char *path, GError **error)
 static gboolean agent_attach(Agent *agent, GError **error)
 {
   int fd = agent->socket_path != NULL ? connect_unix(agent->socket_path, error)
-                                      : open_port(agent->port_path, error);
+                                      : open_port(agent->port_name, error);
   return fd >= 0 && ferry_mux_attach(agent->mux, fd, error);
 }
 
@@ -144,7 +189,9 @@ int main(int argc, char **argv)
     { "mux-socket", 0, 0, G_OPTION_ARG_FILENAME, &mux_socket,
       "Connect the channel mux to the unix socket the host listens on", "PATH" },
     { "virtio-port", 0, 0, G_OPTION_ARG_STRING, &virtio_port,
-      "Use " VIRTIO_PORTS_DIR "/NAME as the channel mux's stream", "NAME" },
+      "Use the virtio-serial port NAME (" VIRTIO_PORTS_DIR
+      "/NAME, else found in " VIRTIO_PORTS_SYSFS ") as the channel mux's stream",
+      "NAME" },
     { "log-level", 0, 0, G_OPTION_ARG_STRING, &log_level, "debug, info, warning or error",
       "LEVEL" },
     { NULL },
@@ -193,8 +240,7 @@ int main(int argc, char **argv)
   agent.loop = g_main_loop_new(NULL, FALSE);
   agent.mux = ferry_mux_new(FERRY_MUX_GUEST);
   agent.socket_path = mux_socket;
-  agent.port_path =
-      virtio_port != NULL ? g_build_filename(VIRTIO_PORTS_DIR, virtio_port, NULL) : NULL;
+  agent.port_name = virtio_port;
   ferry_mux_set_lost_func(agent.mux, on_mux_lost, &agent);
   ferry_mux_set_synced_func(agent.mux, on_mux_synced, &agent);
 
@@ -207,7 +253,7 @@ int main(int argc, char **argv)
   guint sigterm = g_unix_signal_add(SIGTERM, on_signal, &agent);
   guint sigint = g_unix_signal_add(SIGINT, on_signal, &agent);
   ferry_log(FERRY_LOG_INFO, "ferry-gcs started", "mux_socket", mux_socket, "virtio_port",
-            agent.port_path, "local", local ? "true" : "false", NULL);
+            virtio_port, "local", local ? "true" : "false", NULL);
   on_reconnect(&agent);
   g_main_loop_run(agent.loop);
 
@@ -218,7 +264,6 @@ int main(int argc, char **argv)
   ferry_gcs_free(gcs);
   ferry_mux_free(agent.mux);
   g_main_loop_unref(agent.loop);
-  g_free(agent.port_path);
   ferry_log(FERRY_LOG_INFO, "ferry-gcs stopped", NULL);
   return 0;
 }
