@@ -3,18 +3,24 @@
 BUILD ?= build
 MESON_OPTS ?=
 
-.PHONY: all deps build check unit interop bench-ttrpc demo fuzz format format-check clean
+.PHONY: all deps build image check unit interop bench-ttrpc demo fuzz format format-check clean
 
 all: build
 
 deps:
-	@bash scripts/install-deps.sh build interop
+	@bash scripts/install-deps.sh build interop vm
 
 $(BUILD)/build.ninja:
 	meson setup $(BUILD) $(MESON_OPTS)
 
 build: deps $(BUILD)/build.ninja
 	ninja -C $(BUILD)
+
+# The guest image (docs/image.md): $(BUILD)/image/vmlinux, initramfs.cpio.gz, manifest.
+# Rebuilt only when an input changed.
+image: build
+	@bash scripts/install-deps.sh vm
+	@bash image/build.sh $(BUILD)/agent/ferry-gcs $(BUILD)/image
 
 # Every test; the last line is "N passed, N failed, N skipped".
 check: build

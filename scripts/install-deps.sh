@@ -4,6 +4,7 @@
 #   build    compilers, meson, the C libraries and code generators (default)
 #   interop  Go and containerd's Go ttrpc, the real peer for the interop tests (default)
 #   ci       clang with its sanitizer and libFuzzer runtime, clang-format
+#   vm       QEMU (with the microvm bios) and what image/build.sh needs to make the guest image
 set -euo pipefail
 
 declare -A groups=(
@@ -11,6 +12,7 @@ declare -A groups=(
            protobuf-c-compiler libprotobuf-c-dev libprotobuf-dev crun busybox-static"
   [interop]="golang-go golang-github-containerd-ttrpc-dev"
   [ci]="clang libclang-rt-14-dev clang-format"
+  [vm]="qemu-system-x86 qemu-system-data cpio busybox-static crun python3"
 )
 
 wanted=("$@")
