@@ -3,7 +3,7 @@
 BUILD ?= build
 MESON_OPTS ?=
 
-.PHONY: all deps build image check unit interop bench-ttrpc demo fuzz format format-check clean
+.PHONY: all deps build image check unit interop bench-ttrpc bench-boot demo fuzz format format-check clean
 
 all: build
 
@@ -22,8 +22,9 @@ image: build
 	@bash scripts/install-deps.sh vm
 	@bash image/build.sh $(BUILD)/agent/ferry-gcs $(BUILD)/image
 
-# Every test; the last line is "N passed, N failed, N skipped".
-check: build
+# Every test; the last line is "N passed, N failed, N skipped". The VM tests boot the
+# guest image, so it is built first.
+check: image
 	@meson test -C $(BUILD) --print-errorlogs --no-rebuild >$(BUILD)/meson-test.out 2>&1; \
 	  status=$$?; grep -E '^ *[0-9]+/[0-9]+ ' $(BUILD)/meson-test.out; \
 	  [ $$status -eq 0 ] || cat $(BUILD)/meson-logs/testlog.txt | tail -200; \
@@ -41,8 +42,13 @@ interop: build
 bench-ttrpc: build
 	bash bench/run-ttrpc.sh $(BUILD)
 
+# Boot: a UVM to its agent's first bridge reply against the same command line booting a
+# trivial init; last line "boot ferry_ms=<n> bare_qemu_ms=<n> ratio=<n>".
+bench-boot: image
+	bash bench/run-boot.sh $(BUILD)
+
 # The furthest the project has come, shown end to end.
-demo: build
+demo: image
 	@bash scripts/demo.sh $(BUILD)
 
 # A libFuzzer build under clang (build-fuzz/); run a target for FUZZ_SECONDS.

@@ -30,6 +30,7 @@ HEADER_MODULE = {
     "mux": "transport",
     "cmd": "cmd",
     "qmp": "vm",
+    "vm": "vm",
     "vm-builder": "vm",
     "transport": "transport",
     "transport-vsock": "transport",

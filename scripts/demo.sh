@@ -1,31 +1,49 @@
 #!/usr/bin/env bash
-# The main story, as far as it goes today: Ferry's ttrpc speaking to containerd's own
-# Go ttrpc in both directions, then the two raced on the same workload. It grows with
-# the project until it is a live migration.
+# The main story, as far as it goes today: a utility VM boots under QEMU, Ferry's guest
+# agent answers over the virtio-serial channel mux, a crun container runs inside it,
+# and the VM live-migrates to a second QEMU while a guest process keeps printing -- its
+# output exactly-once across the switch. It grows with the project (the shim and the
+# CLI's `ferry migrate` come next).
 set -euo pipefail
 build=${1:-build}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export FERRY_BUILD_ROOT=$root/$build FERRY_SOURCE_ROOT=$root
 
 cat <<'TXT'
 == Ferry demo ==
-Ferry will live-migrate running container sandboxes between hosts. Today the
-foundation stands: a C implementation of containerd's ttrpc (the RPC every Ferry
-component speaks), wire-compatible with containerd's Go ttrpc.
-
-1. Interop, both ways, against containerd's Go ttrpc 1.1.1 (Debian's package):
+1. Boot a utility VM (QEMU, TCG here), negotiate with ferry-gcs over the mux, run
+   `uname -a` in the UVM and a crun container in the guest:
 TXT
-bash "$root/tests/interop/run.sh" "$build" | sed 's/^/   /'
+"$root/$build/tests/integration/test-vm" --verbose -p /vm/boot-uname-and-container 2>&1 |
+  grep -E '^(# uname|ok|not ok)' | sed 's/^/   /'
 
 cat <<'TXT'
 
-2. The same unary echo workload through Ferry (C client -> C server) and through
-   containerd's Go ttrpc (Go client -> Go server), one connection, 32 calls in flight:
+2. Live-migrate it to a second QEMU over a socketpair while a guest process counts
+   (the phases as each VM reports them; the counter is checked line by line):
 TXT
-FERRY_BENCH_ROUNDS=${FERRY_BENCH_ROUNDS:-1} FERRY_BENCH_DURATION=${FERRY_BENCH_DURATION:-2s} \
-  bash "$root/bench/run-ttrpc.sh" "$build" | sed 's/^/   /'
+"$root/$build/tests/integration/test-vm" --verbose -p /vm/migrate 2>&1 |
+  grep -E '^# (src|dst|blackout)|^(ok|not ok)' | grep -v 'TransferInProgress Success pass [2-9]' |
+  sed 's/^/   /'
 
 cat <<'TXT'
 
-Not yet: the GCS bridge, the guest agent, the VM layer, the shim and the migration
-itself (see the issues). `make check` runs every test.
+3. Failure paths: the destination killed mid-transfer (the source rolls back and the
+   guest never stops), a cancel, and a guest that dirties memory faster than the
+   bandwidth cap, finished by post-copy:
+TXT
+"$root/$build/tests/integration/test-vm" -p /vm/migrate-destination-killed \
+  -p /vm/migrate-cancel -p /vm/migrate-postcopy 2>&1 | grep -E '^(ok|not ok)' | sed 's/^/   /'
+
+cat <<'TXT'
+
+4. Boot time against the same kernel and command line booting a trivial init:
+TXT
+bash "$root/bench/run-boot.sh" "$build" 1 | tail -n 1 | sed 's/^/   /'
+
+cat <<'TXT'
+
+Not yet: the shim (containerd's Task API and hcsshim's Migration service) and the CLI
+that drives a migration between two shims (see the issues). `make check` runs every
+test; `make bench-ttrpc` races our ttrpc against containerd's Go ttrpc.
 TXT

@@ -707,7 +707,7 @@ static gboolean validate(json_t *root, GArray *nodes, GError **error)
   json_t *version, *vm, *chipset, *topology, *memory = NULL, *proc = NULL, *numa = NULL;
   json_t *devices, *sub, *qos, *ferry;
   const char *owner, *machine = NULL;
-  guint virtio_devices = 0;
+  guint virtio_devices = 1; /* the entropy device every VM gets */
 
   if (!json_is_object(root))
     return invalid(error, "(document)", "must be a JSON object");
@@ -770,8 +770,8 @@ static gboolean validate(json_t *root, GArray *nodes, GError **error)
 
   if (virtio_devices > FERRY_VM_MAX_VIRTIO_DEVICES)
     return invalid(error, P_DEVICES,
-                   "%u virtio devices (mux ports count as one, each SCSI controller, share and "
-                   "network adapter as one): at most %u",
+                   "%u virtio devices (the entropy device and the mux ports count as one each, "
+                   "each SCSI controller, share and network adapter as one): at most %u",
                    virtio_devices, FERRY_VM_MAX_VIRTIO_DEVICES);
 
   if (numa != NULL) {
@@ -1704,6 +1704,11 @@ GStrv ferry_vm_doc_render(const FerryVmDoc *doc, const FerryVmRenderOptions *opt
   add(argv, "chardev:console");
   if (!render_boot(doc, options, microvm, argv, error))
     return NULL;
+  /* An entropy source, always: without one the guest's random pool is not ready until
+   * about 2.8 s of uptime under TCG and the agent blocks in getrandom() for ~1 s
+   * (docs/image.md). */
+  add(argv, "-device");
+  addf(argv, "virtio-rng-%s", variant);
   render_mux_ports(doc, options->state_dir, variant, argv);
   render_scsi(doc, variant, argv);
   render_shares(doc, variant, argv);

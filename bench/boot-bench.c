@@ -1,0 +1,204 @@
+/*
+ * Boot benchmark (`make bench-boot`): the time from starting a utility VM to the guest
+ * agent's first bridge reply (the NegotiateProtocol answer), against the same kernel,
+ * machine type, memory and QEMU command line booting a trivial init that prints one
+ * line. Rounds alternate between the two; the medians are compared.
+ *
+ *   boot-bench IMAGE_DIR BARE_INITRAMFS [ROUNDS]
+ *
+ * Last line: boot ferry_ms=<n> bare_qemu_ms=<n> ratio=<ferry/bare>
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "ferry/bridge-host.h"
+#include "ferry/cmd.h"
+#include "ferry/mux.h"
+#include "ferry/transport.h"
+#include "ferry/vm.h"
+#include "test-util.h"
+
+#define PORT_NAME "org.ferry.gcs"
+#define CMDLINE "console=ttyS0 loglevel=4 panic=-1"
+
+static FerryVmDoc *make_doc(const char *kernel, const char *initrd)
+{
+  FerryVmDoc *doc = ferry_vm_doc_new("ferry-bench");
+  g_autoptr(GError) error = NULL;
+  ferry_vm_doc_set_kernel_direct(doc, kernel, initrd, CMDLINE);
+  if (!ferry_vm_doc_add_mux_port(doc, PORT_NAME, &error))
+    g_error("%s", error->message);
+  return doc;
+}
+
+typedef struct {
+  FerryMux *mux;
+  FerryStdioPorts *ports;
+  FerryGuestConnection *gc;
+  gboolean connected, started;
+  GError *error;
+} Boot;
+
+static void on_connected(const GError *error, gpointer ud)
+{
+  Boot *b = ud;
+  if (error != NULL)
+    g_error("negotiate: %s", error->message);
+  b->connected = TRUE;
+}
+
+static void on_bridge(FerryTransport *t, FerryChannel *ch, gpointer ud)
+{
+  Boot *b = ud;
+  g_autoptr(GError) error = NULL;
+  int fd = ferry_channel_to_fd(ch, &error);
+  ferry_channel_unref(ch);
+  if (fd < 0)
+    g_error("bridge channel: %s", error->message);
+  b->gc = ferry_guest_connection_new(fd, ferry_stdio_ports_hooks(), b->ports, &error);
+  if (b->gc == NULL)
+    g_error("guest connection: %s", error->message);
+  ferry_guest_connection_connect(b->gc, on_connected, b);
+}
+
+static void on_started(FerryVm *vm, const GError *error, gpointer ud)
+{
+  Boot *b = ud;
+  if (error != NULL)
+    g_error("start: %s", error->message);
+  b->started = TRUE;
+}
+
+static void on_exit_done(FerryVm *vm, const GError *error, gpointer ud)
+{
+  *(gboolean *)ud = TRUE;
+}
+
+static int connect_unix(const char *path)
+{
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_un addr = { .sun_family = AF_UNIX };
+  g_strlcpy(addr.sun_path, path, sizeof(addr.sun_path));
+  if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0)
+    g_error("connect %s: %s", path, g_strerror(errno));
+  return fd;
+}
+
+/* Start to the first bridge reply, through the VM manager and the guest manager. */
+static double ferry_round(const char *dir, const char *kernel, const char *initrd)
+{
+  g_autoptr(FerryVmDoc) doc = make_doc(kernel, initrd);
+  g_autofree char *state = g_build_filename(dir, "ferry", NULL);
+  g_autoptr(GError) error = NULL;
+  FerryVm *vm = ferry_vm_new("bench", doc, state, NULL, &error);
+  if (vm == NULL)
+    g_error("%s", error->message);
+  Boot b = { 0 };
+  b.mux = ferry_mux_new(FERRY_MUX_HOST);
+  b.ports = ferry_stdio_ports_new(ferry_mux_get_transport(b.mux));
+  if (!ferry_transport_listen(ferry_mux_get_transport(b.mux), FERRY_GCS_BRIDGE_PORT, on_bridge, &b,
+                              &error))
+    g_error("%s", error->message);
+  gint64 t0 = g_get_monotonic_time();
+  ferry_vm_start(vm, on_started, &b);
+  if (!test_run_until(&b.started, 60000))
+    g_error("QEMU did not start");
+  g_autofree char *port = ferry_vm_port_socket(vm, PORT_NAME);
+  if (!ferry_mux_attach(b.mux, connect_unix(port), &error))
+    g_error("%s", error->message);
+  if (!test_run_until(&b.connected, 120000))
+    g_error("no bridge reply within 120 s");
+  double ms = (double)(g_get_monotonic_time() - t0) / 1000.0;
+  gboolean gone = FALSE;
+  ferry_vm_terminate(vm, on_exit_done, &gone);
+  test_run_until(&gone, 30000);
+  ferry_guest_connection_free(b.gc);
+  ferry_stdio_ports_free(b.ports);
+  ferry_mux_free(b.mux);
+  ferry_vm_free(vm);
+  return ms;
+}
+
+/* The same QEMU command line with the trivial init: exec to its line on the console. */
+static double bare_round(const char *dir, const char *kernel, const char *bare_initrd)
+{
+  g_autoptr(FerryVmDoc) doc = make_doc(kernel, bare_initrd);
+  g_autofree char *state = g_build_filename(dir, "bare", NULL);
+  g_mkdir_with_parents(state, 0700);
+  g_autofree char *console = g_build_filename(state, "console.log", NULL);
+  unlink(console);
+  FerryVmRenderOptions ro = { .accel = FERRY_VM_ACCEL_AUTO, .state_dir = state };
+  g_autoptr(GError) error = NULL;
+  g_auto(GStrv) argv = ferry_vm_doc_render(doc, &ro, &error);
+  if (argv == NULL)
+    g_error("%s", error->message);
+  GPid pid;
+  gint64 t0 = g_get_monotonic_time();
+  if (!g_spawn_async(NULL, argv, NULL,
+                     G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL |
+                         G_SPAWN_STDERR_TO_DEV_NULL,
+                     NULL, NULL, &pid, &error))
+    g_error("%s", error->message);
+  double ms = -1;
+  while (g_get_monotonic_time() - t0 < 120 * G_USEC_PER_SEC) {
+    g_autofree char *text = NULL;
+    if (g_file_get_contents(console, &text, NULL, NULL) && strstr(text, "BARE-READY") != NULL) {
+      ms = (double)(g_get_monotonic_time() - t0) / 1000.0;
+      break;
+    }
+    g_usleep(2000);
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, NULL, 0);
+  g_spawn_close_pid(pid);
+  if (ms < 0)
+    g_error("the trivial init printed nothing within 120 s (console %s)", console);
+  return ms;
+}
+
+static int cmp_double(gconstpointer a, gconstpointer b)
+{
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+static double median(GArray *a)
+{
+  g_array_sort(a, cmp_double);
+  guint n = a->len;
+  return n % 2 ? g_array_index(a, double, n / 2)
+               : (g_array_index(a, double, n / 2 - 1) + g_array_index(a, double, n / 2)) / 2;
+}
+
+int main(int argc, char **argv)
+{
+  if (argc < 3) {
+    fprintf(stderr, "usage: boot-bench IMAGE_DIR BARE_INITRAMFS [ROUNDS]\n");
+    return 2;
+  }
+  signal(SIGPIPE, SIG_IGN);
+  g_autofree char *kernel = g_build_filename(argv[1], "vmlinux", NULL);
+  g_autofree char *initrd = g_build_filename(argv[1], "initramfs.cpio.gz", NULL);
+  int rounds = argc > 3 ? atoi(argv[3]) : 5;
+  g_autofree char *dir = test_make_tmpdir();
+  g_autoptr(GArray) ferry = g_array_new(FALSE, FALSE, sizeof(double));
+  g_autoptr(GArray) bare = g_array_new(FALSE, FALSE, sizeof(double));
+  for (int i = 0; i < rounds; i++) {
+    double b = bare_round(dir, kernel, argv[2]);
+    double f = ferry_round(dir, kernel, initrd);
+    g_array_append_val(bare, b);
+    g_array_append_val(ferry, f);
+    printf("round %d ferry_ms=%.0f bare_qemu_ms=%.0f\n", i + 1, f, b);
+    fflush(stdout);
+  }
+  test_rm_rf(dir);
+  double f = median(ferry), b = median(bare);
+  printf("boot ferry_ms=%.0f bare_qemu_ms=%.0f ratio=%.2f\n", f, b, f / b);
+  return 0;
+}
