@@ -78,7 +78,6 @@ struct FerryVm {
   gboolean cancel_requested;
   gint64 blackout_started_us; /* destination: the start of the blackout it reports */
   gint64 incoming_done_us;
-  guint passes;
   Op *finalize_op;
   FerryVmFinalize finalize_action;
   guint poll_timer; /* destination: waiting for post-copy's device state */
@@ -197,6 +196,7 @@ typedef struct {
   guint next;
   Op *op;
   void (*then)(FerryVm *vm, Op *op); /* after the last success, instead of finishing op */
+  int fd;                            /* passed with the first command (-1: none); borrowed */
 } Seq;
 
 static void seq_step(Seq *s);
@@ -239,8 +239,14 @@ static void seq_step(Seq *s)
     seq_free(s);
     return;
   }
-  ferry_qmp_execute(vm->qmp, json_string_value(json_object_get(c, "execute")),
-                    json_object_get(c, "arguments"), 0, on_seq_reply, s);
+  const char *command = json_string_value(json_object_get(c, "execute"));
+  json_t *arguments = json_object_get(c, "arguments");
+  int fd = s->fd;
+  s->fd = -1;
+  if (fd >= 0)
+    ferry_qmp_execute_with_fd(vm->qmp, command, arguments, fd, 0, on_seq_reply, s);
+  else
+    ferry_qmp_execute(vm->qmp, command, arguments, 0, on_seq_reply, s);
 }
 
 static Seq *seq_new(FerryVm *vm, Op *op)
@@ -248,6 +254,7 @@ static Seq *seq_new(FerryVm *vm, Op *op)
   Seq *s = g_new0(Seq, 1);
   s->vm = vm;
   s->op = op;
+  s->fd = -1;
   s->commands = g_ptr_array_new_with_free_func((GDestroyNotify)json_decref);
   return s;
 }
@@ -843,7 +850,6 @@ void ferry_vm_migration_initialize(FerryVm *vm, const FerryVmMigrationOptions *o
   vm->mig = MIG_NONE; /* READY once QEMU took the settings */
   vm->setup_done_sent = vm->blackout_sent = vm->postcopy_requested = vm->postcopy_active = FALSE;
   vm->convergence_handled = vm->cancel_requested = FALSE;
-  vm->passes = 0;
   const FerryVmMigrationOptions *o = &vm->mopts;
   json_t *params =
       json_pack("{s:I}", "max-bandwidth",
@@ -863,11 +869,6 @@ void ferry_vm_migration_initialize(FerryVm *vm, const FerryVmMigrationOptions *o
   seq_add(s, "migrate-set-parameters", params);
   s->then = after_initialize;
   seq_step(s);
-}
-
-static void after_transfer_started(FerryVm *vm, Op *op)
-{
-  op_finish(op, NULL);
 }
 
 void ferry_vm_migration_transfer(FerryVm *vm, int fd, FerryVmDoneFunc done, gpointer user_data)
@@ -894,15 +895,11 @@ void ferry_vm_migration_transfer(FerryVm *vm, int fd, FerryVmDoneFunc done, gpoi
   }
   vm->mig = MIG_TRANSFERRING;
   Seq *s = seq_new(vm, op_new(vm, done, user_data));
-  /* getfd goes first with the descriptor attached. */
-  g_ptr_array_add(s->commands, NULL);
-  s->next = 1;
-  s->then = after_transfer_started;
-  json_t *uri = json_pack("{s:s}", "uri", "fd:" MIGRATION_FD_NAME);
-  seq_add(s, vm->origin == FERRY_VM_ORIGIN_SOURCE ? "migrate" : "migrate-incoming", uri);
-  json_t *args = json_pack("{s:s}", "fdname", MIGRATION_FD_NAME);
-  ferry_qmp_execute_with_fd(vm->qmp, "getfd", args, fd, 0, on_seq_reply, s);
-  json_decref(args);
+  s->fd = fd; /* with getfd, sent from seq_step() below while the caller's fd is open */
+  seq_add(s, "getfd", json_pack("{s:s}", "fdname", MIGRATION_FD_NAME));
+  seq_add(s, vm->origin == FERRY_VM_ORIGIN_SOURCE ? "migrate" : "migrate-incoming",
+          json_pack("{s:s}", "uri", "fd:" MIGRATION_FD_NAME));
+  seq_step(s);
 }
 
 /* Leave migration mode: the VM is an ordinary VM again. */
@@ -1020,7 +1017,6 @@ static void setup_done(FerryVm *vm)
 
 static void on_pass(FerryVm *vm, guint pass)
 {
-  vm->passes = pass;
   if (vm->origin != FERRY_VM_ORIGIN_SOURCE || vm->mig != MIG_TRANSFERRING)
     return;
   /* QEMU counts its first pass before it reports "active", and its last one happens
