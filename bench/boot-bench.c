@@ -8,20 +8,14 @@
  *
  * Last line: boot ferry_ms=<n> bare_qemu_ms=<n> ratio=<ferry/bare>
  */
-#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "ferry/bridge-host.h"
-#include "ferry/cmd.h"
-#include "ferry/mux.h"
-#include "ferry/transport.h"
 #include "ferry/vm.h"
+#include "guest-session.h"
 #include "test-util.h"
 
 #define PORT_NAME "org.ferry.gcs"
@@ -37,57 +31,16 @@ static FerryVmDoc *make_doc(const char *kernel, const char *initrd)
   return doc;
 }
 
-typedef struct {
-  FerryMux *mux;
-  FerryStdioPorts *ports;
-  FerryGuestConnection *gc;
-  gboolean connected, started;
-  GError *error;
-} Boot;
-
-static void on_connected(const GError *error, gpointer ud)
-{
-  Boot *b = ud;
-  if (error != NULL)
-    g_error("negotiate: %s", error->message);
-  b->connected = TRUE;
-}
-
-static void on_bridge(FerryTransport *t, FerryChannel *ch, gpointer ud)
-{
-  Boot *b = ud;
-  g_autoptr(GError) error = NULL;
-  int fd = ferry_channel_to_fd(ch, &error);
-  ferry_channel_unref(ch);
-  if (fd < 0)
-    g_error("bridge channel: %s", error->message);
-  b->gc = ferry_guest_connection_new(fd, ferry_stdio_ports_hooks(), b->ports, &error);
-  if (b->gc == NULL)
-    g_error("guest connection: %s", error->message);
-  ferry_guest_connection_connect(b->gc, on_connected, b);
-}
-
 static void on_started(FerryVm *vm, const GError *error, gpointer ud)
 {
-  Boot *b = ud;
   if (error != NULL)
     g_error("start: %s", error->message);
-  b->started = TRUE;
+  *(gboolean *)ud = TRUE;
 }
 
 static void on_exit_done(FerryVm *vm, const GError *error, gpointer ud)
 {
   *(gboolean *)ud = TRUE;
-}
-
-static int connect_unix(const char *path)
-{
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  struct sockaddr_un addr = { .sun_family = AF_UNIX };
-  g_strlcpy(addr.sun_path, path, sizeof(addr.sun_path));
-  if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0)
-    g_error("connect %s: %s", path, g_strerror(errno));
-  return fd;
 }
 
 /* Start to the first bridge reply, through the VM manager and the guest manager. */
@@ -99,28 +52,20 @@ static double ferry_round(const char *dir, const char *kernel, const char *initr
   FerryVm *vm = ferry_vm_new("bench", doc, state, NULL, &error);
   if (vm == NULL)
     g_error("%s", error->message);
-  Boot b = { 0 };
-  b.mux = ferry_mux_new(FERRY_MUX_HOST);
-  b.ports = ferry_stdio_ports_new(ferry_mux_get_transport(b.mux));
-  if (!ferry_transport_listen(ferry_mux_get_transport(b.mux), FERRY_GCS_BRIDGE_PORT, on_bridge, &b,
-                              &error))
-    g_error("%s", error->message);
+  gboolean started = FALSE;
   gint64 t0 = g_get_monotonic_time();
-  ferry_vm_start(vm, on_started, &b);
-  if (!test_run_until(&b.started, 60000))
+  ferry_vm_start(vm, on_started, &started);
+  if (!test_run_until(&started, 60000))
     g_error("QEMU did not start");
   g_autofree char *port = ferry_vm_port_socket(vm, PORT_NAME);
-  if (!ferry_mux_attach(b.mux, connect_unix(port), &error))
-    g_error("%s", error->message);
-  if (!test_run_until(&b.connected, 120000))
+  TestGuestSession *s = test_guest_session_new(port);
+  if (!test_run_until(&s->connected, 120000))
     g_error("no bridge reply within 120 s");
   double ms = (double)(g_get_monotonic_time() - t0) / 1000.0;
   gboolean gone = FALSE;
   ferry_vm_terminate(vm, on_exit_done, &gone);
   test_run_until(&gone, 30000);
-  ferry_guest_connection_free(b.gc);
-  ferry_stdio_ports_free(b.ports);
-  ferry_mux_free(b.mux);
+  test_guest_session_free(s);
   ferry_vm_free(vm);
   return ms;
 }

@@ -25,6 +25,7 @@
 #include "ferry/mux.h"
 #include "ferry/transport.h"
 #include "ferry/vm.h"
+#include "guest-session.h"
 #include "test-util.h"
 
 #define PORT_NAME "org.ferry.gcs"
@@ -91,54 +92,12 @@ static FerryVm *vm_new(const char *dir, const char *name, guint memory_mb)
   return vm;
 }
 
-static int connect_unix(const char *path)
-{
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  g_assert_cmpint(fd, >=, 0);
-  struct sockaddr_un addr = { .sun_family = AF_UNIX };
-  g_strlcpy(addr.sun_path, path, sizeof(addr.sun_path));
-  g_assert_cmpint(connect(fd, (struct sockaddr *)&addr, sizeof(addr)), ==, 0);
-  return fd;
-}
-
-/* The host side of the guest: mux, stdio ports and the guest manager. */
-typedef struct {
-  FerryMux *mux;
-  FerryStdioPorts *ports;
-  FerryGuestConnection *gc;
-  gboolean connected;
-} Session;
-
-static void on_connected(const GError *error, gpointer ud)
-{
-  Session *s = ud;
-  g_assert_no_error(error);
-  s->connected = TRUE;
-}
-
-static void on_bridge(FerryTransport *t, FerryChannel *ch, gpointer ud)
-{
-  Session *s = ud;
-  g_autoptr(GError) error = NULL;
-  int fd = ferry_channel_to_fd(ch, &error);
-  g_assert_no_error(error);
-  ferry_channel_unref(ch);
-  g_assert_null(s->gc);
-  s->gc = ferry_guest_connection_new(fd, ferry_stdio_ports_hooks(), s->ports, &error);
-  g_assert_no_error(error);
-  ferry_guest_connection_connect(s->gc, on_connected, s);
-}
+typedef TestGuestSession Session;
 
 static Session *session_new(FerryVm *vm)
 {
-  Session *s = g_new0(Session, 1);
-  s->mux = ferry_mux_new(FERRY_MUX_HOST);
-  s->ports = ferry_stdio_ports_new(ferry_mux_get_transport(s->mux));
-  g_autoptr(GError) error = NULL;
-  g_assert_true(ferry_transport_listen(ferry_mux_get_transport(s->mux), FERRY_GCS_BRIDGE_PORT,
-                                       on_bridge, s, &error));
   g_autofree char *path = ferry_vm_port_socket(vm, PORT_NAME);
-  g_assert_true(ferry_mux_attach(s->mux, connect_unix(path), &error));
+  Session *s = test_guest_session_new(path);
   /* Boot, module loading and the agent's dial: seconds under TCG. */
   if (!test_run_until(&s->connected, 60000)) {
     g_autofree char *console = NULL;
@@ -147,14 +106,6 @@ static Session *session_new(FerryVm *vm)
             console != NULL ? console : "(none)");
   }
   return s;
-}
-
-static void session_free(Session *s)
-{
-  ferry_guest_connection_free(s->gc);
-  ferry_stdio_ports_free(s->ports);
-  ferry_mux_free(s->mux);
-  g_free(s);
 }
 
 /* A command's output through a pipe, read as it comes. */
@@ -303,7 +254,7 @@ static void test_boot_uname_and_container(void)
   g_assert_cmpint(r->code, ==, 3);
   run_free(r);
 
-  session_free(s);
+  test_guest_session_free(s);
   terminate(vm);
   g_assert_null(ferry_vm_exit_error(vm));
   test_rm_rf(dir);
@@ -463,7 +414,7 @@ static void mig_begin(Mig *m, const FerryVmMigrationOptions *options)
   g_assert_cmpint(ferry_vm_get_state(m->dst), ==, FERRY_VM_PAUSED);
   /* The destination's chardev has its client before the transfer (qemu-facts §6). */
   g_autofree char *path = ferry_vm_port_socket(m->dst, PORT_NAME);
-  m->dst_port_fd = connect_unix(path);
+  m->dst_port_fd = test_connect_unix(path);
   ferry_vm_migration_initialize(m->src, options, on_vm_done, &d);
   wait_ok(&d, 30);
   /* The stream the source leaves behind must end on a frame boundary. */
@@ -483,7 +434,7 @@ static void mig_begin(Mig *m, const FerryVmMigrationOptions *options)
 static void mig_clear(Mig *m)
 {
   run_free(m->counter);
-  session_free(m->s);
+  test_guest_session_free(m->s);
   if (m->dst_port_fd >= 0)
     close(m->dst_port_fd);
   ferry_vm_free(m->src);
