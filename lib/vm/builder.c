@@ -1483,30 +1483,57 @@ static gboolean render_boot(const FerryVmDoc *doc, const FerryVmRenderOptions *o
   return TRUE;
 }
 
+/* QEMU before 9.0 (Debian 12 ships 7.2) loses guest writes in a migration under TCG: the
+ * dirty-bitmap sync takes a fast path for RAM blocks whose size is a multiple of 256 KiB,
+ * and that path clears the dirty bits without re-arming the TCG TLB's dirty tracking, so
+ * later stores through TLB entries the vCPU still holds mark nothing and are never sent
+ * again (upstream fix "system/physmem: Fix migration dirty bitmap coherency with TCG
+ * memory access", February 2024). The guest's kernel data then arrives stale on the
+ * destination. A RAM block 8 KiB longer takes the per-page path, which re-arms the TLB:
+ * under TCG every guest RAM block gets these 8 KiB (QEMU's -m granularity). See
+ * docs/vm-builder.md. */
+#define TCG_RAM_PAD_KIB 8u
+
+/* A RAM size for QEMU: `mb` MiB plus `pad_kib` KiB, in MiB when there is no pad. */
+static char *ram_size(guint64 mb, guint pad_kib)
+{
+  if (pad_kib == 0)
+    return g_strdup_printf("%" G_GUINT64_FORMAT "M", mb);
+  return g_strdup_printf("%" G_GUINT64_FORMAT "K", mb * 1024 + pad_kib);
+}
+
 static void render_memory(const FerryVmDoc *doc, GArray *nodes, GPtrArray *argv,
-                          const char *machine)
+                          const char *machine, gboolean tcg)
 {
   guint mb = ferry_vm_doc_memory_mb(doc);
+  guint pad = tcg ? TCG_RAM_PAD_KIB : 0;
   const char *backing = json_string_value(
       lookup(doc->root, "VirtualMachine", "ComputeTopology", "Memory", "Backing", NULL));
   gboolean physical = backing != NULL && g_str_equal(backing, "Physical");
   if (physical && nodes->len == 0) {
     /* Physical backing: all guest memory allocated up front. */
+    g_autofree char *size = ram_size(mb, pad);
     add(argv, "-object");
-    addf(argv, "memory-backend-ram,id=ram,size=%uM,prealloc=on", mb);
+    addf(argv, "memory-backend-ram,id=ram,size=%s,prealloc=on", size);
     add(argv, "-machine");
     addf(argv, "%s,memory-backend=ram", machine);
   } else {
     add(argv, "-machine");
     add(argv, machine);
   }
+  /* The blocks: one, or one per NUMA node; -m is their sum. */
+  guint blocks = nodes->len > 0 ? nodes->len : 1;
   add(argv, "-m");
-  addf(argv, "%u", mb);
+  if (pad == 0)
+    addf(argv, "%u", mb);
+  else
+    addf(argv, "%" G_GUINT64_FORMAT "K", (guint64)mb * 1024 + (guint64)pad * blocks);
   guint cpu = 0;
   for (guint i = 0; i < nodes->len; i++) {
     NumaNode *n = &g_array_index(nodes, NumaNode, i);
+    g_autofree char *size = ram_size(n->mb, pad);
     add(argv, "-object");
-    addf(argv, "memory-backend-ram,id=numa-mem%u,size=%" G_GUINT64_FORMAT "M%s", n->node, n->mb,
+    addf(argv, "memory-backend-ram,id=numa-mem%u,size=%s%s", n->node, size,
          n->physical ? ",prealloc=on" : "");
     add(argv, "-numa");
     if (n->cpus == 1)
@@ -1683,7 +1710,7 @@ GStrv ferry_vm_doc_render(const FerryVmDoc *doc, const FerryVmRenderOptions *opt
     add(argv, "kvm");
   else
     add(argv, count > 1 ? "tcg,thread=multi" : "tcg");
-  render_memory(doc, nodes, argv, machine);
+  render_memory(doc, nodes, argv, machine, accel != FERRY_VM_ACCEL_KVM);
   add(argv, "-smp");
   addf(argv, "%u", count);
   if (options->paused || options->incoming)

@@ -196,6 +196,7 @@ typedef struct {
   guint next;
   Op *op;
   void (*then)(FerryVm *vm, Op *op); /* after the last success, instead of finishing op */
+  void (*failed)(FerryVm *vm);       /* before op finishes with the first error */
   int fd;                            /* passed with the first command (-1: none); borrowed */
 } Seq;
 
@@ -213,6 +214,8 @@ static void on_seq_reply(FerryQmp *qmp, json_t *result, const GError *error, gpo
   if (error != NULL) {
     g_autoptr(GError) e =
         g_error_new(error->domain, error->code, "vm %s: %s", s->vm->id, error->message);
+    if (s->failed != NULL)
+      s->failed(s->vm);
     op_finish(s->op, e);
     seq_free(s);
     return;
@@ -235,6 +238,8 @@ static void seq_step(Seq *s)
   if (vm->qmp == NULL) {
     g_autoptr(GError) e =
         g_error_new(FERRY_ERROR, FERRY_ERROR_UNAVAILABLE, "vm %s: QEMU is not running", vm->id);
+    if (s->failed != NULL)
+      s->failed(vm);
     op_finish(s->op, e);
     seq_free(s);
     return;
@@ -871,6 +876,13 @@ void ferry_vm_migration_initialize(FerryVm *vm, const FerryVmMigrationOptions *o
   seq_step(s);
 }
 
+/* QEMU refused getfd or migrate: nothing moves, the transfer may be tried again. */
+static void transfer_refused(FerryVm *vm)
+{
+  if (vm->mig == MIG_TRANSFERRING)
+    vm->mig = MIG_READY;
+}
+
 void ferry_vm_migration_transfer(FerryVm *vm, int fd, FerryVmDoneFunc done, gpointer user_data)
 {
   if (vm->origin == 0 || vm->mig != MIG_READY) {
@@ -895,6 +907,7 @@ void ferry_vm_migration_transfer(FerryVm *vm, int fd, FerryVmDoneFunc done, gpoi
   }
   vm->mig = MIG_TRANSFERRING;
   Seq *s = seq_new(vm, op_new(vm, done, user_data));
+  s->failed = transfer_refused;
   s->fd = fd; /* with getfd, sent from seq_step() below while the caller's fd is open */
   seq_add(s, "getfd", json_pack("{s:s}", "fdname", MIGRATION_FD_NAME));
   seq_add(s, vm->origin == FERRY_VM_ORIGIN_SOURCE ? "migrate" : "migrate-incoming",

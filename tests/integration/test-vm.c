@@ -11,6 +11,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <glib/gstdio.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -31,7 +32,7 @@
 #define PORT_NAME "org.ferry.gcs"
 
 static char *skip_reason;
-static char *kernel_path, *initrd_path;
+static char *kernel_path, *initrd_path, *qemu_path;
 
 /* ------------------------------------------------------------- helpers -- */
 
@@ -82,14 +83,21 @@ static void wait_ok(Done *d, guint seconds)
   *d = (Done){ 0 };
 }
 
-static FerryVm *vm_new(const char *dir, const char *name, guint memory_mb)
+/* `qemu`: NULL for the real one. */
+static FerryVm *vm_new_with(const char *dir, const char *name, guint memory_mb, const char *qemu)
 {
   g_autoptr(FerryVmDoc) doc = make_doc(memory_mb);
   g_autofree char *state = g_build_filename(dir, name, NULL);
   g_autoptr(GError) error = NULL;
-  FerryVm *vm = ferry_vm_new(name, doc, state, NULL, &error);
+  FerryVmOptions options = { .qemu_binary = qemu };
+  FerryVm *vm = ferry_vm_new(name, doc, state, &options, &error);
   g_assert_no_error(error);
   return vm;
+}
+
+static FerryVm *vm_new(const char *dir, const char *name, guint memory_mb)
+{
+  return vm_new_with(dir, name, memory_mb, NULL);
 }
 
 typedef TestGuestSession Session;
@@ -377,11 +385,12 @@ static void pump_while(Mig *m, gboolean (*cond)(Mig *m), guint seconds, const ch
   }
 }
 
-static void mig_setup(Mig *m, const char *extra_script)
+/* `src_qemu`: the source's QEMU binary, NULL for the real one. */
+static void mig_setup_with(Mig *m, const char *extra_script, const char *src_qemu)
 {
   memset(m, 0, sizeof(*m));
   m->dir = test_make_tmpdir();
-  m->src = vm_new(m->dir, "src", 256);
+  m->src = vm_new_with(m->dir, "src", 256, src_qemu);
   m->dst = vm_new(m->dir, "dst", 256);
   m->src_notes.list = g_array_new(FALSE, FALSE, sizeof(FerryVmNotification));
   m->dst_notes.list = g_array_new(FALSE, FALSE, sizeof(FerryVmNotification));
@@ -397,6 +406,11 @@ static void mig_setup(Mig *m, const char *extra_script)
   g_autoptr(json_t) params = uvm_params(COUNTER);
   m->counter = run_start(m->s, NULL, params);
   counter_advance(m, 5);
+}
+
+static void mig_setup(Mig *m, const char *extra_script)
+{
+  mig_setup_with(m, extra_script, NULL);
 }
 
 static gboolean not_flushed(Mig *m)
@@ -600,8 +614,65 @@ static void test_migrate_cancel(void)
   mig_clear(&m);
 }
 
+/* QEMU refuses `migrate`: the source's QEMU has a migration blocker (a read-write vvfat
+ * drive, added by a wrapper around the real binary). The transfer fails with QEMU's
+ * reason, nothing has moved, a second try is refused by QEMU again (not by a stale
+ * "started before"), and finalize RESUME rolls back at once. */
+static void test_migrate_refused(void)
+{
+  if (skip_reason != NULL) {
+    g_test_skip(skip_reason);
+    return;
+  }
+  g_autofree char *dir = test_make_tmpdir();
+  g_autofree char *fat = g_build_filename(dir, "fat", NULL);
+  g_assert_cmpint(g_mkdir(fat, 0700), ==, 0);
+  g_autofree char *wrapper = g_build_filename(dir, "qemu-with-blocker", NULL);
+  g_autofree char *script =
+      g_strdup_printf("#!/bin/sh\nexec '%s' \"$@\" -drive if=none,id=blocker,format=raw,"
+                      "file=fat:rw:%s\n",
+                      qemu_path, fat);
+  g_assert_true(g_file_set_contents(wrapper, script, -1, NULL));
+  g_assert_cmpint(g_chmod(wrapper, 0755), ==, 0);
+
+  Mig m;
+  mig_setup_with(&m, NULL, wrapper);
+  FerryVmMigrationOptions o = { .target_blackout_ms = 50 };
+  Done d = { 0 };
+  ferry_vm_start_incoming(m.dst, &o, on_vm_done, &d);
+  wait_ok(&d, 30);
+  ferry_vm_migration_initialize(m.src, &o, on_vm_done, &d);
+  wait_ok(&d, 30);
+  ferry_mux_set_quiet(m.s->mux, TRUE);
+  pump_while(&m, not_flushed, 30, "host mux flush");
+  for (int attempt = 0; attempt < 2; attempt++) {
+    int sp[2];
+    g_autoptr(GError) error = NULL;
+    g_assert_true(ferry_socketpair(sp, FALSE, &error));
+    ferry_vm_migration_transfer(m.src, sp[0], on_vm_done, &d);
+    wait_done(&d, 30);
+    g_assert_nonnull(d.error);
+    g_test_message("attempt %d: %s", attempt, d.error->message);
+    g_assert_nonnull(strstr(d.error->message, "does not support live migration"));
+    g_clear_error(&d.error);
+    d = (Done){ 0 };
+    close(sp[0]);
+    close(sp[1]);
+  }
+  g_assert_null(find_note(&m.src_notes, FERRY_VM_PHASE_SETUP_DONE));
+  ferry_vm_migration_cancel(m.dst, on_vm_done, &d);
+  wait_ok(&d, 30);
+  mig_rollback_checks(&m, TRUE);
+  mig_clear(&m);
+  test_rm_rf(dir);
+}
+
 /* A guest that dirties memory faster than the bandwidth cap never converges; past the
- * allowed passes the VM manager switches to post-copy and the migration completes. */
+ * allowed passes the VM manager switches to post-copy, the migration completes, and the
+ * guest goes on on the destination with its counter exact. The dirtier churns the
+ * guest kernel's page allocator: without the builder's TCG RAM pad (docs/vm-builder.md)
+ * QEMU 7.2 lost some of those writes and the destination kernel oopsed in about 1 run
+ * of 4. */
 static void test_migrate_postcopy(void)
 {
   if (skip_reason != NULL) {
@@ -630,10 +701,10 @@ static void test_migrate_postcopy(void)
   g_assert_true(g_str_has_suffix(src_phases, "BlackoutStarted,OfflineDone,MigrationDone"));
   g_assert_nonnull(find_note(&m.dst_notes, FERRY_VM_PHASE_BLACKOUT_EXITED));
   g_assert_nonnull(find_note(&m.dst_notes, FERRY_VM_PHASE_DONE));
-  /* Not asserted here: that the guest goes on after post-copy. Under QEMU 7.2's TCG the
-   * destination guest hung or oopsed in about 2 of 6 runs with this dirtier (the
-   * post-copy run is started only after QEMU loaded the device state); the precopy
-   * tests check the guest and its channel. See docs/vm.md. */
+  counter_advance(&m, 25);
+  g_autofree char *uname = uvm_sh(m.s, "uname -r", 0);
+  g_assert_true(g_str_has_prefix(uname, "6."));
+  counter_check(m.counter);
   terminate(m.dst);
   mig_clear(&m);
 }
@@ -650,9 +721,9 @@ int main(int argc, char **argv)
                                                                 "image", NULL);
   kernel_path = g_build_filename(image_dir, "vmlinux", NULL);
   initrd_path = g_build_filename(image_dir, "initramfs.cpio.gz", NULL);
-  g_autofree char *qemu = g_find_program_in_path(
-      g_getenv("FERRY_QEMU") != NULL ? g_getenv("FERRY_QEMU") : "qemu-system-x86_64");
-  if (qemu == NULL)
+  qemu_path = g_find_program_in_path(g_getenv("FERRY_QEMU") != NULL ? g_getenv("FERRY_QEMU")
+                                                                    : "qemu-system-x86_64");
+  if (qemu_path == NULL)
     skip_reason = g_strdup("qemu-system-x86_64 is not installed (scripts/install-deps.sh vm)");
   else if (!g_file_test(kernel_path, G_FILE_TEST_EXISTS) ||
            !g_file_test(initrd_path, G_FILE_TEST_EXISTS))
@@ -661,6 +732,7 @@ int main(int argc, char **argv)
   g_test_add_func("/vm/migrate", test_migrate);
   g_test_add_func("/vm/migrate-destination-killed", test_migrate_destination_killed);
   g_test_add_func("/vm/migrate-cancel", test_migrate_cancel);
+  g_test_add_func("/vm/migrate-refused", test_migrate_refused);
   g_test_add_func("/vm/migrate-postcopy", test_migrate_postcopy);
   return g_test_run();
 }

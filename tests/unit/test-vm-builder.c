@@ -518,7 +518,7 @@ static void test_json_unknown_fields_kept(void)
   g_assert_cmpuint(ferry_vm_doc_processor_count(doc), ==, 1);
   FerryVmRenderOptions o = tcg_options();
   g_auto(GStrv) argv = render_ok(doc, &o);
-  g_assert_cmpstr(opt_value(argv, "-m"), ==, "256");
+  g_assert_cmpstr(opt_value(argv, "-m"), ==, "262152K"); /* 256 MiB + the TCG pad */
   g_assert_cmpstr(opt_value(argv, "-machine"), ==, "microvm");
 }
 
@@ -795,7 +795,7 @@ static void test_render_microvm(void)
     "-no-reboot",
     "-accel", "tcg",
     "-machine", "microvm",
-    "-m", "256",
+    "-m", "262152K",
     "-smp", "1",
     "-chardev", "socket,id=qmp,path=/run/ferry/vm1/qmp.sock,server=on,wait=off",
     "-mon", "chardev=qmp,mode=control",
@@ -849,7 +849,7 @@ static void test_render_q35(void)
     "-no-reboot",
     "-accel", "tcg,thread=multi",
     "-machine", "q35",
-    "-m", "512",
+    "-m", "524296K",
     "-smp", "2",
     "-S",
     "-chardev", "socket,id=qmp,path=/run/ferry/vm1/qmp.sock,server=on,wait=off",
@@ -1148,11 +1148,13 @@ static void test_render_numa(void)
   ferry_vm_doc_set_numa(doc, numa);
   FerryVmRenderOptions o = tcg_options();
   g_auto(GStrv) argv = render_ok(doc, &o);
-  g_assert_cmpstr(opt_value(argv, "-m"), ==, "384");
+  /* Under TCG each node's block is 8 KiB longer, and -m is their sum. */
+  g_assert_cmpstr(opt_value(argv, "-m"), ==, "393232K");
   g_assert_cmpstr(opt_value(argv, "-machine"), ==, "q35");
-  g_assert_true(has_pair(argv, "-object", "memory-backend-ram,id=numa-mem0,size=256M,prealloc=on"));
+  g_assert_true(
+      has_pair(argv, "-object", "memory-backend-ram,id=numa-mem0,size=262152K,prealloc=on"));
   g_assert_true(has_pair(argv, "-numa", "node,nodeid=0,cpus=0-1,memdev=numa-mem0"));
-  g_assert_true(has_pair(argv, "-object", "memory-backend-ram,id=numa-mem1,size=128M"));
+  g_assert_true(has_pair(argv, "-object", "memory-backend-ram,id=numa-mem1,size=131080K"));
   g_assert_true(has_pair(argv, "-numa", "node,nodeid=1,cpus=2,memdev=numa-mem1"));
   /* Without Settings: even shares, remainders to the last node. */
   g_autoptr(json_t) even = J("{\"VirtualNodeCount\": 2}");
@@ -1160,10 +1162,16 @@ static void test_render_numa(void)
   ferry_vm_doc_set_numa(doc, even);
   ferry_vm_doc_set_memory(doc, odd);
   g_auto(GStrv) split = render_ok(doc, &o);
-  g_assert_true(has_pair(split, "-object", "memory-backend-ram,id=numa-mem0,size=192M"));
+  g_assert_true(has_pair(split, "-object", "memory-backend-ram,id=numa-mem0,size=196616K"));
   g_assert_true(has_pair(split, "-numa", "node,nodeid=0,cpus=0,memdev=numa-mem0"));
-  g_assert_true(has_pair(split, "-object", "memory-backend-ram,id=numa-mem1,size=193M"));
+  g_assert_true(has_pair(split, "-object", "memory-backend-ram,id=numa-mem1,size=197640K"));
   g_assert_true(has_pair(split, "-numa", "node,nodeid=1,cpus=1-2,memdev=numa-mem1"));
+  /* Under KVM the sizes are the document's. */
+  o.accel = FERRY_VM_ACCEL_KVM;
+  g_auto(GStrv) kvm = render_ok(doc, &o);
+  g_assert_cmpstr(opt_value(kvm, "-m"), ==, "385");
+  g_assert_true(has_pair(kvm, "-object", "memory-backend-ram,id=numa-mem0,size=192M"));
+  g_assert_true(has_pair(kvm, "-object", "memory-backend-ram,id=numa-mem1,size=193M"));
 }
 
 static void test_render_physical_backing(void)
@@ -1174,9 +1182,13 @@ static void test_render_physical_backing(void)
   FerryVmRenderOptions o = tcg_options();
   g_auto(GStrv) argv = render_ok(doc, &o);
   g_assert_cmpstr(opt_value(argv, "-object"), ==,
-                  "memory-backend-ram,id=ram,size=128M,prealloc=on");
+                  "memory-backend-ram,id=ram,size=131080K,prealloc=on");
   g_assert_cmpstr(opt_value(argv, "-machine"), ==, "microvm,memory-backend=ram");
-  g_assert_cmpstr(opt_value(argv, "-m"), ==, "128");
+  g_assert_cmpstr(opt_value(argv, "-m"), ==, "131080K");
+  o.accel = FERRY_VM_ACCEL_KVM;
+  g_auto(GStrv) kvm = render_ok(doc, &o);
+  g_assert_cmpstr(opt_value(kvm, "-object"), ==, "memory-backend-ram,id=ram,size=128M,prealloc=on");
+  g_assert_cmpstr(opt_value(kvm, "-m"), ==, "128");
 }
 
 static void test_render_shares_options(void)
