@@ -29,11 +29,12 @@ TXT
 cat <<'TXT'
 
 3. Failure paths: the destination killed mid-transfer (the source rolls back and the
-   guest never stops), a cancel, and a guest that dirties memory faster than the
-   bandwidth cap, finished by post-copy:
+   guest never stops), a cancel, QEMU refusing the migration (a migration blocker:
+   the source rolls back), and a guest that dirties memory faster than the bandwidth
+   cap, finished by post-copy (the guest goes on on the destination):
 TXT
 "$root/$build/tests/integration/test-vm" -p /vm/migrate-destination-killed \
-  -p /vm/migrate-cancel -p /vm/migrate-postcopy 2>&1 | grep -E '^(ok|not ok)' | sed 's/^/   /'
+  -p /vm/migrate-cancel -p /vm/migrate-refused -p /vm/migrate-postcopy 2>&1 | grep -E '^(ok|not ok)' | sed 's/^/   /'
 
 cat <<'TXT'
 
