@@ -16,7 +16,7 @@ $(BUILD)/build.ninja:
 build: deps $(BUILD)/build.ninja
 	ninja -C $(BUILD)
 
-# The guest image (docs/image.md): $(BUILD)/image/vmlinux, initramfs.cpio.gz, manifest.
+# The guest image (docs/image.md): $(BUILD)/image/vmlinux, initramfs.cpio, manifest.
 # Rebuilt only when an input changed.
 image: build
 	@bash scripts/install-deps.sh vm

@@ -155,7 +155,7 @@ int main(int argc, char **argv)
   }
   signal(SIGPIPE, SIG_IGN);
   g_autofree char *kernel = g_build_filename(argv[1], "vmlinux", NULL);
-  g_autofree char *initrd = g_build_filename(argv[1], "initramfs.cpio.gz", NULL);
+  g_autofree char *initrd = g_build_filename(argv[1], "initramfs.cpio", NULL);
   int rounds = argc > 3 ? atoi(argv[3]) : 5;
   g_autofree char *dir = test_make_tmpdir();
   g_autoptr(GArray) ferry = g_array_new(FALSE, FALSE, sizeof(double));

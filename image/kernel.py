@@ -43,7 +43,7 @@ ON_DEMAND = {
 # What the agent and crun rely on; Debian builds them in (=y). A module would need
 # loading before the agent starts, which init does not do.
 REQUIRED_CONFIG = [
-    "DEVTMPFS", "TMPFS", "PROC_FS", "SYSFS", "UNIX98_PTYS", "BLK_DEV_INITRD", "RD_GZIP",
+    "DEVTMPFS", "TMPFS", "PROC_FS", "SYSFS", "UNIX98_PTYS", "BLK_DEV_INITRD",
     "PVH", "SERIAL_8250", "SERIAL_8250_CONSOLE", "UNIX", "EPOLL", "SIGNALFD", "EVENTFD",
     "CGROUPS", "MEMCG", "CGROUP_PIDS", "CGROUP_SCHED", "CPUSETS", "CGROUP_DEVICE",
     "CGROUP_FREEZER", "CGROUP_BPF", "BPF_SYSCALL", "NAMESPACES", "UTS_NS", "IPC_NS",

@@ -720,7 +720,7 @@ int main(int argc, char **argv)
                                                                     : ".",
                                                                 "image", NULL);
   kernel_path = g_build_filename(image_dir, "vmlinux", NULL);
-  initrd_path = g_build_filename(image_dir, "initramfs.cpio.gz", NULL);
+  initrd_path = g_build_filename(image_dir, "initramfs.cpio", NULL);
   qemu_path = g_find_program_in_path(g_getenv("FERRY_QEMU") != NULL ? g_getenv("FERRY_QEMU")
                                                                     : "qemu-system-x86_64");
   if (qemu_path == NULL)
