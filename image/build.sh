@@ -91,7 +91,8 @@ inputs=$(
   echo "crun_version=$(dpkg-query -W -f='${Version}' crun)"
   echo "agent_sha256=$(sha256sum <"$snapshot" | cut -d' ' -f1)"
   echo "host_files_sha256=$(cat "$busybox" "$crun" "${crun_libs[@]}" | sha256sum | cut -d' ' -f1)"
-  echo "scripts_sha256=$(cat "$here/build.sh" "$here/kernel.py" "$here/init" | sha256sum | cut -d' ' -f1)"
+  echo "scripts_sha256=$(cat "$here/build.sh" "$here/kernel.py" "$here/init" "$here/fstab" |
+    sha256sum | cut -d' ' -f1)"
 )
 if [ -f "$out/manifest" ] && [ -f "$out/vmlinux" ] && [ -f "$out/initramfs.cpio" ] &&
   [ "$(sed -n '/^# outputs/q;p' "$out/manifest")" = "$inputs" ]; then
@@ -148,6 +149,7 @@ mkdir -p "$stage"
 (cd "$stage" && mkdir -p bin sbin usr/bin usr/sbin lib lib64 lib/modules/ferry dev proc sys \
   run tmp mnt etc root opt/ferry/rootfs)
 install -m 0755 "$here/init" "$stage/init"
+install -m 0644 "$here/fstab" "$stage/etc/fstab"
 install -m 0755 "$busybox" "$stage/bin/busybox"
 strip -o "$stage/usr/bin/ferry-gcs" "$snapshot"
 install -m 0755 "$crun" "$stage/usr/bin/crun"
