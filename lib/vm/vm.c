@@ -208,16 +208,22 @@ static void seq_free(Seq *s)
   g_free(s);
 }
 
+/* Ends the sequence with its first error. */
+static void seq_fail(Seq *s, const GError *error)
+{
+  if (s->failed != NULL)
+    s->failed(s->vm);
+  op_finish(s->op, error);
+  seq_free(s);
+}
+
 static void on_seq_reply(FerryQmp *qmp, json_t *result, const GError *error, gpointer ud)
 {
   Seq *s = ud;
   if (error != NULL) {
     g_autoptr(GError) e =
         g_error_new(error->domain, error->code, "vm %s: %s", s->vm->id, error->message);
-    if (s->failed != NULL)
-      s->failed(s->vm);
-    op_finish(s->op, e);
-    seq_free(s);
+    seq_fail(s, e);
     return;
   }
   seq_step(s);
@@ -238,10 +244,7 @@ static void seq_step(Seq *s)
   if (vm->qmp == NULL) {
     g_autoptr(GError) e =
         g_error_new(FERRY_ERROR, FERRY_ERROR_UNAVAILABLE, "vm %s: QEMU is not running", vm->id);
-    if (s->failed != NULL)
-      s->failed(vm);
-    op_finish(s->op, e);
-    seq_free(s);
+    seq_fail(s, e);
     return;
   }
   const char *command = json_string_value(json_object_get(c, "execute"));
