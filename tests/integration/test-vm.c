@@ -418,9 +418,9 @@ static gboolean not_flushed(Mig *m)
   return !ferry_mux_output_flushed(m->s->mux);
 }
 
-/* Destination waiting, source initialised, the host mux quiet and flushed, the memory
- * stream flowing over a connected socketpair. */
-static void mig_begin(Mig *m, const FerryVmMigrationOptions *options)
+/* Destination waiting with its port's client connected, source initialised, the host
+ * mux quiet and flushed: everything but the transfer. */
+static void mig_prepare(Mig *m, const FerryVmMigrationOptions *options)
 {
   Done d = { 0 };
   ferry_vm_start_incoming(m->dst, options, on_vm_done, &d);
@@ -434,6 +434,13 @@ static void mig_begin(Mig *m, const FerryVmMigrationOptions *options)
   /* The stream the source leaves behind must end on a frame boundary. */
   ferry_mux_set_quiet(m->s->mux, TRUE);
   pump_while(m, not_flushed, 30, "host mux flush");
+}
+
+/* Prepared, and the memory stream flowing over a connected socketpair. */
+static void mig_begin(Mig *m, const FerryVmMigrationOptions *options)
+{
+  mig_prepare(m, options);
+  Done d = { 0 };
   int sp[2];
   g_autoptr(GError) error = NULL;
   g_assert_true(ferry_socketpair(sp, FALSE, &error));
@@ -638,13 +645,8 @@ static void test_migrate_refused(void)
   Mig m;
   mig_setup_with(&m, NULL, wrapper);
   FerryVmMigrationOptions o = { .target_blackout_ms = 50 };
+  mig_prepare(&m, &o);
   Done d = { 0 };
-  ferry_vm_start_incoming(m.dst, &o, on_vm_done, &d);
-  wait_ok(&d, 30);
-  ferry_vm_migration_initialize(m.src, &o, on_vm_done, &d);
-  wait_ok(&d, 30);
-  ferry_mux_set_quiet(m.s->mux, TRUE);
-  pump_while(&m, not_flushed, 30, "host mux flush");
   for (int attempt = 0; attempt < 2; attempt++) {
     int sp[2];
     g_autoptr(GError) error = NULL;
