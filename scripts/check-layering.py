@@ -22,6 +22,7 @@ HEADER_MODULE = {
     "log": "base",
     "fd": "base",
     "stream": "base",
+    "source": "base",
     "json": "base",
     "bridge-protocol": "bridge",
     "bridge-host": "bridge",
