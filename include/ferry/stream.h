@@ -5,6 +5,12 @@
  * Everything one wake-up reads is handed to the data handler before anything is
  * written, so the answers a batch of requests causes leave in one write. Output that
  * the peer does not read is capped: past the cap the stream closes itself.
+ *
+ * No handler ever runs inside a call on the stream other than ferry_stream_close(): a
+ * write that finds the peer gone (EPIPE, ECONNRESET), passes the output cap or fails to
+ * shut the write side stops all I/O at once (ferry_stream_is_open() is then FALSE and
+ * the fd is closed) and reports the cause to the closed handler from an idle on the
+ * stream's main context. The caller may therefore touch its own state after any write.
  */
 #pragma once
 
@@ -19,7 +25,9 @@ typedef struct {
    * may close the stream. */
   void (*data)(FerryStream *stream, const guint8 *data, gsize len, gpointer user_data);
   /* The stream closed: error NULL after ferry_stream_close(stream, NULL), else why
-   * (UNAVAILABLE "... closed by peer" at end of stream). Runs once. */
+   * (UNAVAILABLE "... closed by peer" at end of stream). Runs once: from the main loop
+   * when reading or writing there failed, from an idle when a call failed, or inside
+   * ferry_stream_close(). */
   void (*closed)(FerryStream *stream, const GError *error, gpointer user_data);
   /* Optional: the peer shut its write side. With this handler end of stream leaves the
    * stream open for writing (a half-close) and reading stops; without it, end of stream
@@ -36,7 +44,8 @@ typedef struct {
 
 /*
  * Take ownership of a connected stream fd (made non-blocking and close-on-exec) and
- * watch it on the thread-default main context. `name` prefixes error messages
+ * watch it on the thread-default main context, which every handler then runs on. `name` prefixes
+ * error messages
  * ("ttrpc", "bridge"). NULL with error if the fd cannot be set up (it is closed).
  */
 FerryStream *ferry_stream_new(int fd, const char *name, const FerryStreamHandlers *handlers,
@@ -54,15 +63,18 @@ void ferry_stream_set_max_output(FerryStream *stream, gsize max_bytes);
 /*
  * Append `len` bytes to the output and return where to put them; call
  * ferry_stream_commit() after filling them. NULL with error when the stream is
- * closed (UNAVAILABLE) or the output cap would be passed (RESOURCE_EXHAUSTED; the
- * stream is then closed). The pointer is valid until the next call on the stream.
+ * closed (UNAVAILABLE, or the cause of a failure not yet reported) or the output cap
+ * would be passed (RESOURCE_EXHAUSTED; the stream is then closed and the closed handler
+ * runs from an idle). The pointer is valid until the next call on the stream.
  */
 guint8 *ferry_stream_reserve(FerryStream *stream, gsize len, GError **error);
 
-/* Write out what was reserved, now or (inside the data handler) when it returns. */
+/* Write out what was reserved, now or (inside the data handler) when it returns. A
+ * failing write closes the stream; the closed handler runs from an idle. */
 void ferry_stream_commit(FerryStream *stream);
 
-/* reserve + copy + commit. */
+/* reserve + copy + commit. FALSE with error when the bytes were not taken or the
+ * stream failed writing them (the closed handler then runs later, from an idle). */
 gboolean ferry_stream_write(FerryStream *stream, const void *data, gsize len, GError **error);
 
 /* Write `data` (at least one byte) with a copy of `fd` passed along its first byte
@@ -84,10 +96,12 @@ void ferry_stream_set_reading(FerryStream *stream, gboolean reading);
 
 /* Once the pending output is written, shut the socket's write side (shutdown(2)
  * SHUT_WR): the peer reads end of stream and the stream stays open for reading. Later
- * writes fail with FAILED_PRECONDITION. A failing shutdown closes the stream. */
+ * writes fail with FAILED_PRECONDITION. A failing shutdown closes the stream (reported
+ * from an idle). */
 void ferry_stream_shutdown_write(FerryStream *stream);
 
-/* Close the fd, drop unsent output, run the closed handler. Idempotent. */
+/* Close the fd, drop unsent output, run the closed handler (here, before returning; with
+ * the cause of an earlier failure not yet reported, if there is one). Idempotent. */
 void ferry_stream_close(FerryStream *stream, const GError *error);
 
 G_END_DECLS

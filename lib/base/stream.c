@@ -14,6 +14,7 @@
 
 #include "ferry/error.h"
 #include "ferry/fd.h"
+#include "ferry/source.h"
 
 /* Bytes read per read(2), and reads per wake-up before other sources get a turn. */
 #define READ_CHUNK (64 * 1024)
@@ -31,7 +32,11 @@ struct FerryStream {
   gboolean drain_wanted; /* output had to wait: report drained when it is all out */
   gboolean shut_wanted;  /* ferry_stream_shutdown_write(): shut once the output is out */
   gboolean shut_done;
+  int calls;              /* depth of public calls that may fail the stream */
+  GError *failure;        /* why it failed inside a call, until reported */
+  GSource *report_source; /* reports `failure` to the closed handler */
   char *name;
+  GMainContext *context;
   GSource *source;
   gpointer fd_tag;
   guint8 *read_buf;
@@ -94,7 +99,8 @@ FerryStream *ferry_stream_new(int fd, const char *name, const FerryStreamHandler
   ((StreamSource *)s->source)->stream = s;
   g_source_set_static_name(s->source, "ferry-stream");
   s->fd_tag = g_source_add_unix_fd(s->source, fd, G_IO_IN | G_IO_HUP | G_IO_ERR);
-  g_source_attach(s->source, g_main_context_get_thread_default());
+  s->context = g_main_context_ref_thread_default();
+  g_source_attach(s->source, s->context);
   return s;
 }
 
@@ -125,6 +131,9 @@ void ferry_stream_unref(FerryStream *s)
     return;
   if (s->open)
     stream_shut(s);
+  ferry_source_clear(&s->report_source);
+  g_clear_error(&s->failure);
+  g_main_context_unref(s->context);
   g_free(s->read_buf);
   g_byte_array_unref(s->out);
   g_array_unref(s->fd_marks);
@@ -155,24 +164,65 @@ gsize ferry_stream_unread_output(const FerryStream *s)
   return (gsize)queued;
 }
 
-void ferry_stream_close(FerryStream *s, const GError *error)
+static void run_closed(FerryStream *s, const GError *error)
 {
-  if (!s->open)
-    return;
-  stream_shut(s);
   ferry_stream_ref(s);
   if (s->handlers.closed != NULL)
     s->handlers.closed(s, error, s->ud);
   ferry_stream_unref(s);
 }
 
+/* A failure found inside a call is reported from here, on the stream's context. */
+static gboolean report_failure(gpointer data)
+{
+  FerryStream *s = data;
+  ferry_source_clear(&s->report_source);
+  g_autoptr(GError) failure = g_steal_pointer(&s->failure);
+  run_closed(s, failure);
+  return G_SOURCE_REMOVE;
+}
+
+/*
+ * The stream failed: stop all I/O now. From the main loop's dispatch the closed handler
+ * runs at once; inside a public call (a write from anywhere, the data handler included)
+ * it runs from an idle, so that no caller sees its own objects freed under it.
+ */
+static void fail(FerryStream *s, GError *error)
+{
+  if (!s->open) {
+    g_error_free(error);
+    return;
+  }
+  stream_shut(s);
+  if (s->calls == 0) {
+    run_closed(s, error);
+    g_error_free(error);
+    return;
+  }
+  s->failure = error;
+  s->report_source = ferry_idle_new(s->context, report_failure, s);
+}
+
+void ferry_stream_close(FerryStream *s, const GError *error)
+{
+  if (s->report_source != NULL) {
+    /* Failed inside an earlier call and not reported yet: report that cause now. */
+    report_failure(s);
+    return;
+  }
+  if (!s->open)
+    return;
+  stream_shut(s);
+  run_closed(s, error);
+}
+
 static void close_errno(FerryStream *s, int errsv, const char *what)
 {
-  g_autoptr(GError) error = NULL;
+  GError *error = NULL;
   ferry_error_set_errno(&error, errsv, "%s %s", s->name, what);
   if (error->code == FERRY_ERROR_UNKNOWN)
     error->code = FERRY_ERROR_UNAVAILABLE;
-  ferry_stream_close(s, error);
+  fail(s, error);
 }
 
 /*
@@ -270,10 +320,13 @@ static void flush(FerryStream *s)
   update_watch(s);
 }
 
-guint8 *ferry_stream_reserve(FerryStream *s, gsize len, GError **error)
+static guint8 *reserve(FerryStream *s, gsize len, GError **error)
 {
   if (!s->open) {
-    g_set_error(error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE, "%s connection closed", s->name);
+    if (s->failure != NULL)
+      g_propagate_error(error, g_error_copy(s->failure));
+    else
+      g_set_error(error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE, "%s connection closed", s->name);
     return NULL;
   }
   if (s->shut_wanted) {
@@ -286,8 +339,8 @@ guint8 *ferry_stream_reserve(FerryStream *s, gsize len, GError **error)
     GError *full =
         g_error_new(FERRY_ERROR, FERRY_ERROR_RESOURCE_EXHAUSTED,
                     "%s peer is not reading: %" G_GSIZE_FORMAT " bytes unsent", s->name, pending);
-    ferry_stream_close(s, full); /* error may be NULL: not *error */
-    g_propagate_error(error, full);
+    g_propagate_error(error, g_error_copy(full));
+    fail(s, full);
     return NULL;
   }
   if (s->dispatching)
@@ -297,20 +350,47 @@ guint8 *ferry_stream_reserve(FerryStream *s, gsize len, GError **error)
   return s->out->data + at;
 }
 
+guint8 *ferry_stream_reserve(FerryStream *s, gsize len, GError **error)
+{
+  s->calls++;
+  guint8 *p = reserve(s, len, error);
+  s->calls--;
+  return p;
+}
+
 void ferry_stream_commit(FerryStream *s)
 {
+  s->calls++;
   if (s->open && !s->dispatching)
     flush(s);
+  s->calls--;
+}
+
+/* After a commit inside write: FALSE with the cause if that commit failed the stream. */
+static gboolean commit_checked(FerryStream *s, GError **error)
+{
+  if (!s->dispatching)
+    flush(s);
+  if (s->open)
+    return TRUE;
+  if (s->failure != NULL)
+    g_propagate_error(error, g_error_copy(s->failure));
+  else
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE, "%s connection closed", s->name);
+  return FALSE;
 }
 
 gboolean ferry_stream_write(FerryStream *s, const void *data, gsize len, GError **error)
 {
-  guint8 *p = ferry_stream_reserve(s, len, error);
-  if (p == NULL)
-    return FALSE;
-  memcpy(p, data, len);
-  ferry_stream_commit(s);
-  return TRUE;
+  s->calls++;
+  guint8 *p = reserve(s, len, error);
+  gboolean ok = p != NULL;
+  if (ok) {
+    memcpy(p, data, len);
+    ok = commit_checked(s, error);
+  }
+  s->calls--;
+  return ok;
 }
 
 void ferry_stream_set_reading(FerryStream *s, gboolean reading)
@@ -325,16 +405,17 @@ void ferry_stream_shutdown_write(FerryStream *s)
   if (!s->open || s->shut_wanted)
     return;
   s->shut_wanted = TRUE;
+  s->calls++;
   if (!s->dispatching)
     flush(s); /* else when the data handler returns */
+  s->calls--;
 }
 
 static void handle_eof(FerryStream *s)
 {
   if (s->handlers.eof == NULL) {
-    g_autoptr(GError) eof =
-        g_error_new(FERRY_ERROR, FERRY_ERROR_UNAVAILABLE, "%s connection closed by peer", s->name);
-    ferry_stream_close(s, eof);
+    fail(s, g_error_new(FERRY_ERROR, FERRY_ERROR_UNAVAILABLE, "%s connection closed by peer",
+                        s->name));
     return;
   }
   s->read_eof = TRUE;
@@ -396,15 +477,18 @@ gboolean ferry_stream_write_with_fd(FerryStream *s, const void *data, gsize len,
   int copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
   if (copy < 0)
     return ferry_error_set_errno(error, errno, "%s: duplicate fd %d", s->name, fd);
+  s->calls++;
   gsize at = s->out->len;
-  guint8 *p = ferry_stream_reserve(s, len, error);
-  if (p == NULL) {
+  guint8 *p = reserve(s, len, error);
+  gboolean ok = p != NULL;
+  if (!ok) {
     ferry_fd_close_quietly(copy);
-    return FALSE;
+  } else {
+    memcpy(p, data, len);
+    FdMark mark = { at, copy };
+    g_array_append_val(s->fd_marks, mark);
+    ok = commit_checked(s, error);
   }
-  memcpy(p, data, len);
-  FdMark mark = { at, copy };
-  g_array_append_val(s->fd_marks, mark);
-  ferry_stream_commit(s);
-  return TRUE;
+  s->calls--;
+  return ok;
 }

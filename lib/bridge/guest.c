@@ -85,7 +85,8 @@ static void server_unref(FerryBridgeServer *server)
 
 static gboolean is_negotiated(const FerryBridgeServer *server)
 {
-  return server->stream != NULL && server->version != FERRY_BRIDGE_PROTOCOL_INVALID;
+  return server->stream != NULL && ferry_stream_is_open(server->stream) &&
+         server->version != FERRY_BRIDGE_PROTOCOL_INVALID;
 }
 
 /* Write one encoded message on the current connection. FALSE when there is none or
@@ -484,7 +485,8 @@ void ferry_bridge_server_disconnect(FerryBridgeServer *server)
 
 gboolean ferry_bridge_server_is_connected(FerryBridgeServer *server)
 {
-  return server->stream != NULL;
+  /* A connection a write just broke is gone, though its end is reported later. */
+  return server->stream != NULL && ferry_stream_is_open(server->stream);
 }
 
 guint32 ferry_bridge_server_get_protocol_version(FerryBridgeServer *server)

@@ -152,7 +152,10 @@ static void test_output_cap_closes(void)
   }
   g_assert_cmpint(i, <, 1000);
   g_assert_error(error, FERRY_ERROR, FERRY_ERROR_RESOURCE_EXHAUSTED);
-  g_assert_true(sink.closed);
+  /* Closed at once, reported from the main loop, not inside the write. */
+  g_assert_false(ferry_stream_is_open(s));
+  g_assert_false(sink.closed);
+  g_assert_true(test_run_until(&sink.closed, 2000));
   g_assert_error(sink.close_error, FERRY_ERROR, FERRY_ERROR_RESOURCE_EXHAUSTED);
   ferry_stream_unref(s);
   close(peer);
@@ -168,7 +171,8 @@ static void test_output_cap_without_error_arg(void)
   FerryStream *s = make_stream(&sink, &peer);
   ferry_stream_set_max_output(s, 16);
   g_assert_false(ferry_stream_write(s, "0123456789abcdefg", 17, NULL));
-  g_assert_true(sink.closed);
+  g_assert_false(sink.closed);
+  g_assert_true(test_run_until(&sink.closed, 2000));
   g_assert_error(sink.close_error, FERRY_ERROR, FERRY_ERROR_RESOURCE_EXHAUSTED);
   ferry_stream_unref(s);
   close(peer);
@@ -413,6 +417,104 @@ static void test_write_with_fd(void)
   sink_clear(&sink);
 }
 
+/* The peer is gone (EPIPE): the write fails and closes the stream, and the closed
+ * handler runs afterwards from the main loop, once, with that cause. */
+static void test_write_to_closed_peer_reports_later(void)
+{
+  Sink sink = { 0 };
+  int peer;
+  FerryStream *s = make_stream(&sink, &peer);
+  close(peer);
+  g_autoptr(GError) error = NULL;
+  g_assert_false(ferry_stream_write(s, "x", 1, &error));
+  g_assert_error(error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE);
+  g_assert_false(ferry_stream_is_open(s));
+  g_assert_false(sink.closed);
+  /* Another call before the report: the same cause, still no handler. */
+  g_autoptr(GError) again = NULL;
+  g_assert_false(ferry_stream_write(s, "y", 1, &again));
+  g_assert_cmpstr(again->message, ==, error->message);
+  g_assert_false(sink.closed);
+  g_assert_true(test_run_until(&sink.closed, 2000));
+  g_assert_cmpstr(sink.close_error->message, ==, error->message);
+  spin();
+  ferry_stream_unref(s); /* on_closed asserts it ran once */
+  sink_clear(&sink);
+}
+
+/* A committed reservation that fails reports from the main loop too. */
+static void test_commit_to_closed_peer_reports_later(void)
+{
+  Sink sink = { 0 };
+  int peer;
+  FerryStream *s = make_stream(&sink, &peer);
+  close(peer);
+  g_autoptr(GError) error = NULL;
+  guint8 *p = ferry_stream_reserve(s, 1, &error);
+  g_assert_nonnull(p);
+  *p = 'x';
+  ferry_stream_commit(s);
+  g_assert_false(ferry_stream_is_open(s));
+  g_assert_false(sink.closed);
+  g_assert_true(test_run_until(&sink.closed, 2000));
+  g_assert_error(sink.close_error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE);
+  ferry_stream_unref(s);
+  sink_clear(&sink);
+}
+
+/* ferry_stream_close() while a failure waits to be reported: the handler runs now, with
+ * the failure's cause, and not again later. */
+static void test_close_reports_pending_failure(void)
+{
+  Sink sink = { 0 };
+  int peer;
+  FerryStream *s = make_stream(&sink, &peer);
+  ferry_stream_set_max_output(s, 4);
+  g_assert_false(ferry_stream_write(s, "too long", 8, NULL));
+  g_assert_false(sink.closed);
+  ferry_stream_close(s, NULL);
+  g_assert_true(sink.closed);
+  g_assert_error(sink.close_error, FERRY_ERROR, FERRY_ERROR_RESOURCE_EXHAUSTED);
+  spin();
+  ferry_stream_unref(s);
+  close(peer);
+  sink_clear(&sink);
+}
+
+/* The last unref drops a report not yet made: no handler runs after the owner let go. */
+static void test_unref_drops_pending_report(void)
+{
+  Sink sink = { 0 };
+  int peer;
+  FerryStream *s = make_stream(&sink, &peer);
+  close(peer);
+  g_assert_false(ferry_stream_write(s, "x", 1, NULL));
+  ferry_stream_unref(s);
+  spin();
+  g_assert_false(sink.closed);
+  sink_clear(&sink);
+}
+
+/* Every handler runs on the context that was thread-default when the stream was made. */
+static void test_handlers_on_creation_context(void)
+{
+  GMainContext *ctx = g_main_context_new();
+  g_main_context_push_thread_default(ctx);
+  Sink sink = { 0 };
+  int peer;
+  FerryStream *s = make_stream(&sink, &peer);
+  g_main_context_pop_thread_default(ctx);
+  close(peer);
+  g_assert_false(ferry_stream_write(s, "x", 1, NULL));
+  spin(); /* the global default context: nothing there */
+  g_assert_false(sink.closed);
+  while (!sink.closed)
+    g_main_context_iteration(ctx, TRUE);
+  ferry_stream_unref(s);
+  sink_clear(&sink);
+  g_main_context_unref(ctx);
+}
+
 int main(int argc, char **argv)
 {
   g_test_init(&argc, &argv, NULL);
@@ -428,5 +530,12 @@ int main(int argc, char **argv)
   g_test_add_func("/stream/drained-after-blocked-output", test_drained_after_blocked_output);
   g_test_add_func("/stream/drained-after-deferred-output", test_drained_after_deferred_output);
   g_test_add_func("/stream/write-with-fd", test_write_with_fd);
+  g_test_add_func("/stream/write-to-closed-peer-reports-later",
+                  test_write_to_closed_peer_reports_later);
+  g_test_add_func("/stream/commit-to-closed-peer-reports-later",
+                  test_commit_to_closed_peer_reports_later);
+  g_test_add_func("/stream/close-reports-pending-failure", test_close_reports_pending_failure);
+  g_test_add_func("/stream/unref-drops-pending-report", test_unref_drops_pending_report);
+  g_test_add_func("/stream/handlers-on-creation-context", test_handlers_on_creation_context);
   return g_test_run();
 }
