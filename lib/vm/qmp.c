@@ -7,6 +7,7 @@
 #include "ferry/error.h"
 #include "ferry/fd.h"
 #include "ferry/json.h"
+#include "ferry/source.h"
 #include "ferry/stream.h"
 
 typedef struct {
@@ -15,12 +16,13 @@ typedef struct {
   char *command;
   FerryQmpReplyFunc done;
   gpointer user_data;
-  guint timer;
+  GSource *timer;
   GError *early; /* failed before it was sent */
-  guint early_source;
+  GSource *early_source;
 } Pending;
 
 struct FerryQmp {
+  GMainContext *context; /* thread-default at creation: every source goes there */
   FerryStream *stream;
   GByteArray *line;
   gboolean greeted;
@@ -48,10 +50,8 @@ typedef struct {
 static void pending_free(gpointer data)
 {
   Pending *p = data;
-  if (p->timer != 0)
-    g_source_remove(p->timer);
-  if (p->early_source != 0)
-    g_source_remove(p->early_source);
+  ferry_source_clear(&p->timer);
+  ferry_source_clear(&p->early_source);
   g_clear_error(&p->early);
   g_free(p->command);
   g_free(p);
@@ -147,7 +147,7 @@ static gboolean send_line(FerryQmp *q, const char *line, int fd, GError **error)
 static gboolean on_timeout(gpointer data)
 {
   Pending *p = data;
-  p->timer = 0;
+  ferry_source_clear(&p->timer);
   FerryQmp *q = p->qmp;
   Pending *taken = take(q, p->id);
   if (taken != NULL) {
@@ -158,19 +158,37 @@ static gboolean on_timeout(gpointer data)
   return G_SOURCE_REMOVE;
 }
 
+static gboolean on_early(gpointer data);
+
+/* Fail one command from the main loop, not inside the call that tried to send it. */
+static void fail_later(FerryQmp *q, Pending *p, GError *error)
+{
+  p->early = error;
+  p->early_source = ferry_idle_new(q->context, on_early, p);
+}
+
+/*
+ * Send what waits for capabilities negotiation. A command that cannot go out fails from
+ * the main loop; when its write broke the stream, the stream reports that from the main
+ * loop too and every command fails with it then (issue 9: never inside the caller's
+ * execute).
+ */
 static void flush_queued(FerryQmp *q)
 {
   Queued *qd;
   while (q->ready && q->closed == NULL && (qd = g_queue_pop_head(&q->queued)) != NULL) {
-    g_hash_table_insert(q->pending, &qd->p->id, qd->p);
+    Pending *qd_p = qd->p;
+    g_hash_table_insert(q->pending, &qd_p->id, qd_p);
     g_autoptr(GError) error = NULL;
     gboolean ok = send_line(q, qd->line, qd->fd, &error);
     ferry_fd_close_quietly(qd->fd);
     g_free(qd->line);
     g_free(qd);
     if (!ok) {
-      close_with(q, error);
-      return;
+      if (ferry_stream_is_open(q->stream))
+        fail_later(q, qd_p, g_steal_pointer(&error));
+      else
+        return; /* the stream's closed report ends everything */
     }
   }
 }
@@ -290,6 +308,7 @@ FerryQmp *ferry_qmp_new(int fd, GError **error)
     g_free(q);
     return NULL;
   }
+  q->context = g_main_context_ref_thread_default();
   q->line = g_byte_array_new();
   q->pending = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, pending_free);
   g_queue_init(&q->queued);
@@ -309,6 +328,7 @@ void ferry_qmp_free(FerryQmp *q)
   if (q->greeting != NULL)
     json_decref(q->greeting);
   g_clear_error(&q->closed);
+  g_main_context_unref(q->context);
   g_free(q);
 }
 
@@ -338,7 +358,7 @@ void ferry_qmp_start(FerryQmp *q, FerryQmpReplyFunc done, gpointer user_data)
 static gboolean on_early(gpointer data)
 {
   Pending *p = data;
-  p->early_source = 0;
+  ferry_source_clear(&p->early_source);
   FerryQmp *q = p->qmp;
   Pending *taken = take(q, p->id);
   GError *error = g_steal_pointer(&taken->early);
@@ -356,24 +376,24 @@ static guint64 execute(FerryQmp *q, const char *command, json_t *arguments, int 
   p->command = g_strdup(command);
   p->done = done;
   p->user_data = user_data;
+  guint64 id = p->id;
   if (q->closed != NULL) {
     g_hash_table_insert(q->pending, &p->id, p);
-    p->early = g_error_copy(q->closed);
-    p->early_source = g_idle_add(on_early, p);
-    return p->id;
+    fail_later(q, p, g_error_copy(q->closed));
+    return id;
   }
   g_autoptr(json_t) msg = json_pack("{s:s, s:I}", "execute", command, "id", (json_int_t)p->id);
   if (arguments != NULL)
     json_object_set(msg, "arguments", arguments);
-  p->timer =
-      g_timeout_add(timeout_ms != 0 ? timeout_ms : FERRY_QMP_DEFAULT_TIMEOUT_MS, on_timeout, p);
+  p->timer = ferry_timeout_new(
+      q->context, timeout_ms != 0 ? timeout_ms : FERRY_QMP_DEFAULT_TIMEOUT_MS, on_timeout, p);
   Queued *qd = g_new0(Queued, 1);
   qd->p = p;
   qd->line = ferry_json_dump(msg);
   qd->fd = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : -1;
   g_queue_push_tail(&q->queued, qd);
-  flush_queued(q);
-  return p->id;
+  flush_queued(q); /* may end p: it failed, and its failure is queued */
+  return id;
 }
 
 guint64 ferry_qmp_execute(FerryQmp *q, const char *command, json_t *arguments, guint timeout_ms,

@@ -48,11 +48,14 @@ static gboolean on_timeout(gpointer p)
 gboolean test_run_until(const gboolean *flag, guint timeout_ms)
 {
   gboolean expired = FALSE;
-  guint id = g_timeout_add(timeout_ms, on_timeout, &expired);
+  g_autoptr(GMainContext) ctx = g_main_context_ref_thread_default();
+  GSource *timer = g_timeout_source_new(timeout_ms);
+  g_source_set_callback(timer, on_timeout, &expired, NULL);
+  g_source_attach(timer, ctx);
   while (!*flag && !expired)
-    g_main_context_iteration(NULL, TRUE);
-  if (!expired)
-    g_source_remove(id);
+    g_main_context_iteration(ctx, TRUE);
+  g_source_destroy(timer);
+  g_source_unref(timer);
   return *flag;
 }
 

@@ -504,6 +504,24 @@ static void test_bridge_peer_close_kills(BridgeFixture *f, gconstpointer data)
   result_clear(&r);
 }
 
+/* Issue 9 item 1: the guest is gone before the host notices; the call's write breaks the
+ * stream. Its callback runs once, later, from the main loop, and the bridge dies. */
+static void test_bridge_rpc_after_peer_closed(BridgeFixture *f, gconstpointer data)
+{
+  Result r = { 0 };
+  ferry_fd_clear(&f->guest.fd);
+  start_rpc(f, &r, 1000); /* with a timeout: the timer is set on the call's record */
+  g_assert_false(r.done);
+  g_assert_cmpint(f->dead_calls, ==, 0);
+  wait_for(&r);
+  g_assert_error(r.error, FERRY_BRIDGE_ERROR, FERRY_BRIDGE_ERROR_CLOSED);
+  expect_killed(f, "");
+  settle();
+  g_assert_cmpint(r.calls, ==, 1);
+  g_assert_cmpint(f->dead_calls, ==, 1);
+  result_clear(&r);
+}
+
 /* While migrating, losing the connection parks the bridge: pending calls survive and
  * are answered on the next connection; a pre-registered id is routed too. */
 static void test_bridge_migrating_park_and_resume(BridgeFixture *f, gconstpointer data)
@@ -1189,6 +1207,7 @@ int main(int argc, char **argv)
   B("malformed-body-kills", test_bridge_malformed_body);
   B("response-without-result-kills", test_bridge_response_without_result);
   B("peer-close-kills", test_bridge_peer_close_kills);
+  B("rpc-after-peer-closed", test_bridge_rpc_after_peer_closed);
   B("migrating-park-and-resume", test_bridge_migrating_park_and_resume);
   B("resume-needs-migrating", test_bridge_resume_needs_migrating);
   B("leaving-migrating-while-parked-kills", test_bridge_leaving_migrating_while_parked_kills);

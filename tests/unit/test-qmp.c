@@ -74,7 +74,7 @@ static json_t *qemu_hear(Fixture *f)
     g_assert_error(error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE); /* EAGAIN maps here */
     if (g_get_monotonic_time() > until)
       g_error("the client sent nothing within 5 s");
-    g_main_context_iteration(NULL, FALSE);
+    g_main_context_iteration(g_main_context_get_thread_default(), FALSE);
     g_usleep(200);
   }
 }
@@ -285,6 +285,56 @@ static void test_peer_gone_fails_start(Fixture *f, gconstpointer data)
   reply_clear(&started);
 }
 
+static void on_qmp_closed(FerryQmp *q, const GError *error, gpointer ud)
+{
+  (*(int *)ud)++;
+}
+
+/* Issue 9 item 1: QEMU is gone before the client notices; the command's write breaks
+ * the stream. Its reply callback runs once, later, from the main loop, and the client
+ * reports closed once. */
+static void test_execute_after_peer_closed(Fixture *f, gconstpointer data)
+{
+  Reply started = { 0 }, r = { 0 };
+  int closed = 0;
+  ferry_qmp_set_closed_func(f->qmp, on_qmp_closed, &closed);
+  start(f, &started);
+  ferry_fd_clear(&f->qemu);
+  ferry_qmp_execute(f->qmp, "query-status", NULL, 1000, on_reply, &r);
+  g_assert_false(r.done);
+  g_assert_cmpint(closed, ==, 0);
+  g_assert_true(test_run_until(&r.done, 5000));
+  g_assert_error(r.error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE);
+  for (int i = 0; i < 50; i++)
+    g_main_context_iteration(NULL, FALSE);
+  g_assert_cmpint(closed, ==, 1);
+  g_assert_false(ferry_qmp_is_open(f->qmp));
+  reply_clear(&started);
+  reply_clear(&r);
+}
+
+/* Issue 9 item 6: under a pushed thread-default context every source of the client is
+ * there (the command's time limit too), and the global default context sees none. */
+static void test_timeout_on_pushed_context(void)
+{
+  GMainContext *ctx = g_main_context_new();
+  g_main_context_push_thread_default(ctx);
+  Fixture f = { 0 };
+  setup(&f, NULL);
+  Reply started = { 0 }, r = { 0 };
+  start(&f, &started);
+  ferry_qmp_execute(f.qmp, "query-status", NULL, 1, on_reply, &r);
+  g_autoptr(json_t) cmd = qemu_hear(&f);
+  g_assert_true(test_run_until(&r.done, 5000));
+  g_assert_error(r.error, FERRY_ERROR, FERRY_ERROR_DEADLINE_EXCEEDED);
+  g_assert_false(g_main_context_pending(NULL));
+  teardown(&f, NULL);
+  reply_clear(&started);
+  reply_clear(&r);
+  g_main_context_pop_thread_default(ctx);
+  g_main_context_unref(ctx);
+}
+
 int main(int argc, char **argv)
 {
   g_test_init(&argc, &argv, NULL);
@@ -296,5 +346,7 @@ int main(int argc, char **argv)
   T("getfd-passes-fd", test_getfd_passes_fd);
   T("garbage-closes", test_garbage_closes);
   T("peer-gone-fails-start", test_peer_gone_fails_start);
+  T("execute-after-peer-closed", test_execute_after_peer_closed);
+  g_test_add_func("/qmp/timeout-on-pushed-context", test_timeout_on_pushed_context);
   return g_test_run();
 }

@@ -797,6 +797,114 @@ static void test_client_stream_ids(RpcFixture *f, gconstpointer data)
   g_assert_true(test_run_until(&a.done, 2000));
 }
 
+/* ------------------------------------------- peer gone before the call -- */
+
+typedef struct {
+  int calls;
+  GError *error;
+} ClosedCount;
+
+static void on_client_closed(FerryTtrpcClient *c, const GError *error, gpointer ud)
+{
+  ClosedCount *n = ud;
+  n->calls++;
+  if (error != NULL && n->error == NULL)
+    n->error = g_error_copy(error);
+}
+
+/* Issue 9 item 1: the server is gone before the client notices; the call's write breaks
+ * the stream. The reply callback runs once, later, from the main loop (with a timeout,
+ * whose timer goes on the call's record). */
+static void test_client_call_after_peer_closed(void)
+{
+  g_autoptr(GError) error = NULL;
+  int sp[2];
+  g_assert_true(ferry_socketpair(sp, TRUE, &error));
+  FerryTtrpcClient *client = ferry_ttrpc_client_new(sp[0], &error);
+  g_assert_no_error(error);
+  ClosedCount closed = { 0 };
+  ferry_ttrpc_client_set_closed_func(client, on_client_closed, &closed);
+  close(sp[1]);
+  OneResult r = { 0 };
+  StringValue v = GOOGLE__PROTOBUF__STRING_VALUE__INIT;
+  v.value = "x";
+  FerryTtrpcCallOptions opts = { .timeout_ns = G_GINT64_CONSTANT(1000000000) };
+  ferry_ttrpc_client_call(client, SVC, "Echo", &v.base, &google__protobuf__string_value__descriptor,
+                          &opts, on_one, &r);
+  g_assert_false(r.done);
+  g_assert_cmpint(closed.calls, ==, 0);
+  g_assert_true(test_run_until(&r.done, 2000));
+  g_assert_error(r.error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE);
+  for (int i = 0; i < 50; i++)
+    g_main_context_iteration(NULL, FALSE);
+  g_assert_cmpint(closed.calls, ==, 1);
+  g_assert_false(ferry_ttrpc_client_is_connected(client));
+  g_clear_error(&r.error);
+  g_clear_error(&closed.error);
+  ferry_ttrpc_client_free(client);
+}
+
+/* A service whose handler keeps the call, for the test to answer when it chooses. */
+static FerryTtrpcCall *held_call;
+
+static void handle_hold(FerryTtrpcCall *call, const ProtobufCMessage *request, gpointer ud)
+{
+  held_call = call;
+}
+
+static const FerryTtrpcMethodImpl hold_methods[] = {
+  { "Echo", handle_hold, FERRY_TTRPC_UNARY },
+  { NULL, NULL, 0 },
+};
+
+static void on_connection_closed(FerryTtrpcServer *server, gpointer ud)
+{
+  (*(int *)ud)++;
+}
+
+/* Issue 9 item 1, server side: the client stopped reading (SHUT_RD: the server's write
+ * gets EPIPE) while its call was held; the reply's write breaks the connection, which
+ * ends later, from the main loop, not inside the reply. */
+static void test_server_reply_after_peer_closed(void)
+{
+  g_autoptr(GError) error = NULL;
+  FerryTtrpcServer *server = ferry_ttrpc_server_new();
+  g_assert_true(ferry_ttrpc_server_register(
+      server, "test.Hold", &ferry__test__v1__interop__descriptor, hold_methods, NULL, &error));
+  int closed = 0;
+  ferry_ttrpc_server_set_connection_closed_func(server, on_connection_closed, &closed);
+  int fds[2];
+  g_assert_true(ferry_socketpair(fds, TRUE, &error));
+  g_assert_true(ferry_ttrpc_server_add_connection(server, fds[0], &error));
+  RawFixture raw = { .server = server, .raw = fds[1], .parser = ferry_ttrpc_parser_new() };
+  StringValue v = GOOGLE__PROTOBUF__STRING_VALUE__INIT;
+  v.value = "x";
+  guint8 payload[64];
+  Ttrpc__Request req = TTRPC__REQUEST__INIT;
+  req.service = "test.Hold";
+  req.method = "Echo";
+  req.payload.data = payload;
+  req.payload.len = protobuf_c_message_pack(&v.base, payload);
+  raw_send_frame(&raw, 1, FERRY_TTRPC_TYPE_REQUEST, 0, &req.base);
+  held_call = NULL;
+  gint64 until = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
+  while (held_call == NULL && g_get_monotonic_time() < until)
+    g_main_context_iteration(NULL, FALSE);
+  g_assert_nonnull(held_call);
+  g_assert_cmpint(shutdown(raw.raw, SHUT_RD), ==, 0);
+  StringValue out = GOOGLE__PROTOBUF__STRING_VALUE__INIT;
+  out.value = "y";
+  ferry_ttrpc_call_reply(held_call, &out.base);
+  held_call = NULL;
+  g_assert_cmpint(closed, ==, 0);
+  until = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
+  while (ferry_ttrpc_server_connection_count(server) > 0 && g_get_monotonic_time() < until)
+    g_main_context_iteration(NULL, FALSE);
+  g_assert_cmpuint(ferry_ttrpc_server_connection_count(server), ==, 0);
+  g_assert_cmpint(closed, ==, 1);
+  raw_teardown(&raw, NULL);
+}
+
 /* ------------------------------------------------------- misc behaviour -- */
 
 static void test_connect_missing_socket(void)
@@ -948,6 +1056,8 @@ int main(int argc, char **argv)
   RPC("cancel", test_client_cancel);
   RPC("stream-ids-odd-and-increasing", test_client_stream_ids);
   g_test_add_func("/ttrpc/client/connect-missing-socket", test_connect_missing_socket);
+  g_test_add_func("/ttrpc/client/call-after-peer-closed", test_client_call_after_peer_closed);
+  g_test_add_func("/ttrpc/server/reply-after-peer-closed", test_server_reply_after_peer_closed);
   g_test_add_func("/ttrpc/server/listen-replaces-stale-socket-only",
                   test_listen_replaces_stale_socket_only);
   g_test_add_func("/ttrpc/server/register-errors", test_register_errors);
