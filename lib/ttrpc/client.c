@@ -8,6 +8,7 @@
 #include "conn.h"
 #include "ferry/error.h"
 #include "ferry/fd.h"
+#include "ferry/source.h"
 #include "ttrpc/envelope.pb-c.h"
 
 typedef struct {
@@ -17,13 +18,14 @@ typedef struct {
   FerryTtrpcStreamFunc on_message; /* NULL for unary calls */
   FerryTtrpcReplyFunc done;
   gpointer user_data;
-  guint timeout_source;
+  GSource *timeout_source;
   GError *early_error; /* a call that failed before it was sent */
-  guint early_source;
+  GSource *early_source;
 } ClientCall;
 
 struct FerryTtrpcClient {
   gint refs;
+  GMainContext *context; /* thread-default at creation: the stream and every timer */
   TtrpcConn *conn;
   guint32 next_sid;
   GHashTable *calls; /* stream id -> ClientCall */
@@ -43,16 +45,15 @@ static void client_unref(FerryTtrpcClient *client)
     return;
   ttrpc_conn_unref(client->conn);
   g_hash_table_unref(client->calls);
+  g_main_context_unref(client->context);
   g_free(client);
 }
 
 static void client_call_free(gpointer p)
 {
   ClientCall *call = p;
-  if (call->timeout_source != 0)
-    g_source_remove(call->timeout_source);
-  if (call->early_source != 0)
-    g_source_remove(call->early_source);
+  ferry_source_clear(&call->timeout_source);
+  ferry_source_clear(&call->early_source);
   g_clear_error(&call->early_error);
   g_free(call);
 }
@@ -220,6 +221,7 @@ FerryTtrpcClient *ferry_ttrpc_client_new(int fd, GError **error)
     g_free(client);
     return NULL;
   }
+  client->context = g_main_context_ref_thread_default();
   return client;
 }
 
@@ -257,7 +259,7 @@ FerryTtrpcClient *ferry_ttrpc_client_connect_unix(const char *address, GError **
 static gboolean on_call_timeout(gpointer p)
 {
   ClientCall *call = p;
-  call->timeout_source = 0;
+  ferry_source_clear(&call->timeout_source);
   fail_call(call->client, call->sid, FERRY_ERROR_DEADLINE_EXCEEDED, "context deadline exceeded");
   return G_SOURCE_REMOVE;
 }
@@ -265,7 +267,7 @@ static gboolean on_call_timeout(gpointer p)
 static gboolean on_early_failure(gpointer p)
 {
   ClientCall *call = p;
-  call->early_source = 0;
+  ferry_source_clear(&call->early_source);
   FerryTtrpcClient *client = call->client;
   ClientCall *taken = take_call(client, call->sid);
   g_assert(taken == call);
@@ -330,13 +332,12 @@ static guint32 start_call(FerryTtrpcClient *client, const char *service, const c
   }
   if (error != NULL) {
     call->early_error = g_steal_pointer(&error);
-    call->early_source = g_idle_add(on_early_failure, call);
+    call->early_source = ferry_idle_new(client->context, on_early_failure, call);
     return call->sid;
   }
-  if (options != NULL && options->timeout_ns > 0) {
-    guint ms = (guint)MIN((options->timeout_ns + 999999) / 1000000, (gint64)G_MAXUINT);
-    call->timeout_source = g_timeout_add(ms, on_call_timeout, call);
-  }
+  if (options != NULL && options->timeout_ns > 0)
+    call->timeout_source = ferry_timeout_new(client->context, ttrpc_timeout_ms(options->timeout_ns),
+                                             on_call_timeout, call);
   return call->sid;
 }
 
@@ -397,11 +398,9 @@ ProtobufCMessage *ferry_ttrpc_client_call_sync(FerryTtrpcClient *client, const c
   client_ref(client);
   ferry_ttrpc_client_call(client, service, method, request, response_desc, options, on_sync_done,
                           &r);
-  GMainContext *ctx = g_main_context_get_thread_default();
-  if (ctx == NULL)
-    ctx = g_main_context_default();
+  /* Everything of the client runs on its own context: iterate that one. */
   while (!r.done)
-    g_main_context_iteration(ctx, TRUE);
+    g_main_context_iteration(client->context, TRUE);
   client_unref(client);
   if (r.error != NULL) {
     g_propagate_error(error, r.error);

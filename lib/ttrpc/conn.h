@@ -40,5 +40,15 @@ gboolean ttrpc_conn_send_message(TtrpcConn *conn, guint32 sid, FerryTtrpcType ty
 /* Close the fd, drop unsent output, run the closed handler once. Idempotent. */
 void ttrpc_conn_close(TtrpcConn *conn, const GError *error);
 
+/* A ttrpc timeout (nanoseconds, > 0, up to INT64_MAX from the peer) as a timer
+ * interval: rounded up so the timer never fires early, at most G_MAXUINT ms (49 days:
+ * the server re-arms its deadline timer for the rest, a client's call times out then).
+ * No arithmetic on it overflows. */
+static inline guint ttrpc_timeout_ms(gint64 ns)
+{
+  gint64 ms = ns / 1000000 + (ns % 1000000 != 0);
+  return ms > (gint64)G_MAXUINT ? G_MAXUINT : (guint)ms;
+}
+
 /* Pack a message into a new buffer (for envelopes' payload fields). */
 guint8 *ttrpc_pack(const ProtobufCMessage *message, gsize *len_out);

@@ -10,6 +10,7 @@
 #include "conn.h"
 #include "ferry/error.h"
 #include "ferry/fd.h"
+#include "ferry/source.h"
 #include "ttrpc/envelope.pb-c.h"
 
 /* Calls one connection may have unanswered at once; more get RESOURCE_EXHAUSTED. */
@@ -30,7 +31,7 @@ typedef struct {
   FerryTtrpcServer *server;
   int fd;
   char *path; /* unlinked at shutdown; NULL for an adopted fd */
-  guint source_id;
+  GSource *source;
 } Listener;
 
 typedef struct {
@@ -41,7 +42,8 @@ typedef struct {
 } ServerConn;
 
 struct FerryTtrpcServer {
-  GHashTable *services; /* wire name -> Service */
+  GMainContext *context; /* thread-default at creation: listeners, connections, timers */
+  GHashTable *services;  /* wire name -> Service */
   GPtrArray *listeners;
   GHashTable *conns; /* set of ServerConn */
   gboolean shut_down;
@@ -58,7 +60,7 @@ struct FerryTtrpcCall {
   const Service *service;
   FerryTtrpcMetadata *metadata;
   gint64 deadline;
-  guint deadline_source;
+  GSource *deadline_source;
   gboolean cancelled;
   gboolean streaming;
   FerryTtrpcCancelFunc cancel_func;
@@ -92,6 +94,7 @@ FerryTtrpcServer *ferry_ttrpc_server_new(void)
   server->services = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, service_free);
   server->listeners = g_ptr_array_new();
   server->conns = g_hash_table_new(NULL, NULL);
+  server->context = g_main_context_ref_thread_default();
   return server;
 }
 
@@ -132,8 +135,7 @@ gboolean ferry_ttrpc_server_register(FerryTtrpcServer *server, const char *servi
 
 static void call_free(FerryTtrpcCall *call)
 {
-  if (call->deadline_source != 0)
-    g_source_remove(call->deadline_source);
+  ferry_source_clear(&call->deadline_source);
   if (call->request != NULL)
     protobuf_c_message_free_unpacked(call->request, NULL);
   if (call->envelope != NULL)
@@ -305,7 +307,14 @@ static void call_cancel(FerryTtrpcCall *call)
 static gboolean on_deadline(gpointer p)
 {
   FerryTtrpcCall *call = p;
-  call->deadline_source = 0;
+  ferry_source_clear(&call->deadline_source);
+  gint64 left_us = call->deadline - g_get_monotonic_time();
+  if (left_us > 0) {
+    /* A deadline further off than one timer reaches (49 days): wait on. */
+    call->deadline_source = ferry_timeout_new(call->sc->server->context,
+                                              ttrpc_timeout_ms(left_us * 1000), on_deadline, call);
+    return G_SOURCE_REMOVE;
+  }
   if (call->sc != NULL && !call->cancelled && ttrpc_conn_is_open(call->sc->conn))
     send_status(call->sc->conn, call->sid, FERRY_ERROR_DEADLINE_EXCEEDED,
                 "context deadline exceeded");
@@ -378,11 +387,12 @@ static void dispatch_request(ServerConn *sc, const FerryTtrpcHeader *h, const gu
     call->metadata[i].value = env->metadata[i]->value;
   }
   if (env->timeout_nano > 0) {
-    gint64 usec = env->timeout_nano / 1000;
-    call->deadline = g_get_monotonic_time() + usec;
-    /* Round up so the timer never fires before the deadline has passed. */
-    guint ms = (guint)MIN((env->timeout_nano + 999999) / 1000000, (gint64)G_MAXUINT);
-    call->deadline_source = g_timeout_add(ms, on_deadline, call);
+    /* Any value the peer sends, up to INT64_MAX, without overflow (issue 9 item 5). */
+    gint64 now = g_get_monotonic_time();
+    gint64 usec = env->timeout_nano / 1000 + (env->timeout_nano % 1000 != 0);
+    call->deadline = usec > G_MAXINT64 - now ? G_MAXINT64 : now + usec;
+    call->deadline_source = ferry_timeout_new(
+        sc->server->context, ttrpc_timeout_ms(env->timeout_nano), on_deadline, call);
   }
   g_hash_table_insert(sc->calls, GUINT_TO_POINTER(call->sid), call);
   method->impl->handler(call, request, service->user_data);
@@ -452,7 +462,11 @@ gboolean ferry_ttrpc_server_add_connection(FerryTtrpcServer *server, int fd, GEr
   ServerConn *sc = g_new0(ServerConn, 1);
   sc->server = server;
   sc->calls = g_hash_table_new(NULL, NULL);
+  /* The connection's stream watches the server's context, whatever is thread-default
+   * now (an accept runs from the listener, on that context). */
+  g_main_context_push_thread_default(server->context);
   sc->conn = ttrpc_conn_new(fd, &server_conn_handlers, sc, error);
+  g_main_context_pop_thread_default(server->context);
   if (sc->conn == NULL) {
     g_hash_table_unref(sc->calls);
     g_free(sc);
@@ -510,10 +524,9 @@ static gboolean add_listener(FerryTtrpcServer *server, int fd, const char *path,
   l->server = server;
   l->fd = fd;
   l->path = g_strdup(path);
-  GSource *src = g_unix_fd_source_new(fd, G_IO_IN);
-  g_source_set_callback(src, G_SOURCE_FUNC(on_accept), l, NULL);
-  l->source_id = g_source_attach(src, g_main_context_get_thread_default());
-  g_source_unref(src);
+  l->source = g_unix_fd_source_new(fd, G_IO_IN);
+  g_source_set_callback(l->source, G_SOURCE_FUNC(on_accept), l, NULL);
+  g_source_attach(l->source, server->context);
   g_ptr_array_add(server->listeners, l);
   return TRUE;
 }
@@ -564,7 +577,7 @@ void ferry_ttrpc_server_shutdown(FerryTtrpcServer *server)
   server->shut_down = TRUE;
   for (guint i = 0; i < server->listeners->len; i++) {
     Listener *l = server->listeners->pdata[i];
-    g_source_remove(l->source_id);
+    ferry_source_clear(&l->source);
     ferry_fd_close_quietly(l->fd);
     if (l->path != NULL)
       unlink(l->path);
@@ -590,6 +603,7 @@ void ferry_ttrpc_server_free(FerryTtrpcServer *server)
   server->closed_func = NULL;
   ferry_ttrpc_server_shutdown(server);
   g_ptr_array_unref(server->listeners);
+  g_main_context_unref(server->context);
   g_hash_table_unref(server->conns);
   g_hash_table_unref(server->services);
   g_free(server);

@@ -14,6 +14,7 @@
 
 #include "ferry/error.h"
 #include "ferry/fd.h"
+#include "ferry/source.h"
 #include "ferry/ttrpc.h"
 #include "interop-service.h"
 #include "test-util.h"
@@ -366,6 +367,33 @@ static void test_server_enforces_deadline(RawFixture *f, gconstpointer data)
   g_autofree char *hex = raw_read_frame(f, &h);
   g_assert_cmpint(response_code(hex, NULL), ==, 0);
   g_assert_cmpuint(h.stream_id, ==, 3);
+}
+
+/* Issue 9 item 5: timeout_nano up to INT64_MAX (the peer chooses it) is a deadline far
+ * away, computed without overflow (UBSan in CI aborts on the old arithmetic). */
+static void test_server_huge_timeout(RawFixture *f, gconstpointer data)
+{
+  gint64 values[] = { G_MAXINT64, G_MAXINT64 - 1, G_MAXINT64 - 999999, 1 };
+  guint32 sid = 1;
+  for (guint i = 0; i < G_N_ELEMENTS(values); i++, sid += 2) {
+    raw_request(f, sid, "Deadline", NULL, values[i]);
+    FerryTtrpcHeader h;
+    g_autofree char *hex = raw_read_frame(f, &h);
+    g_assert_cmpuint(h.stream_id, ==, sid);
+    if (values[i] == 1) {
+      /* 1 ns: the deadline is (all but) now; the handler still ran, or the server answered
+       * DEADLINE_EXCEEDED: either way an answer, not a hang. */
+      continue;
+    }
+    g_assert_cmpint(response_code(hex, NULL), ==, 0);
+    g_autoptr(GByteArray) b = test_hex(hex);
+    Ttrpc__Response *r = ttrpc__response__unpack(NULL, b->len, b->data);
+    StringValue *v = google__protobuf__string_value__unpack(NULL, r->payload.len, r->payload.data);
+    /* Milliseconds left: about 292 years' worth, positive. */
+    g_assert_cmpint(g_ascii_strtoll(v->value, NULL, 10), >, G_GINT64_CONSTANT(9000000000000));
+    protobuf_c_message_free_unpacked(&v->base, NULL);
+    ttrpc__response__free_unpacked(r, NULL);
+  }
 }
 
 /* A frame cut off by the peer's close is dropped without harm. */
@@ -905,6 +933,40 @@ static void test_server_reply_after_peer_closed(void)
   raw_teardown(&raw, NULL);
 }
 
+static gboolean on_hung(gpointer data)
+{
+  g_error("%s: nothing happened within 10 s", (const char *)data);
+  return G_SOURCE_REMOVE;
+}
+
+/* Issue 9 item 6: a client and server made under a pushed thread-default context keep
+ * every source there: call_sync iterates it, and the call's deadline fires on it. */
+static void test_call_sync_on_pushed_context(void)
+{
+  GMainContext *ctx = g_main_context_new();
+  g_main_context_push_thread_default(ctx);
+  GSource *guard = ferry_timeout_new(ctx, 10000, on_hung, "call_sync under a pushed context");
+  RpcFixture f = { 0 };
+  rpc_setup(&f, NULL);
+  FerryTtrpcCallOptions opts = { .timeout_ns = 50 * 1000 * 1000 };
+  g_autoptr(GError) error = NULL;
+  StringValue *r = call_string(f.client, "Sleep", "60000", &opts, &error);
+  g_assert_null(r);
+  g_assert_error(error, FERRY_ERROR, FERRY_ERROR_DEADLINE_EXCEEDED);
+  g_clear_error(&error);
+  r = call_string(f.client, "Echo", "on ctx", NULL, &error);
+  g_assert_no_error(error);
+  g_assert_cmpstr(r->value, ==, "on ctx|md=");
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  g_assert_false(g_main_context_pending(NULL));
+  rpc_teardown(&f, NULL);
+  ferry_source_clear(&guard);
+  g_main_context_pop_thread_default(ctx);
+  while (g_main_context_iteration(ctx, FALSE))
+    ;
+  g_main_context_unref(ctx);
+}
+
 /* ------------------------------------------------------- misc behaviour -- */
 
 static void test_connect_missing_socket(void)
@@ -1037,6 +1099,7 @@ int main(int argc, char **argv)
   RAW("stream-frames", test_server_stream_frames);
   RAW("stream-error", test_server_stream_error);
   RAW("enforces-deadline", test_server_enforces_deadline);
+  RAW("huge-timeout", test_server_huge_timeout);
   RAW("truncated-frame-then-close", test_server_truncated_frame_then_close);
   RAW("pipelined-in-one-write", test_server_pipelined_in_one_write);
   RAW("closes-non-reading-peer", test_server_closes_non_reading_peer);
@@ -1057,6 +1120,7 @@ int main(int argc, char **argv)
   RPC("stream-ids-odd-and-increasing", test_client_stream_ids);
   g_test_add_func("/ttrpc/client/connect-missing-socket", test_connect_missing_socket);
   g_test_add_func("/ttrpc/client/call-after-peer-closed", test_client_call_after_peer_closed);
+  g_test_add_func("/ttrpc/rpc/call-sync-on-pushed-context", test_call_sync_on_pushed_context);
   g_test_add_func("/ttrpc/server/reply-after-peer-closed", test_server_reply_after_peer_closed);
   g_test_add_func("/ttrpc/server/listen-replaces-stale-socket-only",
                   test_listen_replaces_stale_socket_only);
