@@ -5,6 +5,7 @@
 #include "ferry/bridge-host.h"
 #include "ferry/error.h"
 #include "ferry/json.h"
+#include "ferry/source.h"
 #include "ferry/stream.h"
 
 /* What the host sends may be as large as the guest accepts. */
@@ -16,14 +17,15 @@ typedef struct {
   FerryBridgeRpc rpc;
   FerryBridgeResponseFunc done; /* NULL once cancelled: the answer is swallowed */
   gpointer user_data;
-  guint timeout_source;
+  GSource *timeout_source;
   GError *early_error; /* failed before it was sent */
-  guint early_source;
+  GSource *early_source;
 } PendingRpc;
 
 struct FerryBridge {
   gint refs;
-  FerryStream *stream; /* NULL while parked or dead */
+  GMainContext *context; /* thread-default at creation: streams, timers, idles */
+  FerryStream *stream;   /* NULL while parked or dead */
   FerryBridgeParser *parser;
   guint64 next_id;
   guint64 foreign_below; /* ids under this were issued by other hosts (seeded floor) */
@@ -39,10 +41,8 @@ struct FerryBridge {
 static void pending_free(gpointer p)
 {
   PendingRpc *r = p;
-  if (r->timeout_source != 0)
-    g_source_remove(r->timeout_source);
-  if (r->early_source != 0)
-    g_source_remove(r->early_source);
+  ferry_source_clear(&r->timeout_source);
+  ferry_source_clear(&r->early_source);
   g_clear_error(&r->early_error);
   g_free(r);
 }
@@ -51,7 +51,10 @@ static const FerryStreamHandlers bridge_stream_handlers;
 
 static gboolean attach_stream(FerryBridge *b, int fd, GError **error)
 {
+  /* A resumed connection too watches the bridge's context, whatever is current now. */
+  g_main_context_push_thread_default(b->context);
   b->stream = ferry_stream_new(fd, "bridge", &bridge_stream_handlers, b, error);
+  g_main_context_pop_thread_default(b->context);
   ferry_bridge_parser_reset(b->parser);
   return b->stream != NULL;
 }
@@ -62,9 +65,11 @@ FerryBridge *ferry_bridge_new(int fd, GError **error)
   b->refs = 1;
   b->parser = ferry_bridge_parser_new(FERRY_BRIDGE_HOST_MAX_MESSAGE);
   b->pending = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, pending_free);
+  b->context = g_main_context_ref_thread_default();
   if (!attach_stream(b, fd, error)) {
     ferry_bridge_parser_free(b->parser);
     g_hash_table_unref(b->pending);
+    g_main_context_unref(b->context);
     g_free(b);
     return NULL;
   }
@@ -90,6 +95,7 @@ void ferry_bridge_unref(FerryBridge *b)
   g_hash_table_unref(b->pending);
   ferry_bridge_parser_free(b->parser);
   g_clear_error(&b->dead);
+  g_main_context_unref(b->context);
   g_free(b);
 }
 
@@ -294,7 +300,7 @@ static const FerryStreamHandlers bridge_stream_handlers = {
 static gboolean on_timeout(gpointer p)
 {
   PendingRpc *r = p;
-  r->timeout_source = 0;
+  ferry_source_clear(&r->timeout_source);
   kill_with(r->bridge, FERRY_ERROR_DEADLINE_EXCEEDED,
             "bridge RPC %s (id %" G_GUINT64_FORMAT ") got no answer in time",
             ferry_bridge_message_name(ferry_bridge_request_type(r->rpc)), r->id);
@@ -304,7 +310,7 @@ static gboolean on_timeout(gpointer p)
 static gboolean on_early_failure(gpointer p)
 {
   PendingRpc *r = p;
-  r->early_source = 0;
+  ferry_source_clear(&r->early_source);
   FerryBridge *b = r->bridge;
   r = take_pending(b, r->id);
   GError *error = g_steal_pointer(&r->early_error);
@@ -350,11 +356,11 @@ guint64 ferry_bridge_rpc(FerryBridge *b, FerryBridgeRpc rpc, json_t *body, guint
   g_hash_table_insert(b->pending, &r->id, r);
   if (!send_message(b, ferry_bridge_request_type(rpc), r->id, body, &error)) {
     r->early_error = g_steal_pointer(&error);
-    r->early_source = g_idle_add(on_early_failure, r);
+    r->early_source = ferry_idle_new(b->context, on_early_failure, r);
     return r->id;
   }
   if (timeout_ms > 0)
-    r->timeout_source = g_timeout_add(timeout_ms, on_timeout, r);
+    r->timeout_source = ferry_timeout_new(b->context, timeout_ms, on_timeout, r);
   return r->id;
 }
 

@@ -65,7 +65,7 @@ static json_t *guest_read(RawGuest *g, FerryBridgeHeader *h)
     g_assert_true(n < 0 && errno == EAGAIN);
     if (g_get_monotonic_time() > until)
       g_error("the host sent nothing within 5 s");
-    g_main_context_iteration(NULL, FALSE);
+    g_main_context_iteration(g_main_context_get_thread_default(), FALSE);
     g_usleep(100);
   }
 }
@@ -88,7 +88,7 @@ static void guest_write_raw(RawGuest *g, const guint8 *data, gsize len)
   while (len > 0) {
     ssize_t n = write(g->fd, data, len);
     if (n < 0 && errno == EAGAIN) {
-      g_main_context_iteration(NULL, FALSE);
+      g_main_context_iteration(g_main_context_get_thread_default(), FALSE);
       continue;
     }
     g_assert_cmpint(n, >, 0);
@@ -203,7 +203,7 @@ static void wait_for(Result *r)
 static void settle(void)
 {
   for (int i = 0; i < 50; i++)
-    g_main_context_iteration(NULL, FALSE);
+    g_main_context_iteration(g_main_context_get_thread_default(), FALSE);
 }
 
 /* --------------------------------------------------------------- bridge -- */
@@ -215,6 +215,7 @@ typedef struct {
   int dead_calls;
   GPtrArray *notifications;
   gboolean fail_notify;
+  GMainContext *pushed; /* the thread-default context the test runs on, when not NULL */
 } BridgeFixture;
 
 static void on_dead(FerryBridge *b, const GError *cause, gpointer ud)
@@ -255,6 +256,20 @@ static void bridge_teardown(BridgeFixture *f, gconstpointer data)
   raw_guest_clear(&f->guest);
   g_clear_error(&f->dead_cause);
   g_ptr_array_unref(f->notifications);
+  if (f->pushed != NULL) {
+    /* Issue 9 item 6: nothing of the bridge ever went to the global default context. */
+    g_assert_false(g_main_context_pending(NULL));
+    g_main_context_pop_thread_default(f->pushed);
+    g_main_context_unref(f->pushed);
+  }
+}
+
+/* The same tests on a pushed thread-default context, which is all that runs. */
+static void bridge_setup_pushed(BridgeFixture *f, gconstpointer data)
+{
+  f->pushed = g_main_context_new();
+  g_main_context_push_thread_default(f->pushed);
+  bridge_setup(f, data);
 }
 
 static guint64 start_rpc(BridgeFixture *f, Result *r, guint timeout_ms)
@@ -368,7 +383,7 @@ static void test_bridge_notify_delivered(BridgeFixture *f, gconstpointer data)
   guest_notify_exit(&f->guest, "c9", "ForcedExit");
   gint64 until = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
   while (f->notifications->len == 0 && g_get_monotonic_time() < until)
-    g_main_context_iteration(NULL, TRUE);
+    g_main_context_iteration(g_main_context_get_thread_default(), TRUE);
   g_assert_cmpuint(f->notifications->len, ==, 1);
   json_t *n = f->notifications->pdata[0];
   g_assert_cmpstr(json_string_value(json_object_get(n, "ContainerId")), ==, "c9");
@@ -382,7 +397,7 @@ static void test_bridge_notify_failure_kills(BridgeFixture *f, gconstpointer dat
   guest_notify_exit(&f->guest, "c9", "ForcedExit");
   gint64 until = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
   while (f->dead_calls == 0 && g_get_monotonic_time() < until)
-    g_main_context_iteration(NULL, TRUE);
+    g_main_context_iteration(g_main_context_get_thread_default(), TRUE);
   g_assert_true(ferry_bridge_is_dead(f->bridge));
   g_assert_cmpstr(f->dead_cause->message, ==, "container notification: callback refused it");
 }
@@ -392,7 +407,7 @@ static void expect_killed(BridgeFixture *f, const char *substring)
 {
   gint64 until = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
   while (f->dead_calls == 0 && g_get_monotonic_time() < until)
-    g_main_context_iteration(NULL, TRUE);
+    g_main_context_iteration(g_main_context_get_thread_default(), TRUE);
   g_assert_true(ferry_bridge_is_dead(f->bridge));
   if (strstr(f->dead_cause->message, substring) == NULL)
     g_error("bridge killed with \"%s\", expected it to mention \"%s\"", f->dead_cause->message,
@@ -533,7 +548,7 @@ static void test_bridge_migrating_park_and_resume(BridgeFixture *f, gconstpointe
   ferry_fd_clear(&f->guest.fd);
   gint64 until = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
   while (!ferry_bridge_is_parked(f->bridge) && g_get_monotonic_time() < until)
-    g_main_context_iteration(NULL, TRUE);
+    g_main_context_iteration(g_main_context_get_thread_default(), TRUE);
   g_assert_true(ferry_bridge_is_parked(f->bridge));
   g_assert_false(ferry_bridge_is_dead(f->bridge));
   g_assert_false(pending.done);
@@ -586,7 +601,7 @@ static void test_bridge_leaving_migrating_while_parked_kills(BridgeFixture *f, g
   ferry_fd_clear(&f->guest.fd);
   gint64 until = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
   while (!ferry_bridge_is_parked(f->bridge) && g_get_monotonic_time() < until)
-    g_main_context_iteration(NULL, TRUE);
+    g_main_context_iteration(g_main_context_get_thread_default(), TRUE);
   ferry_bridge_set_migrating(f->bridge, FALSE);
   g_assert_true(ferry_bridge_is_dead(f->bridge));
 }
@@ -797,7 +812,7 @@ static void test_gc_notification_for_unknown_container_kills(GcFixture *f, gcons
   FerryBridge *b = ferry_guest_connection_get_bridge(f->gc);
   gint64 until = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
   while (!ferry_bridge_is_dead(b) && g_get_monotonic_time() < until)
-    g_main_context_iteration(NULL, TRUE);
+    g_main_context_iteration(g_main_context_get_thread_default(), TRUE);
   g_assert_true(ferry_bridge_is_dead(b));
   g_assert_nonnull(strstr(ferry_bridge_get_error(b)->message, "unknown container nobody"));
 }
@@ -1133,7 +1148,7 @@ static void test_gc_resume_on_conn(GcFixture *f, gconstpointer data)
   FerryBridge *b = ferry_guest_connection_get_bridge(f->gc);
   gint64 until = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
   while (!ferry_bridge_is_parked(b) && g_get_monotonic_time() < until)
-    g_main_context_iteration(NULL, TRUE);
+    g_main_context_iteration(g_main_context_get_thread_default(), TRUE);
   g_assert_true(ferry_bridge_is_parked(b));
 
   g_autoptr(GError) error = NULL;
@@ -1186,6 +1201,9 @@ int main(int argc, char **argv)
   g_test_init(&argc, &argv, NULL);
 #define B(path, fn)                                                                                \
   g_test_add("/bridge/host/" path, BridgeFixture, NULL, bridge_setup, fn, bridge_teardown)
+#define BP(path, fn)                                                                               \
+  g_test_add("/bridge/host/pushed-context/" path, BridgeFixture, NULL, bridge_setup_pushed, fn,    \
+             bridge_teardown)
 #define GC(path, fn)                                                                               \
   g_test_add("/bridge/guest-connection/" path, GcFixture, NULL, gc_setup, fn, gc_teardown)
 #define GC_RAW(path, fn)                                                                           \
@@ -1208,6 +1226,9 @@ int main(int argc, char **argv)
   B("response-without-result-kills", test_bridge_response_without_result);
   B("peer-close-kills", test_bridge_peer_close_kills);
   B("rpc-after-peer-closed", test_bridge_rpc_after_peer_closed);
+  BP("rpc-round-trip", test_bridge_rpc_round_trip);
+  BP("rpc-timeout-kills-bridge", test_bridge_rpc_timeout_kills_bridge);
+  BP("rpc-after-peer-closed", test_bridge_rpc_after_peer_closed);
   B("migrating-park-and-resume", test_bridge_migrating_park_and_resume);
   B("resume-needs-migrating", test_bridge_resume_needs_migrating);
   B("leaving-migrating-while-parked-kills", test_bridge_leaving_migrating_while_parked_kills);
