@@ -15,6 +15,7 @@
 #include "ferry/error.h"
 #include "ferry/fd.h"
 #include "ferry/qmp.h"
+#include "ferry/source.h"
 
 #define CONNECT_RETRY_MS 10u
 #define CONNECT_LIMIT_MS 30000u
@@ -39,6 +40,8 @@ typedef enum {
 
 struct FerryVm {
   char *id;
+  GMainContext *context; /* thread-default at creation: every source of the VM */
+  GQueue later;          /* Later: work queued for the main loop, owned by the VM */
   FerryVmDoc *doc;
   char *state_dir;
   char *qemu_binary;
@@ -50,18 +53,18 @@ struct FerryVm {
 
   FerryVmState state;
   GPid pid;
-  guint child_watch;
+  GSource *child_watch;
   gboolean quit_requested;
   GError *exit_error;
   GArray *waiters; /* Op */
-  guint kill_timer;
+  GSource *kill_timer;
   FerryQmp *qmp;
 
   /* start */
   Op *start_op;
   gboolean start_running; /* cont once QMP is up */
   gboolean start_incoming;
-  guint connect_timer;
+  GSource *connect_timer;
   gint64 connect_until;
 
   /* migration */
@@ -80,7 +83,7 @@ struct FerryVm {
   gint64 incoming_done_us;
   Op *finalize_op;
   FerryVmFinalize finalize_action;
-  guint poll_timer; /* destination: waiting for post-copy's device state */
+  GSource *poll_timer; /* destination: waiting for post-copy's device state */
   gboolean freeing;
 };
 
@@ -158,18 +161,54 @@ static void op_finish(Op *op, const GError *error)
     done(vm, error, ud);
 }
 
+/*
+ * Work for the main loop, owned by the VM (issue 9 item 4): ferry_vm_free() runs what is
+ * still queued with vm->freeing set, which frees it without calling anyone back.
+ */
+typedef struct {
+  FerryVm *vm;
+  GSource *source;
+  GList link;
+  void (*run)(FerryVm *vm, gpointer data);
+  gpointer data;
+} Later;
+
+static void later_run(Later *l)
+{
+  g_queue_unlink(&l->vm->later, &l->link);
+  ferry_source_clear(&l->source);
+  l->run(l->vm, l->data);
+  g_free(l);
+}
+
+static gboolean on_later(gpointer p)
+{
+  later_run(p);
+  return G_SOURCE_REMOVE;
+}
+
+static void vm_later(FerryVm *vm, void (*run)(FerryVm *vm, gpointer data), gpointer data)
+{
+  Later *l = g_new0(Later, 1);
+  l->vm = vm;
+  l->run = run;
+  l->data = data;
+  l->link.data = l;
+  g_queue_push_tail_link(&vm->later, &l->link);
+  l->source = ferry_idle_new(vm->context, on_later, l);
+}
+
 typedef struct {
   Op *op;
   GError *error;
 } Deferred;
 
-static gboolean run_deferred(gpointer p)
+static void run_deferred(FerryVm *vm, gpointer p)
 {
   Deferred *d = p;
   op_finish(d->op, d->error);
   g_clear_error(&d->error);
   g_free(d);
-  return G_SOURCE_REMOVE;
 }
 
 /* Finish later with `error` (taken; NULL: success). */
@@ -178,7 +217,7 @@ static void op_finish_later(FerryVm *vm, FerryVmDoneFunc done, gpointer user_dat
   Deferred *d = g_new0(Deferred, 1);
   d->op = op_new(vm, done, user_data);
   d->error = error;
-  g_idle_add(run_deferred, d);
+  vm_later(vm, run_deferred, d);
 }
 
 static GError *precondition(FerryVm *vm, const char *what, const char *why)
@@ -315,6 +354,8 @@ FerryVm *ferry_vm_new(const char *id, const FerryVmDoc *doc, const char *state_d
   vm->console_path = g_build_filename(state_dir, "console.log", NULL);
   vm->waiters = g_array_new(FALSE, FALSE, sizeof(Op));
   vm->state = FERRY_VM_CREATED;
+  vm->context = g_main_context_ref_thread_default();
+  g_queue_init(&vm->later);
   return vm;
 }
 
@@ -372,10 +413,7 @@ static char *log_tail(FerryVm *vm)
 
 static void stop_connecting(FerryVm *vm)
 {
-  if (vm->connect_timer != 0) {
-    g_source_remove(vm->connect_timer);
-    vm->connect_timer = 0;
-  }
+  ferry_source_clear(&vm->connect_timer);
 }
 
 static void fail_start(FerryVm *vm, GError *error)
@@ -389,12 +427,9 @@ static void fail_start(FerryVm *vm, GError *error)
 static void on_child_exit(GPid pid, gint status, gpointer ud)
 {
   FerryVm *vm = ud;
-  vm->child_watch = 0;
+  ferry_source_clear(&vm->child_watch);
   g_spawn_close_pid(pid);
-  if (vm->kill_timer != 0) {
-    g_source_remove(vm->kill_timer);
-    vm->kill_timer = 0;
-  }
+  ferry_source_clear(&vm->kill_timer);
   vm->state = FERRY_VM_EXITED;
   g_autofree char *tail = log_tail(vm);
   if (!vm->quit_requested) {
@@ -480,11 +515,12 @@ static gboolean try_connect(gpointer ud)
   struct sockaddr_un addr = { .sun_family = AF_UNIX };
   g_strlcpy(addr.sun_path, vm->qmp_path, sizeof(addr.sun_path));
   if (fd >= 0 && connect(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0) {
-    vm->connect_timer = 0;
+    ferry_source_clear(&vm->connect_timer);
     g_autoptr(GError) error = NULL;
-    vm->qmp = ferry_qmp_new(fd, &error);
+    g_main_context_push_thread_default(vm->context);
+    vm->qmp = ferry_qmp_new(fd, &error); /* owns fd, also when it fails (issue 9 item 7) */
+    g_main_context_pop_thread_default(vm->context);
     if (vm->qmp == NULL) {
-      close(fd);
       fail_start(vm, g_steal_pointer(&error));
       return G_SOURCE_REMOVE;
     }
@@ -496,7 +532,7 @@ static gboolean try_connect(gpointer ud)
   if (fd >= 0)
     close(fd);
   if (g_get_monotonic_time() > vm->connect_until) {
-    vm->connect_timer = 0;
+    ferry_source_clear(&vm->connect_timer);
     GError *e = g_error_new(FERRY_ERROR, FERRY_ERROR_DEADLINE_EXCEEDED,
                             "vm %s: QMP socket %s did not accept within %u ms: %s", vm->id,
                             vm->qmp_path, CONNECT_LIMIT_MS, g_strerror(errsv));
@@ -551,9 +587,11 @@ static void spawn(FerryVm *vm, gboolean incoming, Op *op)
   vm->state = FERRY_VM_STARTING;
   vm->start_op = op;
   vm->start_incoming = incoming;
-  vm->child_watch = g_child_watch_add(pid, on_child_exit, vm);
+  vm->child_watch = g_child_watch_source_new(pid);
+  g_source_set_callback(vm->child_watch, G_SOURCE_FUNC(on_child_exit), vm, NULL);
+  g_source_attach(vm->child_watch, vm->context);
   vm->connect_until = g_get_monotonic_time() + CONNECT_LIMIT_MS * 1000;
-  vm->connect_timer = g_timeout_add(CONNECT_RETRY_MS, try_connect, vm);
+  vm->connect_timer = ferry_timeout_new(vm->context, CONNECT_RETRY_MS, try_connect, vm);
 }
 
 void ferry_vm_start(FerryVm *vm, FerryVmDoneFunc done, gpointer user_data)
@@ -610,8 +648,8 @@ void ferry_vm_resume(FerryVm *vm, FerryVmDoneFunc done, gpointer user_data)
 static gboolean on_kill_timer(gpointer ud)
 {
   FerryVm *vm = ud;
-  vm->kill_timer = 0;
-  if (vm->pid != 0 && vm->child_watch != 0)
+  ferry_source_clear(&vm->kill_timer);
+  if (vm->pid != 0 && vm->child_watch != NULL)
     kill(vm->pid, SIGKILL);
   return G_SOURCE_REMOVE;
 }
@@ -641,13 +679,13 @@ void ferry_vm_terminate(FerryVm *vm, FerryVmDoneFunc done, gpointer user_data)
   vm->quit_requested = TRUE;
   Op w = { vm, done, user_data };
   g_array_append_val(vm->waiters, w);
-  if (vm->kill_timer != 0)
+  if (vm->kill_timer != NULL)
     return; /* already on its way out */
   if (vm->qmp != NULL && ferry_qmp_is_open(vm->qmp))
     qmp_fire(vm, "quit", NULL);
   else
     kill(vm->pid, SIGTERM);
-  vm->kill_timer = g_timeout_add(QUIT_GRACE_MS, on_kill_timer, vm);
+  vm->kill_timer = ferry_timeout_new(vm->context, QUIT_GRACE_MS, on_kill_timer, vm);
 }
 
 void ferry_vm_free(FerryVm *vm)
@@ -656,12 +694,10 @@ void ferry_vm_free(FerryVm *vm)
     return;
   vm->freeing = TRUE;
   stop_connecting(vm);
-  if (vm->kill_timer != 0)
-    g_source_remove(vm->kill_timer);
-  if (vm->poll_timer != 0)
-    g_source_remove(vm->poll_timer);
-  if (vm->child_watch != 0) {
-    g_source_remove(vm->child_watch);
+  ferry_source_clear(&vm->kill_timer);
+  ferry_source_clear(&vm->poll_timer);
+  if (vm->child_watch != NULL) {
+    ferry_source_clear(&vm->child_watch);
     kill(vm->pid, SIGKILL);
     int status;
     while (waitpid(vm->pid, &status, 0) < 0 && errno == EINTR)
@@ -669,6 +705,10 @@ void ferry_vm_free(FerryVm *vm)
     g_spawn_close_pid(vm->pid);
   }
   g_clear_pointer(&vm->qmp, ferry_qmp_free);
+  /* Queued work is dropped: with vm->freeing set it frees itself and calls nobody. */
+  while (!g_queue_is_empty(&vm->later))
+    later_run(g_queue_peek_head(&vm->later));
+  g_main_context_unref(vm->context);
   g_free(vm->start_op);
   g_free(vm->finalize_op);
   g_array_unref(vm->waiters);
@@ -700,10 +740,9 @@ static void props_finish(PropsQuery *q, const GError *error)
   g_free(q);
 }
 
-static gboolean props_idle(gpointer ud)
+static void props_later(FerryVm *vm, gpointer ud)
 {
   props_finish(ud, NULL);
-  return G_SOURCE_REMOVE;
 }
 
 static void on_query_migrate(FerryQmp *qmp, json_t *result, const GError *error, gpointer ud)
@@ -739,7 +778,7 @@ void ferry_vm_properties(FerryVm *vm, FerryVmPropertiesFunc done, gpointer user_
   if (vm->qmp == NULL || !ferry_qmp_is_open(vm->qmp)) {
     json_object_set_new(q->props, "Status",
                         json_string(vm->state == FERRY_VM_EXITED ? "exited" : "unknown"));
-    g_idle_add(props_idle, q); /* from the main loop, like every other answer */
+    vm_later(vm, props_later, q); /* from the main loop, like every other answer */
     return;
   }
   ferry_qmp_execute(vm->qmp, "query-status", NULL, 0, on_query_status, q);
@@ -1071,7 +1110,7 @@ static void postcopy_poll(FerryVm *vm);
 static gboolean on_postcopy_timer(gpointer ud)
 {
   FerryVm *vm = ud;
-  vm->poll_timer = 0;
+  ferry_source_clear(&vm->poll_timer);
   postcopy_poll(vm);
   return G_SOURCE_REMOVE;
 }
@@ -1088,7 +1127,7 @@ static void on_postcopy_status(FerryQmp *qmp, json_t *result, const GError *erro
   }
   if (g_strcmp0(status, "running") == 0)
     return;
-  vm->poll_timer = g_timeout_add(POSTCOPY_POLL_MS, on_postcopy_timer, vm);
+  vm->poll_timer = ferry_timeout_new(vm->context, POSTCOPY_POLL_MS, on_postcopy_timer, vm);
 }
 
 static void postcopy_poll(FerryVm *vm)
@@ -1213,6 +1252,20 @@ static void on_stopped_for_finalize(FerryVm *vm, const GError *error, gpointer u
   /* vm_killed() finished the finalize. */
 }
 
+/* finalize STOP of a VM whose QEMU is gone already: from the main loop. */
+static void finalize_exited_later(FerryVm *vm, gpointer unused)
+{
+  if (!vm->freeing && vm->finalize_op != NULL)
+    vm_killed(vm);
+}
+
+/* finalize RESUME of a destination that already runs (post-copy): from the main loop. */
+static void destination_running_later(FerryVm *vm, gpointer unused)
+{
+  if (!vm->freeing && vm->finalize_op != NULL)
+    on_destination_cont(vm->qmp, NULL, NULL, vm);
+}
+
 void ferry_vm_migration_finalize(FerryVm *vm, FerryVmFinalize action, gint64 blackout_started_us,
                                  FerryVmDoneFunc done, gpointer user_data)
 {
@@ -1244,7 +1297,7 @@ void ferry_vm_migration_finalize(FerryVm *vm, FerryVmFinalize action, gint64 bla
   vm->finalize_action = action;
   if (action == FERRY_VM_FINALIZE_STOP) {
     if (vm->state == FERRY_VM_EXITED) {
-      vm_killed(vm);
+      vm_later(vm, finalize_exited_later, NULL); /* never inside this call (vm.h) */
       return;
     }
     ferry_vm_terminate(vm, on_stopped_for_finalize, NULL);
@@ -1262,7 +1315,7 @@ void ferry_vm_migration_finalize(FerryVm *vm, FerryVmFinalize action, gint64 bla
   if (blackout_started_us != 0)
     vm->blackout_started_us = blackout_started_us;
   if (vm->state == FERRY_VM_RUNNING) {
-    on_destination_cont(vm->qmp, NULL, NULL, vm); /* already runs (post-copy) */
+    vm_later(vm, destination_running_later, NULL); /* already runs (post-copy) */
     return;
   }
   ferry_qmp_execute(vm->qmp, "cont", NULL, 0, on_destination_cont, vm);
