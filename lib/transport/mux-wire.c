@@ -83,15 +83,12 @@ void mux_hello_append(GByteArray *out, guint32 role, gboolean reply, const MuxHe
 }
 
 /* The frame's header bytes are not kept by the parser; HELLO's checksum covers them, so
- * rebuild them (they are fixed for a HELLO). */
+ * rebuild them (they are fixed for a HELLO) and go on over the payload in place. */
 static guint32 hello_crc(const MuxFrame *f)
 {
   guint8 h[MUX_HEADER_SIZE];
   header_encode(h, MUX_HELLO, 0, f->length, f->offset);
-  g_autofree guint8 *all = g_malloc(MUX_HEADER_SIZE + f->length - 4);
-  memcpy(all, h, MUX_HEADER_SIZE);
-  memcpy(all + MUX_HEADER_SIZE, f->payload, f->length - 4);
-  return mux_crc32(0, all, MUX_HEADER_SIZE + f->length - 4);
+  return mux_crc32(mux_crc32(0, h, MUX_HEADER_SIZE), f->payload, f->length - 4);
 }
 
 MuxHelloEntry *mux_hello_decode(const MuxFrame *f, guint32 *role, guint *n_entries, GError **error)
@@ -108,7 +105,7 @@ MuxHelloEntry *mux_hello_decode(const MuxFrame *f, guint32 *role, guint *n_entri
                 "mux: peer speaks version %u, we speak %u", version, MUX_VERSION);
     return NULL;
   }
-  if (n > FERRY_MUX_MAX_CHANNELS || f->length != 24 + n * MUX_HELLO_ENTRY_SIZE) {
+  if (n > FERRY_MUX_MAX_CHANNELS || f->length != 24 + (guint64)n * MUX_HELLO_ENTRY_SIZE) {
     g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
                 "mux: HELLO with %u entries in %u bytes", n, f->length);
     return NULL;
@@ -138,6 +135,12 @@ struct MuxParser {
   gsize start;
   gboolean hunting;
   guint64 skipped;
+  /* The hunt, in stream offsets (buf->data[0] is offset `base`): the last look-ahead
+   * past an incomplete candidate covered [scan_from, scan_to) with the stream ending at
+   * scan_end; the next one resumes at `resume`. `checked`: candidate bytes checksummed. */
+  guint64 base;
+  guint64 scan_from, scan_to, scan_end, resume;
+  guint64 checked;
 };
 
 MuxParser *mux_parser_new(void)
@@ -162,6 +165,7 @@ void mux_parser_reset(MuxParser *p)
   p->start = 0;
   p->hunting = TRUE;
   p->skipped = 0;
+  p->base = p->scan_from = p->scan_to = p->scan_end = p->resume = p->checked = 0;
 }
 
 guint64 mux_parser_skipped(MuxParser *p)
@@ -169,10 +173,18 @@ guint64 mux_parser_skipped(MuxParser *p)
   return p->skipped;
 }
 
+guint64 mux_parser_checked(MuxParser *p)
+{
+  return p->checked;
+}
+
+G_STATIC_ASSERT(MUX_MAX_HELLO == 24 + FERRY_MUX_MAX_CHANNELS * MUX_HELLO_ENTRY_SIZE);
+
 void mux_parser_feed(MuxParser *p, const guint8 *data, gsize len)
 {
   if (p->start > 0) {
     g_byte_array_remove_range(p->buf, 0, (guint)p->start);
+    p->base += p->start;
     p->start = 0;
   }
   g_byte_array_append(p->buf, data, (guint)len);
@@ -212,7 +224,8 @@ static gboolean header_valid(const guint8 *h, GError **error)
   else if (type < MUX_HELLO || type > MUX_RESET)
     why = "unknown type";
   else if (type == MUX_HELLO &&
-           (channel != 0 || offset > MUX_HELLO_REPLY || length < 24 || length > MUX_MAX_HELLO))
+           (channel != 0 || offset > MUX_HELLO_REPLY || length < 24 || length > MUX_MAX_HELLO ||
+            (length - 24) % MUX_HELLO_ENTRY_SIZE != 0))
     why = "malformed HELLO";
   else if (type != MUX_HELLO && channel == 0)
     why = "channel 0";
@@ -240,17 +253,34 @@ static void frame_from(MuxFrame *f, const guint8 *h)
   f->payload = h + MUX_HEADER_SIZE;
 }
 
-/* Whether a complete, valid HELLO starts at `at` in the buffer. */
-static gboolean hello_at(MuxParser *p, gsize at, MuxFrame *f)
+/* A HELLO header at `at` (a candidate): its frame in *f. */
+static gboolean candidate_at(MuxParser *p, gsize at, MuxFrame *f)
 {
-  gsize avail = p->buf->len - at;
   const guint8 *h = p->buf->data + at;
-  if (avail < MUX_HEADER_SIZE || mux_get32(h) != MUX_MAGIC || h[4] != MUX_HELLO ||
+  if (p->buf->len - at < MUX_HEADER_SIZE || mux_get32(h) != MUX_MAGIC || h[4] != MUX_HELLO ||
       !header_valid(h, NULL))
     return FALSE;
   frame_from(f, h);
-  if (avail < MUX_HEADER_SIZE + f->length)
-    return FALSE;
+  return TRUE;
+}
+
+static gboolean complete(MuxParser *p, gsize at, const MuxFrame *f)
+{
+  return p->buf->len - at >= MUX_HEADER_SIZE + f->length;
+}
+
+/* Whether the complete candidate at `at` was checked by the last look-ahead already. */
+static gboolean checked_before(MuxParser *p, gsize at, const MuxFrame *f)
+{
+  guint64 abs = p->base + at;
+  return abs >= p->scan_from && abs < p->scan_to &&
+         abs + MUX_HEADER_SIZE + f->length <= p->scan_end;
+}
+
+/* Check a complete candidate: a valid HELLO? Its payload counts against the budget. */
+static gboolean hello_valid(MuxParser *p, const MuxFrame *f)
+{
+  p->checked += f->length;
   guint32 role;
   guint n;
   g_autofree MuxHelloEntry *entries = mux_hello_decode(f, &role, &n, NULL);
@@ -266,45 +296,79 @@ static gboolean candidate_plausible(const guint8 *h, gsize avail)
   return TRUE;
 }
 
+/*
+ * The candidate at start is incomplete, and a stale header may claim more than will
+ * ever come (the peer sends its HELLO and then waits): a complete HELLO further on wins.
+ * Each position is looked at once; the first incomplete candidate found is where the
+ * next look resumes, so it is checked when complete. TRUE with start moved to a HELLO.
+ */
+static gboolean look_ahead(MuxParser *p)
+{
+  gsize from = p->start + 1;
+  if (p->resume > p->base + from)
+    from = (gsize)(p->resume - p->base);
+  gsize at = from;
+  guint64 first_incomplete = G_MAXUINT64;
+  for (; at + MUX_HEADER_SIZE <= p->buf->len && p->checked <= MUX_HUNT_CHECK_BUDGET; at++) {
+    MuxFrame f;
+    if (!candidate_at(p, at, &f))
+      continue;
+    if (!complete(p, at, &f)) {
+      if (first_incomplete == G_MAXUINT64 &&
+          candidate_plausible(p->buf->data + at, p->buf->len - at))
+        first_incomplete = p->base + at;
+      continue;
+    }
+    if (checked_before(p, at, &f) || !hello_valid(p, &f))
+      continue;
+    p->skipped += at - p->start;
+    p->start = at;
+    return TRUE;
+  }
+  p->scan_from = p->base + from;
+  p->scan_to = p->base + at;
+  p->scan_end = p->base + p->buf->len;
+  p->resume = MIN(first_incomplete, p->scan_to);
+  return FALSE;
+}
+
+static void skip_one(MuxParser *p)
+{
+  p->start++;
+  p->skipped++;
+}
+
 MuxParseResult mux_parser_next(MuxParser *p, MuxFrame *f, GError **error)
 {
   for (;;) {
     gsize avail = p->buf->len - p->start;
+    if (p->hunting && p->checked > MUX_HUNT_CHECK_BUDGET) {
+      g_set_error(error, FERRY_ERROR, FERRY_ERROR_RESOURCE_EXHAUSTED,
+                  "mux: no valid HELLO after checking %" G_GUINT64_FORMAT
+                  " bytes of HELLO-like input (%" G_GUINT64_FORMAT " bytes skipped)",
+                  p->checked, p->skipped);
+      return MUX_PARSE_ERROR;
+    }
     if (avail < MUX_HEADER_SIZE)
       return MUX_PARSE_NEED_MORE;
     const guint8 *h = p->buf->data + p->start;
     if (p->hunting) {
       /* Only a whole, checked HELLO ends the hunt; skip a byte at a time otherwise. */
-      if (mux_get32(h) != MUX_MAGIC || h[4] != MUX_HELLO || !header_valid(h, NULL)) {
-        p->start++;
-        p->skipped++;
+      if (!candidate_at(p, p->start, f)) {
+        skip_one(p);
         continue;
       }
-      frame_from(f, h);
-      if (avail < MUX_HEADER_SIZE + f->length) {
+      if (!complete(p, p->start, f)) {
         if (!candidate_plausible(h, avail)) {
-          p->start++;
-          p->skipped++;
+          skip_one(p);
           continue;
         }
-        /* A stale header may claim more than will ever come (the peer sends its HELLO
-         * and then waits): a complete HELLO further on wins over an incomplete one. */
-        gboolean found = FALSE;
-        for (gsize at = p->start + 1; !found && at + MUX_HEADER_SIZE <= p->buf->len; at++) {
-          MuxFrame later;
-          if (hello_at(p, at, &later)) {
-            p->skipped += at - p->start;
-            p->start = at;
-            found = TRUE;
-          }
-        }
-        if (!found)
+        if (!look_ahead(p))
           return MUX_PARSE_NEED_MORE;
         continue;
       }
-      if (!hello_at(p, p->start, f)) {
-        p->start++;
-        p->skipped++;
+      if (checked_before(p, p->start, f) || !hello_valid(p, f)) {
+        skip_one(p);
         continue;
       }
       p->hunting = FALSE;

@@ -9,8 +9,12 @@
 #define MUX_HEADER_SIZE 24u
 #define MUX_HELLO_TAG "FERRYMUX"
 #define MUX_VERSION 1u
-#define MUX_MAX_HELLO (1u << 20)
 #define MUX_HELLO_ENTRY_SIZE 28u
+/* The longest HELLO: one entry per channel the mux allows (FERRY_MUX_MAX_CHANNELS). */
+#define MUX_MAX_HELLO (24u + 4096u * MUX_HELLO_ENTRY_SIZE)
+/* HELLO-like candidates the hunt may checksum before it gives up: bytes of payload.
+ * Plain stale bytes cost one header check each and never count. */
+#define MUX_HUNT_CHECK_BUDGET (32u << 20)
 
 typedef enum {
   MUX_HELLO = 1,
@@ -108,7 +112,12 @@ void mux_parser_free(MuxParser *parser);
 void mux_parser_reset(MuxParser *parser);
 void mux_parser_feed(MuxParser *parser, const guint8 *data, gsize len);
 /* While hunting, only a complete, valid HELLO comes out (everything before it is
- * skipped); after it, frames are checked strictly. */
+ * skipped); after it, frames are checked strictly. The hunt looks at each position
+ * once (a candidate still arriving is looked at again when it is complete) and
+ * checksums at most MUX_HUNT_CHECK_BUDGET bytes of candidates: past that it is
+ * MUX_PARSE_ERROR (RESOURCE_EXHAUSTED), so crafted input cannot buy CPU. */
 MuxParseResult mux_parser_next(MuxParser *parser, MuxFrame *frame, GError **error);
 /* Bytes skipped while hunting since the last reset (for tests). */
 guint64 mux_parser_skipped(MuxParser *parser);
+/* Bytes of HELLO-like candidates the hunt checksummed since the last reset (for tests). */
+guint64 mux_parser_checked(MuxParser *parser);
