@@ -10,6 +10,14 @@
 
 /* Stop producing frames while this much is waiting to be written. */
 #define OUTPUT_HIGH_WATER (256u * 1024u)
+/* Input back-pressure (issue 9 item 2): the peer's frames make us owe it frames (a RESET
+ * for each frame of an unknown channel, a REFUSE for each OPEN to an unlisted port).
+ * Stop reading while control frames and unsent output pass INPUT_STOP_WATER, read
+ * again under INPUT_RESUME_WATER; CONTROL_MAX owed control bytes are a protocol error
+ * (unreachable while the stop works: a read adds at most about its own size). */
+#define INPUT_STOP_WATER (1u << 20)
+#define INPUT_RESUME_WATER (512u * 1024u)
+#define CONTROL_MAX (8u << 20)
 #define HOST_ID_BIT 0x80000000u
 
 typedef struct MuxChannel MuxChannel;
@@ -73,7 +81,8 @@ struct FerryMux {
   guint deliver_source;
   guint pump_source;
   gboolean freeing;
-  gboolean quiet; /* nothing goes out until ferry_mux_set_quiet(FALSE) */
+  gboolean quiet;         /* nothing goes out until ferry_mux_set_quiet(FALSE) */
+  gboolean input_stopped; /* back-pressure: the stream does not read, frames wait parsed */
   FerryMuxLostFunc lost_func;
   gpointer lost_data;
   FerryMuxSyncedFunc synced_func;
@@ -91,6 +100,8 @@ static void pump(FerryMux *mux);
 static void schedule_deliver(FerryMux *mux);
 static void send_hello(FerryMux *mux, gboolean reply);
 static void drop_stream(FerryMux *mux, const GError *why);
+static void process_input(FerryMux *mux);
+static gsize owed_output(FerryMux *mux);
 
 /* ------------------------------------------------------------ channels -- */
 
@@ -405,6 +416,8 @@ static gboolean mc_has_output(MuxChannel *mc)
 
 static void pump_full(FerryMux *mux, gboolean from_idle);
 
+static void pump_full(FerryMux *mux, gboolean from_idle);
+
 static gboolean on_pump_idle(gpointer p)
 {
   FerryMux *mux = p;
@@ -426,7 +439,7 @@ static void pump_later(FerryMux *mux)
  * (an idle when the stream took everything, the stream's drained handler when the peer
  * is slow).
  */
-static void pump_full(FerryMux *mux, gboolean from_idle)
+static void pump_output(FerryMux *mux, gboolean from_idle)
 {
   if (mux->stream == NULL || !mux->synced || mux->freeing || mux->quiet)
     return;
@@ -465,9 +478,32 @@ static void pump_full(FerryMux *mux, gboolean from_idle)
     pump_later(mux);
 }
 
+static void input_resume_check(FerryMux *mux, gboolean from_idle);
+
+static void pump_full(FerryMux *mux, gboolean from_idle)
+{
+  pump_output(mux, from_idle);
+  input_resume_check(mux, from_idle);
+}
+
 static void pump(FerryMux *mux)
 {
   pump_full(mux, FALSE);
+}
+
+/* Read again once what we owe the peer has gone down: from the main loop only (frames
+ * already read are handled then, and they run the application's callbacks). */
+static void input_resume_check(FerryMux *mux, gboolean from_idle)
+{
+  if (!mux->input_stopped || mux->stream == NULL || owed_output(mux) > INPUT_RESUME_WATER)
+    return;
+  if (!from_idle) {
+    pump_later(mux);
+    return;
+  }
+  mux->input_stopped = FALSE;
+  ferry_stream_set_reading(mux->stream, TRUE);
+  process_input(mux);
 }
 
 /* ------------------------------------------------------------------ input -- */
@@ -725,11 +761,30 @@ static void on_frame(FerryMux *mux, const MuxFrame *f)
   }
 }
 
-static void on_stream_data(FerryStream *s, const guint8 *data, gsize len, gpointer ud)
+/* What we owe the peer and have not written: control frames and unsent output. */
+static gsize owed_output(FerryMux *mux)
 {
-  FerryMux *mux = ud;
-  mux_parser_feed(mux->parser, data, len);
-  while (mux->stream == s) {
+  return mux->control->len + (mux->stream != NULL ? ferry_stream_pending_output(mux->stream) : 0);
+}
+
+/* Handle the frames read, until back-pressure stops us (they wait in the parser). */
+static void process_input(FerryMux *mux)
+{
+  FerryStream *s = mux->stream;
+  while (mux->stream == s && s != NULL) {
+    if (mux->control->len > CONTROL_MAX) {
+      g_autoptr(GError) error =
+          g_error_new(FERRY_ERROR, FERRY_ERROR_RESOURCE_EXHAUSTED,
+                      "mux: the peer made us owe %u bytes of control frames", mux->control->len);
+      drop_stream(mux, error);
+      break;
+    }
+    if (owed_output(mux) > INPUT_STOP_WATER) {
+      /* The peer does not read what its frames make us answer: stop reading it. */
+      mux->input_stopped = TRUE;
+      ferry_stream_set_reading(s, FALSE);
+      break;
+    }
     MuxFrame f;
     g_autoptr(GError) error = NULL;
     MuxParseResult r = mux_parser_next(mux->parser, &f, &error);
@@ -746,6 +801,14 @@ static void on_stream_data(FerryStream *s, const guint8 *data, gsize len, gpoint
     on_frame(mux, &f);
   }
   pump(mux);
+}
+
+static void on_stream_data(FerryStream *s, const guint8 *data, gsize len, gpointer ud)
+{
+  FerryMux *mux = ud;
+  mux_parser_feed(mux->parser, data, len);
+  if (mux->stream == s)
+    process_input(mux);
 }
 
 static void on_stream_closed(FerryStream *s, const GError *error, gpointer ud)
@@ -775,6 +838,7 @@ static void drop_stream(FerryMux *mux, const GError *why)
     return;
   FerryStream *s = g_steal_pointer(&mux->stream);
   mux->synced = FALSE;
+  mux->input_stopped = FALSE;
   g_byte_array_set_size(mux->control, 0);
   ferry_stream_close(s, NULL);
   ferry_stream_unref(s);

@@ -1,0 +1,168 @@
+/*
+ * A hostile guest against the host mux (issue 9 item 2): it floods frames that make the
+ * host owe it answers (a RESET for every frame of an unknown channel) and never reads.
+ * The host stops reading it (back-pressure) instead of queueing answers without bound,
+ * and its main loop stays responsive. And a guest gone before the host notices: the
+ * write that finds it gone reports nothing from inside itself.
+ */
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ferry/error.h"
+#include "ferry/fd.h"
+#include "ferry/mux.h"
+#include "ferry/source.h"
+#include "mux-wire.h"
+
+#define FLOOD_LIMIT (G_GUINT64_CONSTANT(1) << 30)
+
+static gsize rss_bytes(void)
+{
+  g_autofree char *text = NULL;
+  g_assert_true(g_file_get_contents("/proc/self/statm", &text, NULL, NULL));
+  g_auto(GStrv) f = g_strsplit(text, " ", 3);
+  return (gsize)g_ascii_strtoull(f[1], NULL, 10) * (gsize)sysconf(_SC_PAGESIZE);
+}
+
+/* Write what the socket takes; FALSE at EAGAIN. */
+static gboolean write_some(int fd, const guint8 *buf, gsize len, guint64 *sent)
+{
+  ssize_t n = write(fd, buf, len);
+  if (n < 0) {
+    g_assert_true(errno == EAGAIN || errno == EWOULDBLOCK);
+    return FALSE;
+  }
+  *sent += (guint64)n;
+  return TRUE;
+}
+
+static gboolean on_tick(gpointer data)
+{
+  (*(int *)data)++;
+  return G_SOURCE_CONTINUE;
+}
+
+static void test_unknown_channel_flood_back_pressure(void)
+{
+  g_autoptr(GError) error = NULL;
+  int sp[2];
+  g_assert_true(ferry_socketpair(sp, FALSE, &error));
+  FerryMux *host = ferry_mux_new(FERRY_MUX_HOST);
+  g_assert_true(ferry_mux_attach(host, sp[0], &error));
+  int guest = sp[1];
+  g_assert_true(ferry_fd_set_nonblocking(guest, TRUE, &error));
+
+  /* The guest's HELLO, then ACK frames (28 bytes) for a channel the host never had. */
+  g_autoptr(GByteArray) hello = g_byte_array_new();
+  mux_hello_append(hello, FERRY_MUX_GUEST, FALSE, NULL, 0);
+  guint64 ignored = 0;
+  g_assert_true(write_some(guest, hello->data, hello->len, &ignored));
+  g_autoptr(GByteArray) flood = g_byte_array_new();
+  guint8 window[4];
+  mux_put32(window, 4096);
+  while (flood->len < 64 * 1024 - 28)
+    mux_frame_append(flood, MUX_ACK, 5, 0, window, 4);
+
+  for (int i = 0; i < 20; i++)
+    g_main_context_iteration(NULL, FALSE);
+  gsize rss0 = rss_bytes();
+  guint64 sent = 0, partial = 0;
+  gboolean stalled = FALSE;
+  while (sent < FLOOD_LIMIT) {
+    /* Keep frames whole: resend the rest of a chunk the socket took in part. */
+    gsize off = (gsize)(partial % flood->len);
+    guint64 before = sent;
+    if (write_some(guest, flood->data + off, flood->len - off, &sent)) {
+      partial += sent - before;
+      continue;
+    }
+    if (g_main_context_iteration(NULL, FALSE))
+      continue;
+    /* Nothing for the host to do, and the socket is full: is it still reading? */
+    if (!write_some(guest, flood->data + off, flood->len - off, &sent)) {
+      stalled = TRUE;
+      break;
+    }
+    partial += sent - before;
+  }
+  gsize growth = rss_bytes() - MIN(rss0, rss_bytes());
+  g_test_message("flood: %" G_GUINT64_FORMAT " bytes sent before the host stopped reading, host "
+                 "RSS grew %" G_GSIZE_FORMAT " KiB",
+                 sent, growth / 1024);
+  g_assert_true(stalled); /* back-pressure, not 1 GiB taken in */
+  g_assert_cmpuint(sent, <, FLOOD_LIMIT);
+  g_assert_cmpuint(growth, <, 16u << 20);
+  g_assert_true(ferry_mux_is_attached(host)); /* back-pressure, not a dropped stream */
+
+  /* The host's loop stays responsive: a timer on it runs, and it does not spin. */
+  int ticks = 0;
+  GSource *tick = ferry_timeout_new(NULL, 5, on_tick, &ticks);
+  while (ticks < 3)
+    g_main_context_iteration(NULL, TRUE);
+  ferry_source_clear(&tick);
+  guint rounds = 0;
+  while (rounds < 100 && g_main_context_iteration(NULL, FALSE))
+    rounds++;
+  g_assert_cmpuint(rounds, <, 10);
+
+  ferry_mux_free(host);
+  close(guest);
+}
+
+static void on_accept(FerryTransport *t, FerryChannel *ch, gpointer ud)
+{
+  *(FerryChannel **)ud = ferry_channel_ref(ch);
+}
+
+static void on_lost(FerryMux *mux, const GError *error, gpointer ud)
+{
+  (*(int *)ud)++;
+}
+
+/* Issue 9 item 1, the mux pump: the guest is gone; a channel write pumps the mux, whose
+ * stream write breaks. The mux learns it from the main loop, once, never inside the
+ * application's write. */
+static void test_channel_write_after_peer_closed(void)
+{
+  g_autoptr(GError) error = NULL;
+  int sp[2];
+  g_assert_true(ferry_socketpair(sp, FALSE, &error));
+  FerryMux *host = ferry_mux_new(FERRY_MUX_HOST);
+  int lost = 0;
+  ferry_mux_set_lost_func(host, on_lost, &lost);
+  FerryChannel *ch = NULL;
+  g_assert_true(
+      ferry_transport_listen(ferry_mux_get_transport(host), 0x40000001u, on_accept, &ch, &error));
+  g_assert_true(ferry_mux_attach(host, sp[0], &error));
+  g_autoptr(GByteArray) in = g_byte_array_new();
+  mux_hello_append(in, FERRY_MUX_GUEST, FALSE, NULL, 0);
+  guint8 open[8];
+  mux_put32(open, 0x40000001u);
+  mux_put32(open + 4, 65536);
+  mux_frame_append(in, MUX_OPEN, 5, 0, open, 8);
+  g_assert_cmpint(write(sp[1], in->data, in->len), ==, (gssize)in->len);
+  while (ch == NULL)
+    g_main_context_iteration(NULL, TRUE);
+  close(sp[1]);
+  ferry_channel_write(ch, "x", 1);
+  g_assert_cmpint(lost, ==, 0);
+  while (lost == 0)
+    g_main_context_iteration(NULL, TRUE);
+  for (int i = 0; i < 50; i++)
+    g_main_context_iteration(NULL, FALSE);
+  g_assert_cmpint(lost, ==, 1);
+  g_assert_false(ferry_mux_is_attached(host));
+  ferry_channel_unref(ch);
+  ferry_mux_free(host);
+}
+
+int main(int argc, char **argv)
+{
+  g_test_init(&argc, &argv, NULL);
+  g_test_add_func("/mux-flood/unknown-channel-flood-back-pressure",
+                  test_unknown_channel_flood_back_pressure);
+  g_test_add_func("/mux-flood/channel-write-after-peer-closed",
+                  test_channel_write_after_peer_closed);
+  return g_test_run();
+}
