@@ -51,19 +51,39 @@ bench-boot: image
 demo: image
 	@bash scripts/demo.sh $(BUILD)
 
-# A libFuzzer build under clang (build-fuzz/); run a target for FUZZ_SECONDS.
+# A libFuzzer build under clang (build-fuzz/); run each target for FUZZ_SECONDS, one
+# after the other (FUZZ_TARGETS="qmp-lines vm-document" picks some), new inputs going to
+# build-fuzz/corpus-<target>/ and its output to build-fuzz/fuzz-<target>.log. A target
+# that fails leaves its input as build-fuzz/<target>-crash-* (or -leak-, -timeout-, ...);
+# the others still run, and the exit status is non-zero if any failed.
 FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
 fuzz:
 	@bash scripts/install-deps.sh build ci
 	[ -f build-fuzz/build.ninja ] || CC=clang meson setup build-fuzz -Dfuzzing=true \
 	  -Db_sanitize=address,undefined -Db_lundef=false
 	ninja -C build-fuzz
-	@for t in build-fuzz/tests/fuzz/fuzz-*; do \
-	  name=$${t##*/fuzz-}; mkdir -p build-fuzz/corpus-$$name; \
-	  echo "fuzzing $$name for $(FUZZ_SECONDS)s"; \
-	  $$t -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build-fuzz/corpus-$$name \
-	    tests/fuzz/corpus/$$name || exit 1; \
-	done
+	@failed=""; ran=0; \
+	for t in build-fuzz/tests/fuzz/fuzz-*; do \
+	  [ -f "$$t" ] && [ -x "$$t" ] || continue; \
+	  name=$${t##*/fuzz-}; \
+	  [ -z "$(FUZZ_TARGETS)" ] || case " $(FUZZ_TARGETS) " in *" $$name "*) ;; *) continue;; esac; \
+	  ran=$$((ran + 1)); mkdir -p build-fuzz/corpus-$$name; \
+	  log=build-fuzz/fuzz-$$name.log; \
+	  echo "fuzzing $$name for $(FUZZ_SECONDS)s ($$log)"; \
+	  if UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	     $$t -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -artifact_prefix=build-fuzz/$$name- \
+	       build-fuzz/corpus-$$name tests/fuzz/corpus/$$name >$$log 2>&1; then \
+	    echo "fuzz $$name: ok, $$(grep -E '^Done [0-9]+ runs' $$log | tail -n 1)"; \
+	  else \
+	    echo "fuzz $$name: FAILED"; \
+	    grep -E '^(==[0-9]+==ERROR|SUMMARY|.*runtime error:|artifact_prefix|Test unit written)' \
+	      $$log | head -n 6; \
+	    failed="$$failed $$name"; \
+	  fi; \
+	done; \
+	[ $$ran -gt 0 ] || { echo "no fuzz target matched in build-fuzz/tests/fuzz"; exit 1; }; \
+	[ -z "$$failed" ] || { echo "fuzz targets that failed:$$failed"; exit 1; }
 
 format:
 	git ls-files '*.c' '*.h' | xargs clang-format -i
