@@ -262,8 +262,12 @@ static void handle_line(FerryQmp *q, const char *line, gsize len)
   }
   json_t *ret = json_object_get(msg, "return");
   if (ret == NULL) {
-    complete(q, p, NULL, NULL);
-    close_protocol(q, "answer to id %" G_GUINT64_FORMAT " has neither return nor error", p->id);
+    g_autoptr(GError) e =
+        g_error_new(FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                    "qmp: %s: answer to id %" G_GUINT64_FORMAT " has neither return nor error",
+                    p->command, p->id);
+    complete(q, p, NULL, e);
+    close_with(q, e);
     return;
   }
   complete(q, p, ret, NULL);
