@@ -24,7 +24,8 @@ typedef struct FerryQmp FerryQmp;
  * the connection is gone). */
 typedef void (*FerryQmpReplyFunc)(FerryQmp *qmp, json_t *result, const GError *error,
                                   gpointer user_data);
-/* An event (data borrowed; may be NULL); the timestamp in microseconds since the epoch. */
+/* An event (data borrowed; may be NULL); the timestamp in microseconds since the epoch (0
+ * when it does not fit in a gint64). */
 typedef void (*FerryQmpEventFunc)(FerryQmp *qmp, const char *event, json_t *data,
                                   gint64 timestamp_us, gpointer user_data);
 /* The connection ended (error says why). Once. */

@@ -238,9 +238,11 @@ static void handle_line(FerryQmp *q, const char *line, gsize len)
     gint64 sec = 0, usec = 0;
     ferry_json_get_int64(ts, "seconds", FALSE, &sec, NULL);
     ferry_json_get_int64(ts, "microseconds", FALSE, &usec, NULL);
+    gint64 us;
+    if (__builtin_mul_overflow(sec, G_USEC_PER_SEC, &us) || __builtin_add_overflow(us, usec, &us))
+      us = 0; /* no time QEMU can have meant */
     if (q->event_func != NULL)
-      q->event_func(q, event, json_object_get(msg, "data"), sec * G_USEC_PER_SEC + usec,
-                    q->event_data);
+      q->event_func(q, event, json_object_get(msg, "data"), us, q->event_data);
     return;
   }
   json_t *id = json_object_get(msg, "id");
