@@ -42,8 +42,9 @@ struct PipeChannel {
   GSource *idle;
 };
 
-static guint pipe_finalized; /* how many PipeChannels were freed */
-static guint pipe_closes;    /* how many times klass->close ran */
+static guint pipe_finalized;    /* how many PipeChannels were freed */
+static guint pipe_unacked_asks; /* how often someone asked a PipeChannel for its unacked */
+static guint pipe_closes;       /* how many times klass->close ran */
 
 static gboolean pipe_dispatch(gpointer ud);
 
@@ -128,6 +129,7 @@ static gsize pipe_write_room(FerryChannel *channel)
 static gsize pipe_unacked(FerryChannel *channel)
 {
   PipeChannel *p = (PipeChannel *)channel;
+  pipe_unacked_asks++;
   return p->peer != NULL ? p->peer->inbox->len : 0;
 }
 
@@ -812,6 +814,27 @@ static void test_fd_bytes_both_ways(void)
   bridge_close(&br);
 }
 
+/* Bytes waiting to be read on fd. */
+static int queued_in(int fd)
+{
+  int n = 0;
+  g_assert_cmpint(ioctl(fd, FIONREAD, &n), ==, 0);
+  return n;
+}
+
+/* Run the loop until it is idle and the bytes queued for fd stop growing: the far end
+ * of the socket is full and nothing on the loop can add to it. */
+static void wait_socket_full(int fd)
+{
+  int before = -1;
+  gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+  while (queued_in(fd) != before) {
+    g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+    before = queued_in(fd);
+    spin();
+  }
+}
+
 /* A local reader that does not read: the channel's data stays in the channel,
  * unconsumed, beyond a bound; reading lets it all through in order. */
 static void test_fd_slow_reader_leaves_data_in_channel(void)
@@ -821,10 +844,9 @@ static void test_fd_slow_reader_leaves_data_in_channel(void)
   gsize total = 16u << 20;
   g_autofree guint8 *data = pattern(total, 3);
   g_assert_cmpuint(ferry_channel_write(br.far, data, total), ==, total);
-  for (int i = 0; i < 50; i++) {
-    spin();
-    g_usleep(1000);
-  }
+  /* Until the adapter can do nothing more: the loop idle and the socket full (what it
+   * could take is in; what follows waits for the reader). */
+  wait_socket_full(br.fd);
   gsize unconsumed = ferry_channel_unacked(br.far);
   g_assert_cmpuint(unconsumed, >, total - ADAPTER_SLACK);
   g_autofree guint8 *back = g_malloc(total);
@@ -862,10 +884,12 @@ static void test_fd_full_channel_stops_socket_reads(void)
   bridge_open(&br, 0); /* the far side buffers nothing: near's writes get 0 */
   gsize offset = 0;
   gsize first = fill_fd(br.fd, 5, &offset);
-  for (int i = 0; i < 20; i++) {
+  /* Fill again each time the loop went idle, until the socket takes nothing more: the
+   * adapter stopped reading (fill_fd fails the test if it never does). */
+  for (gsize more = 1; more > 0;) {
     spin();
-    g_usleep(1000);
-    first += fill_fd(br.fd, 5, &offset);
+    more = fill_fd(br.fd, 5, &offset);
+    first += more;
   }
   g_assert_cmpuint(first, <, ADAPTER_SLACK);
   spin();
@@ -935,10 +959,11 @@ static void test_fd_adapter_lets_go_when_done(void)
   g_assert_cmpint(shutdown(br.fd, SHUT_WR), ==, 0);
   ferry_channel_shutdown_write(br.far);
   expect_fd_eof(br.fd);
-  for (int i = 0; i < 10; i++) {
-    spin();
-    g_usleep(5000);
-  }
+  /* The adapter lingers: it looks at the far side's unconsumed bytes again and again
+   * (three times here, on its backing-off timer) and keeps the channel. */
+  guint asks = pipe_unacked_asks;
+  while (pipe_unacked_asks < asks + 3)
+    g_main_context_iteration(NULL, TRUE);
   g_assert_cmpuint(pipe_finalized, ==, br.finalized_before); /* lingering */
   g_assert_false(br.rfar.closed);
   br.rfar.stall = FALSE;
@@ -1163,10 +1188,10 @@ static void test_vsock_channel_stalled_handler_stops_reading(void)
   r.stall = TRUE;
   gsize offset = 0;
   gsize first = fill_fd(peer, 6, &offset);
-  for (int i = 0; i < 20; i++) {
+  for (gsize more = 1; more > 0;) { /* until the loop is idle and the socket full */
     spin();
-    g_usleep(1000);
-    first += fill_fd(peer, 6, &offset);
+    more = fill_fd(peer, 6, &offset);
+    first += more;
   }
   g_assert_cmpuint(first, <, ADAPTER_SLACK);
   g_assert_cmpuint(fill_fd(peer, 6, &offset), ==, 0);
