@@ -42,6 +42,7 @@ typedef struct {
   gboolean channel_paused; /* the data handler consumed less; resume when drained */
   GSource *linger;
   guint linger_ms;
+  GMainContext *context; /* thread-default at creation: the linger timer goes there */
 } ChannelFd;
 
 static ChannelFd *hold(gpointer ud)
@@ -194,6 +195,7 @@ static void adapter_free(ChannelFd *a)
   ferry_channel_set_handlers(a->channel, NULL, NULL);
   ferry_channel_unref(a->channel);
   g_byte_array_unref(a->to_channel);
+  g_main_context_unref(a->context);
   g_free(a);
 }
 
@@ -216,7 +218,7 @@ static void release(ChannelFd *a)
       a->linger_ms = a->linger_ms == 0 ? LINGER_FIRST_MS : MIN(a->linger_ms * 2, LINGER_MAX_MS);
       a->linger = g_timeout_source_new(a->linger_ms);
       g_source_set_callback(a->linger, on_linger, a, NULL);
-      g_source_attach(a->linger, g_main_context_get_thread_default());
+      g_source_attach(a->linger, a->context);
     }
     return;
   }
@@ -262,6 +264,7 @@ int ferry_channel_to_fd(FerryChannel *channel, GError **error)
   ferry_stream_set_max_output(a->stream, LOCAL_OUTPUT_CAP); /* a backstop: never reached */
   a->channel = ferry_channel_ref(channel);
   a->to_channel = g_byte_array_new();
+  a->context = g_main_context_ref_thread_default();
   ferry_channel_set_handlers(channel, &channel_handlers, a);
   return ferry_fd_steal(&caller_end);
 }

@@ -5,6 +5,7 @@
 
 #include "channel-impl.h"
 #include "ferry/error.h"
+#include "ferry/source.h"
 #include "ferry/stream.h"
 #include "mux-wire.h"
 
@@ -77,9 +78,10 @@ struct FerryMux {
   guint32 next_id;
   guint32 window;
   gsize send_buffer;
-  GList *rr; /* round-robin position: ids in creation order */
-  guint deliver_source;
-  guint pump_source;
+  GList *rr;             /* round-robin position: ids in creation order */
+  GMainContext *context; /* thread-default at creation: streams and idles go there */
+  GSource *deliver_source;
+  GSource *pump_source;
   gboolean freeing;
   gboolean quiet;         /* nothing goes out until ferry_mux_set_quiet(FALSE) */
   gboolean input_stopped; /* back-pressure: the stream does not read, frames wait parsed */
@@ -232,7 +234,7 @@ static void mc_deliver(MuxChannel *mc)
 static gboolean on_deliver(gpointer p)
 {
   FerryMux *mux = p;
-  mux->deliver_source = 0;
+  ferry_source_clear(&mux->deliver_source);
   GList *ids = g_list_copy(mux->rr);
   for (GList *l = ids; l != NULL; l = l->next) {
     MuxChannel *mc = g_hash_table_lookup(mux->channels, l->data);
@@ -246,8 +248,8 @@ static gboolean on_deliver(gpointer p)
 
 static void schedule_deliver(FerryMux *mux)
 {
-  if (mux->deliver_source == 0 && !mux->freeing)
-    mux->deliver_source = g_idle_add(on_deliver, mux);
+  if (mux->deliver_source == NULL && !mux->freeing)
+    mux->deliver_source = ferry_idle_new(mux->context, on_deliver, mux);
 }
 
 /* ---- the application's side (FerryChannelClass) ---- */
@@ -421,15 +423,15 @@ static void pump_full(FerryMux *mux, gboolean from_idle);
 static gboolean on_pump_idle(gpointer p)
 {
   FerryMux *mux = p;
-  mux->pump_source = 0;
+  ferry_source_clear(&mux->pump_source);
   pump_full(mux, TRUE);
   return G_SOURCE_REMOVE;
 }
 
 static void pump_later(FerryMux *mux)
 {
-  if (mux->pump_source == 0 && !mux->freeing)
-    mux->pump_source = g_idle_add(on_pump_idle, mux);
+  if (mux->pump_source == NULL && !mux->freeing)
+    mux->pump_source = ferry_idle_new(mux->context, on_pump_idle, mux);
 }
 
 /*
@@ -871,7 +873,10 @@ static void send_hello(FerryMux *mux, gboolean reply)
 gboolean ferry_mux_attach(FerryMux *mux, int fd, GError **error)
 {
   ferry_mux_detach(mux);
+  /* Every stream the mux attaches watches its context, whatever is current now. */
+  g_main_context_push_thread_default(mux->context);
   mux->stream = ferry_stream_new(fd, "mux", &mux_stream_handlers, mux, error);
+  g_main_context_pop_thread_default(mux->context);
   if (mux->stream == NULL)
     return FALSE;
   mux_parser_reset(mux->parser);
@@ -962,7 +967,7 @@ static void mux_dial(FerryTransport *t, guint32 port, FerryDialFunc done, gpoint
                             : g_error_new(FERRY_ERROR, FERRY_ERROR_RESOURCE_EXHAUSTED,
                                           "mux: no more channels (%u open)",
                                           g_hash_table_size(mux->channels));
-    g_idle_add(on_dial_failure, d);
+    g_source_unref(ferry_idle_new(mux->context, on_dial_failure, d)); /* frees itself */
     return;
   }
   guint32 id = mux->next_id++ | (mux->role == FERRY_MUX_HOST ? HOST_ID_BIT : 0);
@@ -993,6 +998,7 @@ FerryMux *ferry_mux_new(FerryMuxRole role)
   mux->channels = g_hash_table_new(NULL, NULL);
   mux->listeners = g_hash_table_new_full(NULL, NULL, NULL, g_free);
   mux->control = g_byte_array_new();
+  mux->context = g_main_context_ref_thread_default();
   mux->next_id = 1;
   mux->window = FERRY_MUX_DEFAULT_WINDOW;
   mux->send_buffer = FERRY_MUX_DEFAULT_SEND_BUFFER;
@@ -1016,11 +1022,8 @@ static void mux_shut_down(FerryMux *mux)
     return;
   drop_stream(mux, NULL);
   mux->freeing = TRUE;
-  if (mux->deliver_source != 0)
-    g_source_remove(mux->deliver_source);
-  if (mux->pump_source != 0)
-    g_source_remove(mux->pump_source);
-  mux->deliver_source = mux->pump_source = 0;
+  ferry_source_clear(&mux->deliver_source);
+  ferry_source_clear(&mux->pump_source);
   g_autoptr(GError) gone = g_error_new(FERRY_ERROR, FERRY_ERROR_CANCELLED, "mux: freed");
   while (mux->rr != NULL) {
     MuxChannel *mc = g_hash_table_lookup(mux->channels, mux->rr->data);
@@ -1043,6 +1046,7 @@ static void mux_transport_finalize(FerryTransport *t)
   g_hash_table_unref(mux->listeners);
   g_byte_array_unref(mux->control);
   mux_parser_free(mux->parser);
+  g_main_context_unref(mux->context);
 }
 
 /* Shut down now; the memory goes with the last transport reference (a FerryStdioPorts,

@@ -115,6 +115,14 @@ static void on_accept(FerryTransport *t, FerryChannel *ch, gpointer ud)
   *(FerryChannel **)ud = ferry_channel_ref(ch);
 }
 
+static gsize on_channel_data(FerryChannel *ch, const guint8 *data, gsize len, gpointer ud)
+{
+  *(gsize *)ud += len;
+  return len;
+}
+
+static const FerryChannelHandlers count_handlers = { .data = on_channel_data };
+
 static void on_lost(FerryMux *mux, const GError *error, gpointer ud)
 {
   (*(int *)ud)++;
@@ -123,7 +131,7 @@ static void on_lost(FerryMux *mux, const GError *error, gpointer ud)
 /* Issue 9 item 1, the mux pump: the guest is gone; a channel write pumps the mux, whose
  * stream write breaks. The mux learns it from the main loop, once, never inside the
  * application's write. */
-static void test_channel_write_after_peer_closed(void)
+static void channel_write_after_peer_closed(void)
 {
   g_autoptr(GError) error = NULL;
   int sp[2];
@@ -143,18 +151,46 @@ static void test_channel_write_after_peer_closed(void)
   mux_frame_append(in, MUX_OPEN, 5, 0, open, 8);
   g_assert_cmpint(write(sp[1], in->data, in->len), ==, (gssize)in->len);
   while (ch == NULL)
-    g_main_context_iteration(NULL, TRUE);
+    g_main_context_iteration(g_main_context_get_thread_default(), TRUE);
+  /* Data from the guest reaches the channel (delivered from the mux's idle). */
+  gsize got = 0;
+  ferry_channel_set_handlers(ch, &count_handlers, &got);
+  g_autoptr(GByteArray) data = g_byte_array_new();
+  mux_frame_append(data, MUX_DATA, 5, 0, (const guint8 *)"hello", 5);
+  g_assert_cmpint(write(sp[1], data->data, data->len), ==, (gssize)data->len);
+  gint64 until = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
+  while (got < 5) {
+    g_assert_cmpint(g_get_monotonic_time(), <, until);
+    g_main_context_iteration(g_main_context_get_thread_default(), FALSE);
+  }
   close(sp[1]);
   ferry_channel_write(ch, "x", 1);
   g_assert_cmpint(lost, ==, 0);
   while (lost == 0)
-    g_main_context_iteration(NULL, TRUE);
+    g_main_context_iteration(g_main_context_get_thread_default(), TRUE);
   for (int i = 0; i < 50; i++)
-    g_main_context_iteration(NULL, FALSE);
+    g_main_context_iteration(g_main_context_get_thread_default(), FALSE);
   g_assert_cmpint(lost, ==, 1);
   g_assert_false(ferry_mux_is_attached(host));
   ferry_channel_unref(ch);
   ferry_mux_free(host);
+}
+
+static void test_channel_write_after_peer_closed(void)
+{
+  channel_write_after_peer_closed();
+}
+
+/* Issue 9 item 6: the same under a pushed thread-default context; nothing of the mux
+ * (its stream, its pump and delivery idles) goes to the global default context. */
+static void test_channel_write_on_pushed_context(void)
+{
+  GMainContext *ctx = g_main_context_new();
+  g_main_context_push_thread_default(ctx);
+  channel_write_after_peer_closed();
+  g_assert_false(g_main_context_pending(NULL));
+  g_main_context_pop_thread_default(ctx);
+  g_main_context_unref(ctx);
 }
 
 int main(int argc, char **argv)
@@ -164,5 +200,7 @@ int main(int argc, char **argv)
                   test_unknown_channel_flood_back_pressure);
   g_test_add_func("/mux-flood/channel-write-after-peer-closed",
                   test_channel_write_after_peer_closed);
+  g_test_add_func("/mux-flood/channel-write-on-pushed-context",
+                  test_channel_write_on_pushed_context);
   return g_test_run();
 }
