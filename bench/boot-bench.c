@@ -62,6 +62,17 @@ static gboolean on_watch_console(gpointer ud)
   return G_SOURCE_CONTINUE;
 }
 
+/* The program's choices from its environment: FERRY_QEMU (the binary), FERRY_ACCEL
+ * (kvm, tcg, auto). The library reads neither. */
+static FerryVmOptions bench_vm_options(void)
+{
+  FerryVmOptions o = { .qemu_binary = g_getenv("FERRY_QEMU") };
+  g_autoptr(GError) error = NULL;
+  if (!ferry_vm_accel_parse(g_getenv("FERRY_ACCEL"), &o.accel, &error))
+    g_error("FERRY_ACCEL: %s", error->message);
+  return o;
+}
+
 /* Start to the first bridge reply, through the VM manager and the guest manager;
  * *init_ms gets the time to init's "agent started" line. */
 static double ferry_round(const char *dir, const char *kernel, const char *initrd, double *init_ms)
@@ -69,7 +80,8 @@ static double ferry_round(const char *dir, const char *kernel, const char *initr
   g_autoptr(FerryVmDoc) doc = make_doc(kernel, initrd);
   g_autofree char *state = g_build_filename(dir, "ferry", NULL);
   g_autoptr(GError) error = NULL;
-  FerryVm *vm = ferry_vm_new("bench", doc, state, NULL, &error);
+  FerryVmOptions options = bench_vm_options();
+  FerryVm *vm = ferry_vm_new("bench", doc, state, &options, &error);
   if (vm == NULL)
     g_error("%s", error->message);
   gboolean started = FALSE;
@@ -104,7 +116,10 @@ static double bare_round(const char *dir, const char *kernel, const char *bare_i
   g_mkdir_with_parents(state, 0700);
   g_autofree char *console = g_build_filename(state, "console.log", NULL);
   unlink(console);
-  FerryVmRenderOptions ro = { .accel = FERRY_VM_ACCEL_AUTO, .state_dir = state };
+  FerryVmOptions options = bench_vm_options();
+  FerryVmRenderOptions ro = { .qemu_binary = options.qemu_binary,
+                              .accel = options.accel,
+                              .state_dir = state };
   g_autoptr(GError) error = NULL;
   g_auto(GStrv) argv = ferry_vm_doc_render(doc, &ro, &error);
   if (argv == NULL)

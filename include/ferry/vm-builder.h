@@ -134,14 +134,17 @@ const char *ferry_vm_doc_machine(const FerryVmDoc *doc);
 gboolean ferry_vm_doc_check_migratable(const FerryVmDoc *doc, FerryVmAccel accel, GError **error);
 
 /*
- * The accelerator to use. FERRY_ACCEL ("kvm", "tcg", "auto"; empty = unset) decides
- * when set; otherwise KVM only when the first "flags" line of `cpuinfo_path` has vmx
- * or svm AND `kvm_path` opens read-write, else TCG (design §5: /dev/kvm here is a PVM
- * hypervisor that cannot run a normal kernel, and the flags have no vmx/svm).
- * NULL paths: /proc/cpuinfo, /dev/kvm. Never returns AUTO. An unknown FERRY_ACCEL
- * value: INVALID_ARGUMENT (and TCG). Does not block beyond reading the file.
+ * The accelerator to use: KVM only when the first "flags" line of `cpuinfo_path` has
+ * vmx or svm AND `kvm_path` opens read-write, else TCG (/dev/kvm on these machines is
+ * a PVM hypervisor that cannot run a normal kernel, and the flags have no vmx/svm).
+ * NULL paths: /proc/cpuinfo, /dev/kvm. Never returns AUTO. Does not block beyond
+ * reading the file. The library reads no environment: a program that lets the user
+ * choose (FERRY_ACCEL, a flag) parses it with ferry_vm_accel_parse() and passes it in.
  */
 FerryVmAccel ferry_vm_detect_accel(const char *cpuinfo_path, const char *kvm_path, GError **error);
+/* "kvm", "tcg", "auto" (NULL and "" are auto) into *accel; anything else FALSE with
+ * INVALID_ARGUMENT naming it. */
+gboolean ferry_vm_accel_parse(const char *name, FerryVmAccel *accel, GError **error);
 /* "auto", "kvm", "tcg". Static. */
 const char *ferry_vm_accel_name(FerryVmAccel accel);
 /* The host TSC in kHz from the first "cpu MHz" of `cpuinfo_path` (NULL: /proc/cpuinfo),
@@ -149,7 +152,7 @@ const char *ferry_vm_accel_name(FerryVmAccel accel);
 guint64 ferry_vm_host_tsc_khz(const char *cpuinfo_path);
 
 typedef struct {
-  const char *qemu_binary; /* NULL: $FERRY_QEMU, else "qemu-system-x86_64" */
+  const char *qemu_binary; /* NULL: "qemu-system-x86_64" (on PATH) */
   FerryVmAccel accel;      /* AUTO: ferry_vm_detect_accel(NULL, NULL) */
   const char *state_dir;   /* absolute; the sockets and console.log go here (not created) */
   gboolean paused;         /* -S: start with the vCPUs stopped */

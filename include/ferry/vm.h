@@ -32,7 +32,7 @@ typedef enum {
 const char *ferry_vm_state_name(FerryVmState state);
 
 typedef struct {
-  const char *qemu_binary; /* NULL: $FERRY_QEMU or qemu-system-x86_64 */
+  const char *qemu_binary; /* NULL: qemu-system-x86_64 (on PATH) */
   FerryVmAccel accel;      /* AUTO: ferry_vm_detect_accel() */
   guint64 tsc_khz;         /* 0: the host's (microvm's tsc_early_khz) */
 } FerryVmOptions;

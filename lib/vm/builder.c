@@ -1233,20 +1233,24 @@ static gboolean can_open_rw(const char *path)
   return TRUE;
 }
 
+gboolean ferry_vm_accel_parse(const char *name, FerryVmAccel *accel, GError **error)
+{
+  if (name == NULL || name[0] == '\0' || g_str_equal(name, "auto"))
+    *accel = FERRY_VM_ACCEL_AUTO;
+  else if (g_str_equal(name, "kvm"))
+    *accel = FERRY_VM_ACCEL_KVM;
+  else if (g_str_equal(name, "tcg"))
+    *accel = FERRY_VM_ACCEL_TCG;
+  else {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                "accelerator %s: expected kvm, tcg or auto", name);
+    return FALSE;
+  }
+  return TRUE;
+}
+
 FerryVmAccel ferry_vm_detect_accel(const char *cpuinfo_path, const char *kvm_path, GError **error)
 {
-  const char *env = g_getenv("FERRY_ACCEL");
-  if (env != NULL && env[0] != '\0') {
-    if (g_str_equal(env, "kvm"))
-      return FERRY_VM_ACCEL_KVM;
-    if (g_str_equal(env, "tcg"))
-      return FERRY_VM_ACCEL_TCG;
-    if (!g_str_equal(env, "auto")) {
-      g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
-                  "FERRY_ACCEL=%s: expected kvm, tcg or auto", env);
-      return FERRY_VM_ACCEL_TCG;
-    }
-  }
   if (has_virt_flag(cpuinfo_path != NULL ? cpuinfo_path : "/proc/cpuinfo") &&
       can_open_rw(kvm_path != NULL ? kvm_path : "/dev/kvm"))
     return FERRY_VM_ACCEL_KVM;
@@ -1685,8 +1689,6 @@ GStrv ferry_vm_doc_render(const FerryVmDoc *doc, const FerryVmRenderOptions *opt
     }
   }
   const char *binary = options->qemu_binary;
-  if (binary == NULL)
-    binary = g_getenv("FERRY_QEMU");
   if (binary == NULL || binary[0] == '\0')
     binary = "qemu-system-x86_64";
   const char *machine = ferry_vm_doc_machine(doc);
