@@ -130,12 +130,19 @@ static gsize out_data(FerryChannel *ch, const guint8 *data, gsize len, gpointer 
   return done;
 }
 
+/* Every byte is in the host fd: let go of the channel at once, as hcsshim's host closes each
+ * output when its copy ends. hcsshim's guest answers WaitForProcess only after the host
+ * closed every output channel, so keeping it until the process is closed would hold the
+ * exit back for ever. */
 static void out_eof(FerryChannel *ch, gpointer ud)
 {
   Relay *r = ud;
   relay_unwatch(r);
   ferry_fd_clear(&r->fd);
   r->done = TRUE;
+  ferry_channel_set_handlers(r->channel, &(FerryChannelHandlers){ 0 }, NULL);
+  ferry_channel_close(r->channel);
+  g_clear_pointer(&r->channel, ferry_channel_unref);
   maybe_finish(r->cmd);
 }
 

@@ -35,6 +35,9 @@ typedef struct {
   FerryBridgeRequest *wait; /* the pending WaitForProcess */
   gboolean exited;
   guint32 exit_code;
+  /* hcsshim's guest: the wait is answered only once the host closed every output
+   * channel the process had (hcsshim internal/guest/stdio). */
+  guint outputs_open;
 } Guest;
 
 static void g_exec(FerryBridgeRequest *req, gpointer ud)
@@ -49,21 +52,25 @@ static void g_exec(FerryBridgeRequest *req, gpointer ud)
   ferry_bridge_request_reply(req, json_pack("{s:i}", "ProcessId", 42));
 }
 
+static void guest_answer_wait(Guest *g)
+{
+  if (g->exited && g->outputs_open == 0 && g->wait != NULL)
+    ferry_bridge_request_reply(g_steal_pointer(&g->wait),
+                               json_pack("{s:i}", "ExitCode", g->exit_code));
+}
+
 static void g_wait(FerryBridgeRequest *req, gpointer ud)
 {
   Guest *g = ud;
-  if (g->exited)
-    ferry_bridge_request_reply(req, json_pack("{s:i}", "ExitCode", g->exit_code));
-  else
-    g->wait = req;
+  g->wait = req;
+  guest_answer_wait(g);
 }
 
 static void guest_exit(Guest *g, guint32 code)
 {
   g->exited = TRUE;
   g->exit_code = code;
-  if (g->wait != NULL)
-    ferry_bridge_request_reply(g_steal_pointer(&g->wait), json_pack("{s:i}", "ExitCode", code));
+  guest_answer_wait(g);
 }
 
 static void on_bridge_dialed(FerryTransport *t, FerryChannel *ch, const GError *error, gpointer ud)
@@ -424,6 +431,43 @@ static void test_attach_continues_exactly(Fixture *f, gconstpointer data)
   ferry_cmd_free(again);
 }
 
+/* An output the guest ended (EOF) and then keeps open until the host closes it, as hcsshim's
+ * guest does before it answers the wait: the host lets go of the channel once it consumed
+ * the EOF, so the exit arrives. */
+static void held_closed(FerryChannel *ch, const GError *error, gpointer ud)
+{
+  Guest *g = ud;
+  g->outputs_open--;
+  guest_answer_wait(g);
+}
+
+static const FerryChannelHandlers held_handlers = { NULL, NULL, NULL, held_closed };
+
+static void test_output_closed_after_eof(Fixture *f, gconstpointer data)
+{
+  int out[2];
+  g_assert_cmpint(pipe2(out, O_CLOEXEC), ==, 0);
+  FerryCmd *cmd = start_cmd(f, (FerryCmdIo){ -1, out[1], -1 });
+  FerryChannel *ch = guest_dial(&f->guest, f->guest.ports[1]);
+  f->guest.outputs_open = 1;
+  ferry_channel_set_handlers(ch, &held_handlers, &f->guest);
+  g_assert_cmpuint(ferry_channel_write(ch, "bye\n", 4), ==, 4);
+  ferry_channel_shutdown_write(ch);
+  WaitResult wr = { 0 };
+  ferry_cmd_wait(cmd, on_wait, &wr);
+  guest_exit(&f->guest, 3);
+  g_assert_true(test_run_until(&wr.done, 5000));
+  g_assert_no_error(wr.error);
+  g_assert_cmpint(wr.code, ==, 3);
+  g_assert_cmpuint(f->guest.outputs_open, ==, 0);
+  char buf[16];
+  g_assert_cmpint(read(out[0], buf, sizeof(buf)), ==, 4);
+  g_assert_cmpint(read(out[0], buf, sizeof(buf)), ==, 0); /* and the host end is closed */
+  ferry_channel_unref(ch);
+  close(out[0]);
+  ferry_cmd_free(cmd);
+}
+
 /* A port the guest never dials, released: the relay reports it and the wait still ends. */
 static void test_port_released_before_dial(Fixture *f, gconstpointer data)
 {
@@ -452,5 +496,6 @@ int main(int argc, char **argv)
   T("copy-after-exit-timeout", test_copy_after_exit_timeout);
   T("attach-continues-exactly", test_attach_continues_exactly);
   T("port-released-before-dial", test_port_released_before_dial);
+  T("output-closed-after-eof", test_output_closed_after_eof);
   return g_test_run();
 }
