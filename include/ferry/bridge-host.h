@@ -22,7 +22,7 @@ G_BEGIN_DECLS
 typedef struct FerryBridge FerryBridge;
 
 /* The answer to an RPC: `response` (borrowed, valid during the call) with Result 0, or
- * `error`: FERRY_BRIDGE_ERROR with the guest's HRESULT, or FERRY_BRIDGE_ERROR_CLOSED
+ * `error`: FERRY_BRIDGE_ERROR with the guest's HRESULT, or FERRY_BRIDGE_CLOSED_ERROR
  * ("bridge closed: <cause>") when the bridge died, or FERRY_ERROR for local causes. */
 typedef void (*FerryBridgeResponseFunc)(FerryBridge *bridge, json_t *response, const GError *error,
                                         gpointer user_data);
@@ -90,7 +90,7 @@ void ferry_bridge_seed_next_id(FerryBridge *bridge, guint64 next_id);
  * Expect the guest's answer to a request another host sent (a source's outstanding
  * WaitForProcess): route an answer with `id` to `done` without sending anything. The
  * id floor is raised above it. ALREADY_EXISTS if the id is pending, UNAVAILABLE
- * (FERRY_BRIDGE_ERROR_CLOSED) on a dead bridge.
+ * (FERRY_BRIDGE_CLOSED_ERROR) on a dead bridge.
  */
 gboolean ferry_bridge_preregister_rpc(FerryBridge *bridge, guint64 id, FerryBridgeRpc rpc,
                                       FerryBridgeResponseFunc done, gpointer user_data,
@@ -249,9 +249,26 @@ FerryGcsMigrationState ferry_gcs_process_migration_state(FerryGcsProcess *p);
  * bridge died: then with the error). */
 void ferry_gcs_process_wait(FerryGcsProcess *p, FerryGcsDoneFunc done, gpointer user_data);
 /*
- * The exit code once the wait completed. FALSE with FAILED_PRECONDITION "process not
- * exited" before; a wait that failed with the not-found HRESULT is tolerated (code 0,
- * as hcsshim); other wait errors are returned.
+ * FERRY_GCS_EXIT_ERROR_LOST: the wait failed with the not-found HRESULT, the guest no
+ * longer has the process's status. hcsshim reads that as exit code 0; here it is an error
+ * of its own (status NOT_FOUND), so that a lost status never reads as success.
+ */
+#define FERRY_GCS_EXIT_ERROR (ferry_gcs_exit_error_quark())
+GQuark ferry_gcs_exit_error_quark(void);
+#define FERRY_GCS_EXIT_ERROR_LOST 0
+
+/*
+ * The exit code of a process killed by a signal, as hcsshim's guest reports it for a UVM
+ * process (Go's -1 sent as the u32 4294967295). ferry's agent reports 128+n instead (see
+ * docs/bridge.md); both are taken as they come, and this one reads as -1.
+ */
+#define FERRY_GCS_EXIT_CODE_SIGNALED (-1)
+
+/*
+ * The exit code once the wait completed: the guest's u32 ExitCode as an int (so
+ * 4294967295 is FERRY_GCS_EXIT_CODE_SIGNALED). FALSE with FAILED_PRECONDITION "process
+ * not exited" before; FERRY_GCS_EXIT_ERROR_LOST when the guest answered the wait with the
+ * not-found HRESULT; other wait errors are returned as they are.
  */
 gboolean ferry_gcs_process_exit_code(FerryGcsProcess *p, int *code, GError **error);
 

@@ -93,13 +93,20 @@ const char *ferry_bridge_message_name(guint32 type);
 #define FERRY_HR_ALREADY_STOPPED 0xc0370110u
 
 /*
- * FERRY_BRIDGE_ERROR: a failure the bridge reports. The code is the HRESULT the guest
- * answered (as a gint), or FERRY_BRIDGE_ERROR_CLOSED when the bridge itself is dead.
- * ferry_error_to_status_code() maps both (the domain registers itself).
+ * FERRY_BRIDGE_ERROR: the guest answered a failing Result. The code is that HRESULT (as a
+ * gint), whatever its value: every 32-bit value is the guest's, none is reserved for a
+ * local cause. ferry_error_to_status_code() maps it (the domain registers itself).
  */
 #define FERRY_BRIDGE_ERROR (ferry_bridge_error_quark())
 GQuark ferry_bridge_error_quark(void);
-#define FERRY_BRIDGE_ERROR_CLOSED 1 /* S_FALSE: never a failing HRESULT */
+
+/*
+ * FERRY_BRIDGE_CLOSED_ERROR: the bridge itself is dead ("bridge closed: <cause>"), a local
+ * result no guest answer can produce. One code, FERRY_BRIDGE_CLOSED; status UNAVAILABLE.
+ */
+#define FERRY_BRIDGE_CLOSED_ERROR (ferry_bridge_closed_error_quark())
+GQuark ferry_bridge_closed_error_quark(void);
+#define FERRY_BRIDGE_CLOSED 0
 
 /* The HRESULT of a bridge error, or 0 for any other error (and NULL). */
 guint32 ferry_bridge_error_hresult(const GError *error);

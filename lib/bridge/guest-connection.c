@@ -53,6 +53,22 @@ struct FerryGcsProcess {
 
 /* ------------------------------------------------------------- helpers -- */
 
+static int exit_error_to_status(int code)
+{
+  return FERRY_ERROR_NOT_FOUND;
+}
+
+GQuark ferry_gcs_exit_error_quark(void)
+{
+  static gsize once;
+  if (g_once_init_enter(&once)) {
+    GQuark q = g_quark_from_static_string("ferry-gcs-exit-error-quark");
+    ferry_error_register_domain(q, exit_error_to_status);
+    g_once_init_leave(&once, q);
+  }
+  return (GQuark)once;
+}
+
 /* Report a failure (or a done without result) from the main loop: the API never
  * calls back from inside the call that started the operation. Exactly one of the
  * callbacks is set. */
@@ -499,7 +515,13 @@ gboolean ferry_gcs_process_exit_code(FerryGcsProcess *p, int *code, GError **err
                 p->pid);
     return FALSE;
   }
-  if (p->wait_error != NULL && ferry_bridge_error_hresult(p->wait_error) != FERRY_HR_NOT_FOUND) {
+  if (p->wait_error != NULL && ferry_bridge_error_hresult(p->wait_error) == FERRY_HR_NOT_FOUND) {
+    /* hcsshim reads this as exit code 0; a status nobody has must never look like success. */
+    g_set_error(error, FERRY_GCS_EXIT_ERROR, FERRY_GCS_EXIT_ERROR_LOST,
+                "process %u: exit status lost (%s)", p->pid, p->wait_error->message);
+    return FALSE;
+  }
+  if (p->wait_error != NULL) {
     g_propagate_error(error, g_error_copy(p->wait_error));
     return FALSE;
   }

@@ -155,7 +155,7 @@ void ferry_bridge_kill(FerryBridge *b, const GError *cause)
   if (b->dead != NULL)
     return;
   ferry_bridge_ref(b);
-  b->dead = g_error_new(FERRY_BRIDGE_ERROR, FERRY_BRIDGE_ERROR_CLOSED, "bridge closed: %s",
+  b->dead = g_error_new(FERRY_BRIDGE_CLOSED_ERROR, FERRY_BRIDGE_CLOSED, "bridge closed: %s",
                         cause != NULL ? cause->message : "no reason given");
   if (b->stream != NULL) {
     FerryStream *s = g_steal_pointer(&b->stream);

@@ -36,9 +36,23 @@ int ferry_bridge_hresult_to_status(guint32 hresult)
 
 static int bridge_error_to_status(int code)
 {
-  if (code == FERRY_BRIDGE_ERROR_CLOSED)
-    return FERRY_ERROR_UNAVAILABLE;
   return ferry_bridge_hresult_to_status((guint32)code);
+}
+
+static int bridge_closed_to_status(int code)
+{
+  return FERRY_ERROR_UNAVAILABLE;
+}
+
+GQuark ferry_bridge_closed_error_quark(void)
+{
+  static gsize once;
+  if (g_once_init_enter(&once)) {
+    GQuark q = g_quark_from_static_string("ferry-bridge-closed-error-quark");
+    ferry_error_register_domain(q, bridge_closed_to_status);
+    g_once_init_leave(&once, q);
+  }
+  return (GQuark)once;
 }
 
 GQuark ferry_bridge_error_quark(void)
@@ -54,8 +68,7 @@ GQuark ferry_bridge_error_quark(void)
 
 guint32 ferry_bridge_error_hresult(const GError *error)
 {
-  if (error == NULL || error->domain != FERRY_BRIDGE_ERROR ||
-      error->code == FERRY_BRIDGE_ERROR_CLOSED)
+  if (error == NULL || error->domain != FERRY_BRIDGE_ERROR)
     return 0;
   return (guint32)error->code;
 }

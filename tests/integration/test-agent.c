@@ -1294,7 +1294,7 @@ static void test_program_reconnect_and_shutdown(void)
   g_assert_false(never.done);
   g_clear_pointer(&h->gc, ferry_guest_connection_free);
   g_assert_true(run_until(result_done, &never, WAIT_MS));
-  g_assert_error(never.error, FERRY_BRIDGE_ERROR, FERRY_BRIDGE_ERROR_CLOSED);
+  g_assert_error(never.error, FERRY_BRIDGE_CLOSED_ERROR, FERRY_BRIDGE_CLOSED);
   result_clear(&never);
 }
 

@@ -299,6 +299,23 @@ static void test_bridge_rpc_round_trip(BridgeFixture *f, gconstpointer data)
   result_clear(&r);
 }
 
+/* A guest answering Result 1 (S_FALSE): the guest's HRESULT 1, never the local "bridge
+ * closed" result. */
+static void test_bridge_result_one_is_guest_error(BridgeFixture *f, gconstpointer data)
+{
+  Result r = { 0 };
+  start_rpc(f, &r, 0);
+  guint64 id = guest_expect(&f->guest, RPC_TYPE(START), NULL);
+  guest_fail(&f->guest, RPC_TYPE(START), id, 1, "not quite");
+  wait_for(&r);
+  g_assert_error(r.error, FERRY_BRIDGE_ERROR, 1);
+  g_assert_false(g_error_matches(r.error, FERRY_BRIDGE_CLOSED_ERROR, FERRY_BRIDGE_CLOSED));
+  g_assert_cmphex(ferry_bridge_error_hresult(r.error), ==, 1);
+  g_assert_cmpint(ferry_error_to_status_code(r.error), ==, FERRY_ERROR_UNKNOWN);
+  g_assert_false(ferry_bridge_is_dead(f->bridge));
+  result_clear(&r);
+}
+
 /* A guest's failing Result fails the call, not the bridge. */
 static void test_bridge_rpc_error_result(BridgeFixture *f, gconstpointer data)
 {
@@ -320,11 +337,11 @@ static void test_bridge_rpc_timeout_kills_bridge(BridgeFixture *f, gconstpointer
   start_rpc(f, &r, 50);
   start_rpc(f, &other, 0);
   wait_for(&r);
-  g_assert_error(r.error, FERRY_BRIDGE_ERROR, FERRY_BRIDGE_ERROR_CLOSED);
+  g_assert_error(r.error, FERRY_BRIDGE_CLOSED_ERROR, FERRY_BRIDGE_CLOSED);
   g_assert_true(g_str_has_prefix(r.error->message, "bridge closed: "));
   g_assert_nonnull(strstr(r.error->message, "no answer in time"));
   wait_for(&other); /* every pending call fails with it */
-  g_assert_error(other.error, FERRY_BRIDGE_ERROR, FERRY_BRIDGE_ERROR_CLOSED);
+  g_assert_error(other.error, FERRY_BRIDGE_CLOSED_ERROR, FERRY_BRIDGE_CLOSED);
   g_assert_true(ferry_bridge_is_dead(f->bridge));
   g_assert_cmpint(f->dead_calls, ==, 1);
   g_assert_error(f->dead_cause, FERRY_ERROR, FERRY_ERROR_DEADLINE_EXCEEDED);
@@ -361,7 +378,7 @@ static void test_bridge_kill_wraps_cause(BridgeFixture *f, gconstpointer data)
   g_autoptr(GError) cause = g_error_new(FERRY_ERROR, FERRY_ERROR_INTERNAL, "boom");
   ferry_bridge_kill(f->bridge, cause);
   g_assert_true(r.done);
-  g_assert_error(r.error, FERRY_BRIDGE_ERROR, FERRY_BRIDGE_ERROR_CLOSED);
+  g_assert_error(r.error, FERRY_BRIDGE_CLOSED_ERROR, FERRY_BRIDGE_CLOSED);
   g_assert_cmpstr(r.error->message, ==, "bridge closed: boom");
   g_assert_cmpint(ferry_error_to_status_code(r.error), ==, FERRY_ERROR_UNAVAILABLE);
   g_assert_cmpstr(f->dead_cause->message, ==, "boom");
@@ -446,7 +463,7 @@ static void test_bridge_response_type_mismatch(BridgeFixture *f, gconstpointer d
   guest_expect(&f->guest, RPC_TYPE(START), NULL);
   guest_answer(&f->guest, RPC_TYPE(CREATE), id, NULL);
   expect_killed(f, "expected 0x20100201");
-  g_assert_error(r.error, FERRY_BRIDGE_ERROR, FERRY_BRIDGE_ERROR_CLOSED);
+  g_assert_error(r.error, FERRY_BRIDGE_CLOSED_ERROR, FERRY_BRIDGE_CLOSED);
   result_clear(&r);
 }
 
@@ -471,7 +488,7 @@ static void test_bridge_oversize_frame(BridgeFixture *f, gconstpointer data)
   ferry_bridge_header_encode(&h, hdr);
   guest_write_raw(&f->guest, hdr, sizeof(hdr));
   expect_killed(f, "has size 65537");
-  g_assert_error(r.error, FERRY_BRIDGE_ERROR, FERRY_BRIDGE_ERROR_CLOSED);
+  g_assert_error(r.error, FERRY_BRIDGE_CLOSED_ERROR, FERRY_BRIDGE_CLOSED);
   result_clear(&r);
 }
 
@@ -515,7 +532,7 @@ static void test_bridge_peer_close_kills(BridgeFixture *f, gconstpointer data)
   ferry_fd_clear(&f->guest.fd);
   /* "closed by peer", or "reset by peer" when the guest left data unread. */
   expect_killed(f, "by peer");
-  g_assert_error(r.error, FERRY_BRIDGE_ERROR, FERRY_BRIDGE_ERROR_CLOSED);
+  g_assert_error(r.error, FERRY_BRIDGE_CLOSED_ERROR, FERRY_BRIDGE_CLOSED);
   result_clear(&r);
 }
 
@@ -629,7 +646,7 @@ static void test_bridge_id_floor(BridgeFixture *f, gconstpointer data)
   ferry_bridge_kill(f->bridge, cause);
   g_assert_false(ferry_bridge_preregister_rpc(f->bridge, 200, FERRY_BRIDGE_RPC_WAIT_FOR_PROCESS,
                                               on_rpc, &a, &error));
-  g_assert_error(error, FERRY_BRIDGE_ERROR, FERRY_BRIDGE_ERROR_CLOSED);
+  g_assert_error(error, FERRY_BRIDGE_CLOSED_ERROR, FERRY_BRIDGE_CLOSED);
   result_clear(&a);
   result_clear(&r);
 }
@@ -907,8 +924,9 @@ static void test_gc_exec_and_exit_code(GcFixture *f, gconstpointer data)
   g_assert_cmpuint(f->released->len, ==, 2);
 }
 
-/* A wait answered "not found" (the process was gone) is tolerated as exit code 0. */
-static void test_gc_exit_code_tolerates_not_found(GcFixture *f, gconstpointer data)
+/* A wait answered "not found" (the guest lost the process): the exit code is an error of
+ * its own, never a 0 that reads as success. */
+static void test_gc_exit_code_lost_on_not_found(GcFixture *f, gconstpointer data)
 {
   g_autoptr(json_t) params = json_pack("{s:[s]}", "CommandArgs", "true");
   guint64 wait_id;
@@ -918,11 +936,39 @@ static void test_gc_exit_code_tolerates_not_found(GcFixture *f, gconstpointer da
   guest_fail(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), wait_id, FERRY_HR_NOT_FOUND, "no pid 5");
   wait_for(&w);
   g_assert_error(w.error, FERRY_BRIDGE_ERROR, (gint)FERRY_HR_NOT_FOUND);
-  int code = -1;
+  int code = 12345;
   g_autoptr(GError) error = NULL;
-  g_assert_true(ferry_gcs_process_exit_code(p, &code, &error));
-  g_assert_cmpint(code, ==, 0);
+  g_assert_false(ferry_gcs_process_exit_code(p, &code, &error));
+  g_assert_error(error, FERRY_GCS_EXIT_ERROR, FERRY_GCS_EXIT_ERROR_LOST);
+  g_assert_nonnull(strstr(error->message, "no pid 5"));
+  g_assert_cmpint(ferry_error_to_status_code(error), ==, FERRY_ERROR_NOT_FOUND);
+  g_assert_cmpint(code, ==, 12345); /* untouched */
   result_clear(&w);
+}
+
+/* hcsshim's guest reports a UVM process killed by a signal as 4294967295, ferry's agent as
+ * 128+n: both are accepted, the first as FERRY_GCS_EXIT_CODE_SIGNALED. */
+static void test_gc_exit_code_signaled_forms(GcFixture *f, gconstpointer data)
+{
+  g_autoptr(json_t) params = json_pack("{s:[s]}", "CommandArgs", "sleep");
+  const json_int_t answers[2] = { 4294967295LL, 128 + SIGKILL };
+  const int codes[2] = { FERRY_GCS_EXIT_CODE_SIGNALED, 128 + SIGKILL };
+  for (int i = 0; i < 2; i++) {
+    guint64 wait_id;
+    g_autoptr(FerryGcsProcess) p = exec_process(f, NULL, params, 20 + (guint32)i, &wait_id, NULL);
+    Result w = { 0 };
+    ferry_gcs_process_wait(p, on_done, &w);
+    guest_answer(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), wait_id,
+                 json_pack("{s:I}", "ExitCode", answers[i]));
+    wait_for(&w);
+    g_assert_no_error(w.error);
+    int code = 0;
+    g_autoptr(GError) error = NULL;
+    g_assert_true(ferry_gcs_process_exit_code(p, &code, &error));
+    g_assert_no_error(error);
+    g_assert_cmpint(code, ==, codes[i]);
+    result_clear(&w);
+  }
 }
 
 /* hcsshim TestGcsWaitProcessBridgeTerminated. */
@@ -935,7 +981,7 @@ static void test_gc_wait_process_bridge_terminated(GcFixture *f, gconstpointer d
   ferry_gcs_process_wait(p, on_done, &w);
   ferry_fd_clear(&f->guest.fd);
   wait_for(&w);
-  g_assert_error(w.error, FERRY_BRIDGE_ERROR, FERRY_BRIDGE_ERROR_CLOSED);
+  g_assert_error(w.error, FERRY_BRIDGE_CLOSED_ERROR, FERRY_BRIDGE_CLOSED);
   g_assert_true(g_str_has_prefix(w.error->message, "bridge closed"));
   int code;
   g_autoptr(GError) error = NULL;
@@ -1210,6 +1256,7 @@ int main(int argc, char **argv)
   g_test_add("/bridge/guest-connection/" path, GcFixture, "raw", gc_setup, fn, gc_teardown)
   B("rpc-round-trip", test_bridge_rpc_round_trip);
   B("rpc-error-result", test_bridge_rpc_error_result);
+  B("result-one-is-guest-error", test_bridge_result_one_is_guest_error);
   B("rpc-timeout-kills-bridge", test_bridge_rpc_timeout_kills_bridge);
   B("rpc-cancel", test_bridge_rpc_cancel);
   B("kill-wraps-cause", test_bridge_kill_wraps_cause);
@@ -1241,7 +1288,8 @@ int main(int argc, char **argv)
   GC("notification-for-unknown-container-kills", test_gc_notification_for_unknown_container_kills);
   GC("close-container-fails-wait", test_gc_close_container_fails_wait);
   GC("exec-and-exit-code", test_gc_exec_and_exit_code);
-  GC("exit-code-tolerates-not-found", test_gc_exit_code_tolerates_not_found);
+  GC("exit-code-lost-on-not-found", test_gc_exit_code_lost_on_not_found);
+  GC("exit-code-signaled-forms", test_gc_exit_code_signaled_forms);
   GC("wait-process-bridge-terminated", test_gc_wait_process_bridge_terminated);
   GC("signal-and-kill", test_gc_signal_and_kill);
   GC("properties", test_gc_properties);

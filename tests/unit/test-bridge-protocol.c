@@ -256,7 +256,7 @@ static void test_hresult_mapping(void)
                   FERRY_ERROR_UNIMPLEMENTED);
   g_assert_cmpint(ferry_bridge_hresult_to_status(0x12345678), ==, FERRY_ERROR_UNKNOWN);
   g_autoptr(GError) closed =
-      g_error_new(FERRY_BRIDGE_ERROR, FERRY_BRIDGE_ERROR_CLOSED, "bridge closed: x");
+      g_error_new(FERRY_BRIDGE_CLOSED_ERROR, FERRY_BRIDGE_CLOSED, "bridge closed: x");
   g_assert_cmpint(ferry_error_to_status_code(closed), ==, FERRY_ERROR_UNAVAILABLE);
   g_assert_cmphex(ferry_bridge_error_hresult(closed), ==, 0);
   /* And back, for the guest's answers. */

@@ -385,7 +385,7 @@ static void test_migration_to_a_new_host_object(void)
   g_assert_false(lost.done);
   ferry_guest_connection_free(a);
   g_assert_true(test_run_until(&lost.done, 2000));
-  g_assert_error(lost.error, FERRY_BRIDGE_ERROR, FERRY_BRIDGE_ERROR_CLOSED);
+  g_assert_error(lost.error, FERRY_BRIDGE_CLOSED_ERROR, FERRY_BRIDGE_CLOSED);
   g_clear_error(&lost.error);
   ferry_guest_connection_free(b);
   guest_clear(&g);
