@@ -204,15 +204,19 @@ static gboolean parse_oci_process(json_t *oci, ExecPlan *plan, GError **error)
 
 /*
  * Read an ExecuteProcess body into `plan`. Errors are FERRY_BRIDGE_ERROR with the
- * HRESULT to answer: 0xC037010D when ProcessParameters is not JSON, E_INVALIDARG for a
- * field that is wrong.
+ * HRESULT to answer: 0xC037010D when Settings is missing or not an object or when
+ * ProcessParameters is not JSON (as hcsshim's guest, which fails to decode the request or
+ * its empty ProcessParameters), E_INVALIDARG for a field that is wrong.
  */
 static gboolean plan_parse(json_t *body, gboolean in_container, ExecPlan *plan, GError **error)
 {
   json_t *settings = NULL, *relay = NULL, *oci = NULL, *size = NULL;
   GError *local = NULL;
-  if (!ferry_json_get_object(body, "Settings", TRUE, &settings, &local))
-    return invalid(error, local);
+  if (!ferry_json_get_object(body, "Settings", TRUE, &settings, &local)) {
+    fail(error, FERRY_HR_INVALID_JSON, "ExecuteProcess: %s", local->message);
+    g_error_free(local);
+    return FALSE;
+  }
   g_autoptr(json_t) params = NULL;
   if (!ferry_bridge_get_embedded(settings, "ProcessParameters", TRUE, &params, &local)) {
     fail(error, FERRY_HR_INVALID_JSON, "ExecuteProcess: %s", local->message);

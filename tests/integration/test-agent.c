@@ -874,6 +874,13 @@ static void test_errors_are_hresults(void)
   assert_hresult(error, FERRY_HR_INVALID_JSON);
   g_clear_error(&error);
 
+  /* No Settings at all: invalid JSON, as hcsshim's guest answers (not E_INVALIDARG). */
+  g_autoptr(json_t) bare = ferry_bridge_request_base(FERRY_NULL_CONTAINER_ID, NULL);
+  g_assert_null(host_rpc(&e->host, FERRY_BRIDGE_RPC_EXECUTE_PROCESS, json_incref(bare), &error));
+  assert_hresult(error, FERRY_HR_INVALID_JSON);
+  g_clear_error(&error);
+  g_assert_cmpuint(ferry_gcs_process_count(e->guest.gcs), ==, 0);
+
   /* A stdio port nobody listens on: the dial is refused, nothing is started. */
   g_autoptr(json_t) refused = ferry_bridge_request_base(FERRY_NULL_CONTAINER_ID, NULL);
   json_t *settings = json_object();
