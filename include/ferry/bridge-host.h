@@ -242,8 +242,16 @@ typedef struct {
   guint32 stdout_port;
   guint32 stderr_port;
   guint64 wait_call_id;
+  guint64 serial; /* ferry_gcs_process_get_serial() */
 } FerryGcsMigrationState;
 FerryGcsMigrationState ferry_gcs_process_migration_state(FerryGcsProcess *p);
+
+/* The guest's serial for the process (FERRY_BRIDGE_PROCESS_SERIAL in the ExecuteProcess
+ * answer), or 0 when the guest gave none (hcsshim's): then requests name the pid alone.
+ * Set it on a reopened process (from its MigrationState) before the connection
+ * negotiates, so that its fresh wait carries it. */
+guint64 ferry_gcs_process_get_serial(FerryGcsProcess *p);
+void ferry_gcs_process_set_serial(FerryGcsProcess *p, guint64 serial);
 
 /* Completes when the process's WaitForProcess completes (the process exited, or the
  * bridge died: then with the error). */

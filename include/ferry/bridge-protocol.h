@@ -30,6 +30,16 @@ G_BEGIN_DECLS
 #define FERRY_NULL_CONTAINER_ID "00000000-0000-0000-0000-000000000000"
 #define FERRY_ZERO_ACTIVITY_ID "00000000-0000-0000-0000-000000000000"
 
+/*
+ * Ferry's extension to hcsshim's protocol: the guest adds this (a positive integer) to
+ * its ExecuteProcess answer, a number it never gives another process; the host echoes it
+ * in WaitForProcess, SignalProcess and ResizeConsole, and the guest answers 0x80070490
+ * when it names another process than the pid's current one (the kernel reused the pid).
+ * Either side without it (hcsshim's) ignores the field, and processes are named by pid
+ * alone.
+ */
+#define FERRY_BRIDGE_PROCESS_SERIAL "FerryProcessSerial"
+
 /* WaitForProcess's TimeoutInMs for "no timeout". */
 #define FERRY_BRIDGE_INFINITE_TIMEOUT 0xffffffffu
 

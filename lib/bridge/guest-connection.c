@@ -37,6 +37,7 @@ struct FerryGcsProcess {
   FerryGuestConnection *gc;
   char *container_id;
   guint32 pid;
+  guint64 serial;            /* the guest's FerryProcessSerial; 0 = not given (pid only) */
   guint32 ports[3];          /* stdin, stdout, stderr; 0 = none */
   guint64 wait_id;           /* the newest outstanding wait; 0 = none */
   guint waits_pending;       /* WaitForProcess calls not answered yet */
@@ -432,9 +433,31 @@ guint32 ferry_gcs_process_get_pid(FerryGcsProcess *p)
   return p->pid;
 }
 
+guint64 ferry_gcs_process_get_serial(FerryGcsProcess *p)
+{
+  return p->serial;
+}
+
+void ferry_gcs_process_set_serial(FerryGcsProcess *p, guint64 serial)
+{
+  p->serial = serial;
+}
+
+/* A request about process `p`: its ProcessId and, when the guest gave one, the serial that
+ * tells it from a later process with the same pid. */
+static json_t *process_request(FerryGcsProcess *p)
+{
+  json_t *body = ferry_bridge_request_base(p->container_id, NULL);
+  json_object_set_new(body, "ProcessId", json_integer(p->pid));
+  if (p->serial != 0)
+    json_object_set_new(body, FERRY_BRIDGE_PROCESS_SERIAL, json_integer((json_int_t)p->serial));
+  return body;
+}
+
 FerryGcsMigrationState ferry_gcs_process_migration_state(FerryGcsProcess *p)
 {
-  FerryGcsMigrationState s = { p->ports[0], p->ports[1], p->ports[2], p->waited ? 0 : p->wait_id };
+  FerryGcsMigrationState s = { p->ports[0], p->ports[1], p->ports[2], p->waited ? 0 : p->wait_id,
+                               p->serial };
   return s;
 }
 
@@ -467,8 +490,7 @@ static void on_process_waited(FerryBridge *b, json_t *response, const GError *er
 
 static void start_wait(FerryGcsProcess *p)
 {
-  g_autoptr(json_t) body = ferry_bridge_request_base(p->container_id, NULL);
-  json_object_set_new(body, "ProcessId", json_integer(p->pid));
+  g_autoptr(json_t) body = process_request(p);
   json_object_set_new(body, "TimeoutInMs", json_integer(FERRY_BRIDGE_INFINITE_TIMEOUT));
   ferry_gcs_process_ref(p);
   p->waits_pending++;
@@ -564,8 +586,7 @@ void ferry_gcs_process_signal(FerryGcsProcess *p, int signal, FerryGcsSignalFunc
     g_idle_add(on_signal_failed, s);
     return;
   }
-  g_autoptr(json_t) body = ferry_bridge_request_base(p->container_id, NULL);
-  json_object_set_new(body, "ProcessId", json_integer(p->pid));
+  g_autoptr(json_t) body = process_request(p);
   if (signal != 0)
     json_object_set_new(body, "Options", json_pack("{s:i}", "Signal", signal));
   ferry_bridge_rpc(p->gc->bridge, FERRY_BRIDGE_RPC_SIGNAL_PROCESS, body,
@@ -585,8 +606,7 @@ void ferry_gcs_process_resize_console(FerryGcsProcess *p, guint16 width, guint16
     defer_done(done, user_data, error);
     return;
   }
-  g_autoptr(json_t) body = ferry_bridge_request_base(p->container_id, NULL);
-  json_object_set_new(body, "ProcessId", json_integer(p->pid));
+  g_autoptr(json_t) body = process_request(p);
   json_object_set_new(body, "Height", json_integer(height));
   json_object_set_new(body, "Width", json_integer(width));
   call(p->gc, FERRY_BRIDGE_RPC_RESIZE_CONSOLE, body, FERRY_BRIDGE_DEFAULT_TIMEOUT_MS, 0, done, NULL,
@@ -648,8 +668,16 @@ static void on_executed(FerryBridge *b, json_t *response, const GError *error, g
   Exec *e = ud;
   g_autoptr(GError) local = NULL;
   guint32 pid = 0;
-  if (error == NULL && !ferry_json_get_uint32(response, "ProcessId", TRUE, &pid, &local)) {
+  gint64 serial = 0;
+  if (error == NULL &&
+      (!ferry_json_get_uint32(response, "ProcessId", TRUE, &pid, &local) ||
+       !ferry_json_get_int64(response, FERRY_BRIDGE_PROCESS_SERIAL, FALSE, &serial, &local))) {
     g_prefix_error(&local, "ExecuteProcess: ");
+    error = local;
+  }
+  if (error == NULL && serial < 0) {
+    g_set_error(&local, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "ExecuteProcess: negative %s",
+                FERRY_BRIDGE_PROCESS_SERIAL);
     error = local;
   }
   if (error != NULL) {
@@ -662,6 +690,7 @@ static void on_executed(FerryBridge *b, json_t *response, const GError *error, g
     return;
   }
   FerryGcsProcess *p = process_new(e->gc, e->container_id, pid);
+  p->serial = (guint64)serial;
   memcpy(p->ports, e->ports, sizeof(p->ports));
   start_wait(p);
   e->done(p, NULL, e->user_data);

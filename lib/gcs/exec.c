@@ -409,7 +409,8 @@ static void exec_run(GcsExec *exec)
   ferry_log(FERRY_LOG_DEBUG, "gcs: process started", "pid", pid_str, "container",
             exec->container_id, "init", exec->is_init ? "true" : "false", NULL);
   ferry_bridge_request_reply(g_steal_pointer(&exec->request),
-                             json_pack("{s:I}", "ProcessId", (json_int_t)pid));
+                             json_pack("{s:I, s:I}", "ProcessId", (json_int_t)pid,
+                                       FERRY_BRIDGE_PROCESS_SERIAL, (json_int_t)record->serial));
   if (exec->is_init) {
     c->state = GCS_CONTAINER_RUNNING;
     c->init_pid = pid;

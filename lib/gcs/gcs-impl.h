@@ -43,6 +43,7 @@ typedef struct {
 typedef struct {
   FerryGcs *gcs;
   GPid pid;
+  guint64 serial;     /* FERRY_BRIDGE_PROCESS_SERIAL: never given to another process */
   char *container_id; /* NULL: a process in the UVM */
   guint64 container_serial;
   gboolean is_init;

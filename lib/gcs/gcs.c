@@ -200,6 +200,7 @@ GcsProcess *gcs_process_add(FerryGcs *gcs, FerryProcess *process, const char *co
   GcsProcess *record = g_new0(GcsProcess, 1);
   record->gcs = gcs;
   record->pid = ferry_process_get_pid(process);
+  record->serial = ++gcs->next_serial;
   record->container_id = g_strdup(container_id);
   record->container_serial = container_serial;
   record->is_init = is_init;

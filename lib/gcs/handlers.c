@@ -39,14 +39,17 @@ static GcsContainer *request_container(FerryGcs *gcs, FerryBridgeRequest *reques
 /*
  * The process named by the request's ProcessId in the request's container (the null
  * container: processes in the UVM), or NULL after answering: E_INVALIDARG for a bad
- * ProcessId, 0xC037010E for an unknown container, 0x80070490 for an unknown process.
+ * ProcessId, 0xC037010E for an unknown container, 0x80070490 for an unknown process or
+ * one whose serial is not the request's (a host without serials names the pid alone).
  */
 static GcsProcess *request_process(FerryGcs *gcs, FerryBridgeRequest *request, const char *what)
 {
   json_t *body = ferry_bridge_request_get_body(request);
   guint32 pid = 0;
+  gint64 serial = 0;
   g_autoptr(GError) error = NULL;
-  if (!ferry_json_get_uint32(body, "ProcessId", TRUE, &pid, &error)) {
+  if (!ferry_json_get_uint32(body, "ProcessId", TRUE, &pid, &error) ||
+      !ferry_json_get_int64(body, FERRY_BRIDGE_PROCESS_SERIAL, FALSE, &serial, &error)) {
     ferry_bridge_request_reply_error(request, FERRY_HR_E_INVALIDARG, "%s: %s", what,
                                      error->message);
     return NULL;
@@ -60,6 +63,8 @@ static GcsProcess *request_process(FerryGcs *gcs, FerryBridgeRequest *request, c
                                                   : record->container_id != NULL &&
                                                         strcmp(record->container_id, c->id) == 0 &&
                                                         record->container_serial == c->serial);
+  if (matches && serial != 0 && (serial < 0 || (guint64)serial != record->serial))
+    matches = FALSE;
   if (!matches) {
     ferry_bridge_request_reply_error(request, FERRY_HR_NOT_FOUND, "%s: process %u not found in %s",
                                      what, pid, c != NULL ? c->id : "the UVM");

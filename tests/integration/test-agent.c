@@ -9,6 +9,7 @@
  * meson's SIGTERM on timeout) SIGKILLs exactly those. Nothing is killed by name.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <glib-unix.h>
 #include <signal.h>
 #include <string.h>
@@ -633,6 +634,93 @@ static void test_sigterm_is_143(void)
   wait_ok(&again);
   g_assert_true(json_is_false(again.json));
   result_clear(&again);
+}
+
+/* Make the kernel's next pid `pid` (root in this pid namespace only). */
+static gboolean next_pid_is(guint32 pid)
+{
+  int fd = open("/proc/sys/kernel/ns_last_pid", O_WRONLY | O_CLOEXEC);
+  if (fd < 0)
+    return FALSE;
+  g_autofree char *text = g_strdup_printf("%u", pid - 1);
+  gboolean ok = write(fd, text, strlen(text)) == (ssize_t)strlen(text);
+  close(fd);
+  return ok;
+}
+
+/* A request for a process about a wait (raw, TimeoutInMs 0: answered at once). */
+static json_t *wait_now_body(guint32 pid, guint64 serial)
+{
+  json_t *body = ferry_bridge_request_base(FERRY_NULL_CONTAINER_ID, NULL);
+  json_object_set_new(body, "ProcessId", json_integer(pid));
+  json_object_set_new(body, "TimeoutInMs", json_integer(0));
+  if (serial != 0)
+    json_object_set_new(body, FERRY_BRIDGE_PROCESS_SERIAL, json_integer((json_int_t)serial));
+  return body;
+}
+
+/* The kernel gives an exited process's pid to a new one: a request naming the old process
+ * (by its serial) cannot reach the new one -- no signal delivered to it, no wait answered
+ * with its state. */
+static void test_reused_pid_is_another_process(void)
+{
+  g_autoptr(Env) e = env_new();
+  const char *quick[] = { "true", NULL };
+  g_autoptr(FerryGcsProcess) a = exec_uvm(&e->host, uvm_params(quick, FALSE, FALSE, FALSE));
+  g_assert_cmpuint(ferry_gcs_process_get_serial(a), !=, 0);
+  g_assert_cmpint(wait_exit(a), ==, 0);
+  guint32 pid = ferry_gcs_process_get_pid(a);
+  const char *sleeper[] = { "sleep", "100", NULL };
+  g_autoptr(FerryGcsProcess) b = NULL;
+  for (int attempt = 0; attempt < 20 && b == NULL; attempt++) {
+    if (!next_pid_is(pid)) {
+      g_test_skip("cannot write /proc/sys/kernel/ns_last_pid (needs root in the pid namespace)");
+      return;
+    }
+    FerryGcsProcess *p = exec_uvm(&e->host, uvm_params(sleeper, FALSE, FALSE, FALSE));
+    if (ferry_gcs_process_get_pid(p) == pid) {
+      b = p;
+      continue;
+    }
+    Result k = { 0 };
+    ferry_gcs_process_kill(p, on_signal_done, &k);
+    wait_ok(&k);
+    result_clear(&k);
+    wait_exit(p);
+    ferry_gcs_process_unref(p);
+  }
+  if (b == NULL) {
+    g_test_skip("the kernel did not hand out the old pid again");
+    return;
+  }
+  g_assert_cmpuint(ferry_gcs_process_get_serial(b), !=, ferry_gcs_process_get_serial(a));
+  /* The old handle's signal is not delivered: the new process lives on. */
+  Result s = { 0 };
+  ferry_gcs_process_signal(a, SIGKILL, on_signal_done, &s);
+  wait_ok(&s);
+  g_assert_true(json_is_false(s.json));
+  result_clear(&s);
+  /* A wait naming the old process: not found (not the new one's "still running"). */
+  g_autoptr(GError) error = NULL;
+  g_assert_null(host_rpc(&e->host, FERRY_BRIDGE_RPC_WAIT_FOR_PROCESS,
+                         wait_now_body(pid, ferry_gcs_process_get_serial(a)), &error));
+  assert_hresult(error, FERRY_HR_NOT_FOUND);
+  g_clear_error(&error);
+  /* The new process, by its serial or by the pid alone (hcsshim's host), is running. */
+  g_assert_null(host_rpc(&e->host, FERRY_BRIDGE_RPC_WAIT_FOR_PROCESS,
+                         wait_now_body(pid, ferry_gcs_process_get_serial(b)), &error));
+  assert_hresult(error, FERRY_HR_TIMEOUT);
+  g_clear_error(&error);
+  g_assert_null(
+      host_rpc(&e->host, FERRY_BRIDGE_RPC_WAIT_FOR_PROCESS, wait_now_body(pid, 0), &error));
+  assert_hresult(error, FERRY_HR_TIMEOUT);
+  g_clear_error(&error);
+  Result k = { 0 };
+  ferry_gcs_process_kill(b, on_signal_done, &k);
+  wait_ok(&k);
+  g_assert_true(json_is_true(k.json));
+  result_clear(&k);
+  g_assert_cmpint(wait_exit(b), ==, 128 + SIGKILL);
 }
 
 static json_t *pty_params(const char *script, gboolean in)
@@ -1375,6 +1463,7 @@ int main(int argc, char **argv)
   add_test("/agent/uvm/exit-code", test_exit_code);
   add_test("/agent/uvm/background-child-holding-stdout", test_background_child_holding_stdout);
   add_test("/agent/uvm/sigterm-is-143", test_sigterm_is_143);
+  add_test("/agent/uvm/reused-pid-is-another-process", test_reused_pid_is_another_process);
   add_test("/agent/uvm/pty-size-and-resize", test_pty_size_and_resize);
   add_test("/agent/uvm/many-with-one-stalled-reader", test_many_with_one_stalled_reader);
   add_test("/agent/uvm/wait-timeout-and-unknown-pid", test_wait_timeout_and_unknown_pid);

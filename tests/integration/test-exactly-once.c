@@ -192,6 +192,7 @@ static void on_bridge(FerryTransport *t, FerryChannel *ch, gpointer ud)
       ferry_gcs_container_open_process_with_io(h->uvm, x->pid, x->ms.stdin_port, x->ms.stdout_port,
                                                x->ms.stderr_port, x->ms.wait_call_id, &error);
   g_assert_no_error(error);
+  ferry_gcs_process_set_serial(p, x->ms.serial);
   h->cmd = ferry_cmd_attach(p, h->ports, host_io(w, x));
   host_set_copy_after_exit(h);
   ferry_cmd_wait(h->cmd, on_cmd_done, w);

@@ -870,6 +870,7 @@ static FerryGcsProcess *exec_process(GcFixture *f, FerryGcsContainer *c, json_t 
   *wait_id = guest_expect(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), &wait_body);
   g_assert_cmpint(json_integer_value(json_object_get(wait_body, "ProcessId")), ==, pid);
   g_assert_cmpint(json_integer_value(json_object_get(wait_body, "TimeoutInMs")), ==, 0xffffffff);
+  g_assert_null(json_object_get(wait_body, FERRY_BRIDGE_PROCESS_SERIAL)); /* none given */
   json_decref(wait_body);
   return g_steal_pointer(&r.process);
 }
@@ -1025,6 +1026,69 @@ static void test_gc_signal_and_kill(GcFixture *f, gconstpointer data)
   guest_answer(&f->guest, RPC_TYPE(RESIZE_CONSOLE), id, NULL);
   wait_for(&rs);
   g_assert_no_error(rs.error);
+}
+
+/* The serial of a process request, or -1 when the request has none. */
+static json_int_t request_serial(RawGuest *g, guint32 type, guint64 *id)
+{
+  json_t *body;
+  *id = guest_expect(g, type, &body);
+  json_t *serial = json_object_get(body, FERRY_BRIDGE_PROCESS_SERIAL);
+  json_int_t v = serial != NULL ? json_integer_value(serial) : -1;
+  json_decref(body);
+  return v;
+}
+
+/* A guest that gives a FerryProcessSerial gets it back in every request about the process
+ * (so a reused pid cannot take another process's wait or signal); hcsshim's guest, which
+ * gives none, gets requests naming the pid alone. */
+static void test_gc_process_serial(GcFixture *f, gconstpointer data)
+{
+  g_autoptr(json_t) params = json_pack("{s:[s]}", "CommandArgs", "sleep");
+  Result r = { 0 };
+  ferry_guest_connection_create_process(f->gc, params, on_process, &r);
+  guint64 id = guest_expect(&f->guest, RPC_TYPE(EXECUTE_PROCESS), NULL);
+  guest_answer(
+      &f->guest, RPC_TYPE(EXECUTE_PROCESS), id,
+      json_pack("{s:i, s:I}", "ProcessId", 9, FERRY_BRIDGE_PROCESS_SERIAL, (json_int_t)77));
+  wait_for(&r);
+  g_assert_no_error(r.error);
+  g_autoptr(FerryGcsProcess) p = g_steal_pointer(&r.process);
+  g_assert_cmpuint(ferry_gcs_process_get_serial(p), ==, 77);
+  g_assert_cmpuint(ferry_gcs_process_migration_state(p).serial, ==, 77);
+  g_assert_cmpint(request_serial(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), &id), ==, 77);
+  Result s = { 0 };
+  ferry_gcs_process_signal(p, SIGTERM, on_signal, &s);
+  g_assert_cmpint(request_serial(&f->guest, RPC_TYPE(SIGNAL_PROCESS), &id), ==, 77);
+  guest_answer(&f->guest, RPC_TYPE(SIGNAL_PROCESS), id, NULL);
+  wait_for(&s);
+  Result rs = { 0 };
+  ferry_gcs_process_resize_console(p, 80, 24, on_done, &rs);
+  g_assert_cmpint(request_serial(&f->guest, RPC_TYPE(RESIZE_CONSOLE), &id), ==, 77);
+  guest_answer(&f->guest, RPC_TYPE(RESIZE_CONSOLE), id, NULL);
+  wait_for(&rs);
+  g_assert_no_error(rs.error);
+
+  guint64 wait_id;
+  g_autoptr(FerryGcsProcess) q = exec_process(f, NULL, params, 10, &wait_id, NULL);
+  g_assert_cmpuint(ferry_gcs_process_get_serial(q), ==, 0);
+  Result k = { 0 };
+  ferry_gcs_process_kill(q, on_signal, &k);
+  g_assert_cmpint(request_serial(&f->guest, RPC_TYPE(SIGNAL_PROCESS), &id), ==, -1);
+  guest_answer(&f->guest, RPC_TYPE(SIGNAL_PROCESS), id, NULL);
+  wait_for(&k);
+  g_assert_no_error(k.error);
+
+  /* A negative serial is not one. */
+  Result bad = { 0 };
+  ferry_guest_connection_create_process(f->gc, params, on_process, &bad);
+  id = guest_expect(&f->guest, RPC_TYPE(EXECUTE_PROCESS), NULL);
+  guest_answer(&f->guest, RPC_TYPE(EXECUTE_PROCESS), id,
+               json_pack("{s:i, s:i}", "ProcessId", 11, FERRY_BRIDGE_PROCESS_SERIAL, -1));
+  wait_for(&bad);
+  g_assert_error(bad.error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT);
+  result_clear(&bad);
+  result_clear(&r);
 }
 
 static void test_gc_properties(GcFixture *f, gconstpointer data)
@@ -1292,6 +1356,7 @@ int main(int argc, char **argv)
   GC("exit-code-signaled-forms", test_gc_exit_code_signaled_forms);
   GC("wait-process-bridge-terminated", test_gc_wait_process_bridge_terminated);
   GC("signal-and-kill", test_gc_signal_and_kill);
+  GC("process-serial", test_gc_process_serial);
   GC("properties", test_gc_properties);
   GC("modify-and-dump-stacks", test_gc_modify_and_dump_stacks);
   GC("port-floor", test_gc_port_floor);

@@ -364,6 +364,7 @@ static void test_migration_to_a_new_host_object(void)
   g_autoptr(FerryGcsProcess) pb = ferry_gcs_container_open_process_with_io(
       cb, pid, ms.stdin_port, ms.stdout_port, ms.stderr_port, ms.wait_call_id, &error);
   g_assert_no_error(error);
+  ferry_gcs_process_set_serial(pb, ms.serial);
   Result waited = { 0 }, cwait = { 0 };
   ferry_gcs_process_wait(pb, on_done, &waited);
   ferry_gcs_container_wait(cb, on_done, &cwait);
