@@ -8,7 +8,8 @@
  * channel. So the channel's state is the whole state, and a relay can be rebuilt on
  * another host object (Attach) without losing or repeating a byte.
  *
- * Threading: the thread-default GMainContext; one thread.
+ * Threading: one thread; every source an object queues (fd watches, timers, idles) is on
+ * the thread-default GMainContext of the object's creation.
  */
 #pragma once
 
@@ -81,6 +82,9 @@ FerryCmd *ferry_cmd_new(FerryGuestConnection *gc, FerryGcsContainer *container,
  * destination): its ports must be the process's migration-state ports. */
 FerryCmd *ferry_cmd_attach(FerryGcsProcess *process, FerryStdioPorts *ports, FerryCmdIo io);
 
+/* Stop relaying (as ferry_cmd_detach()) and cancel what is in flight: no callback of the
+ * command (its start's, its waits') runs after this. A start still in flight completes
+ * without it: the process is left running in the guest and its ports are released. */
 void ferry_cmd_free(FerryCmd *cmd);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(FerryCmd, ferry_cmd_free)
 

@@ -5,8 +5,10 @@
 #include "ferry/bridge-host.h"
 #include "ferry/error.h"
 #include "ferry/json.h"
+#include "ferry/source.h"
 
 struct FerryGuestConnection {
+  GMainContext *context; /* thread-default at creation: every idle of ours goes there */
   FerryBridge *bridge;
   FerryGcsPortHooks hooks;
   gpointer hooks_data;
@@ -25,6 +27,7 @@ typedef struct {
 struct FerryGcsContainer {
   gint refs;
   FerryGuestConnection *gc; /* NULL once closed or the connection is gone */
+  GMainContext *context;    /* the connection's */
   char *id;
   gboolean exited;
   char *exit_type;
@@ -35,6 +38,7 @@ struct FerryGcsContainer {
 struct FerryGcsProcess {
   gint refs;
   FerryGuestConnection *gc;
+  GMainContext *context; /* the connection's: the process may outlive it */
   char *container_id;
   guint32 pid;
   guint64 serial;            /* the guest's FerryProcessSerial; 0 = not given (pid only) */
@@ -95,7 +99,9 @@ static gboolean run_deferred(gpointer p)
   return G_SOURCE_REMOVE;
 }
 
-static void defer(FerryGcsDoneFunc done, FerryGcsProcessFunc process_done,
+/* The idle holds no object of ours, only the caller's callback, so it may outlive the
+ * object that queued it; it runs on that object's context. */
+static void defer(GMainContext *context, FerryGcsDoneFunc done, FerryGcsProcessFunc process_done,
                   FerryGcsJsonFunc json_done, gpointer user_data, const GError *error)
 {
   if (done == NULL && process_done == NULL && json_done == NULL)
@@ -106,12 +112,14 @@ static void defer(FerryGcsDoneFunc done, FerryGcsProcessFunc process_done,
   d->json_done = json_done;
   d->user_data = user_data;
   d->error = error != NULL ? g_error_copy(error) : NULL;
-  g_idle_add(run_deferred, d);
+  GSource *source = ferry_idle_new(context, run_deferred, d);
+  g_source_unref(source); /* the context keeps it until it has run */
 }
 
-static void defer_done(FerryGcsDoneFunc done, gpointer user_data, const GError *error)
+static void defer_done(GMainContext *context, FerryGcsDoneFunc done, gpointer user_data,
+                       const GError *error)
 {
-  defer(done, NULL, NULL, user_data, error);
+  defer(context, done, NULL, NULL, user_data, error);
 }
 
 static void run_waiters(GArray *waiters, const GError *error)
@@ -218,6 +226,7 @@ FerryGuestConnection *ferry_guest_connection_new(int fd, const FerryGcsPortHooks
   if (bridge == NULL)
     return NULL;
   FerryGuestConnection *gc = g_new0(FerryGuestConnection, 1);
+  gc->context = g_main_context_ref_thread_default();
   gc->bridge = bridge;
   if (hooks != NULL)
     gc->hooks = *hooks;
@@ -253,6 +262,7 @@ void ferry_guest_connection_free(FerryGuestConnection *gc)
   ferry_bridge_unref(gc->bridge);
   g_hash_table_unref(gc->containers);
   g_free(gc->os);
+  g_main_context_unref(gc->context);
   g_free(gc);
 }
 
@@ -388,7 +398,7 @@ void ferry_guest_connection_resume_on_conn(FerryGuestConnection *gc, int fd, Fer
 {
   g_autoptr(GError) error = NULL;
   if (!ferry_bridge_resume_on_conn(gc->bridge, fd, &error)) {
-    defer_done(done, user_data, error);
+    defer_done(gc->context, done, user_data, error);
     return;
   }
   /* The guest resets its protocol version on every connection. */
@@ -402,6 +412,7 @@ static FerryGcsProcess *process_new(FerryGuestConnection *gc, const char *contai
   FerryGcsProcess *p = g_new0(FerryGcsProcess, 1);
   p->refs = 1;
   p->gc = gc;
+  p->context = g_main_context_ref(gc->context);
   p->container_id = g_strdup(container_id);
   p->pid = pid;
   p->waiters = g_array_new(FALSE, FALSE, sizeof(Waiter));
@@ -425,6 +436,7 @@ void ferry_gcs_process_unref(FerryGcsProcess *p)
   g_array_unref(p->waiters);
   g_clear_error(&p->wait_error);
   g_free(p->container_id);
+  g_main_context_unref(p->context);
   g_free(p);
 }
 
@@ -519,11 +531,11 @@ void ferry_gcs_process_wait(FerryGcsProcess *p, FerryGcsDoneFunc done, gpointer 
   if (!p->waited && p->gc == NULL) {
     g_autoptr(GError) error =
         g_error_new(FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION, "process %u is closed", p->pid);
-    defer_done(done, user_data, error);
+    defer_done(p->context, done, user_data, error);
     return;
   }
   if (p->waited) {
-    defer_done(done, user_data, p->wait_error);
+    defer_done(p->context, done, user_data, p->wait_error);
     return;
   }
   Waiter w = { done, user_data };
@@ -583,7 +595,7 @@ void ferry_gcs_process_signal(FerryGcsProcess *p, int signal, FerryGcsSignalFunc
   s->done = done;
   s->user_data = user_data;
   if (p->gc == NULL) {
-    g_idle_add(on_signal_failed, s);
+    g_source_unref(ferry_idle_new(p->context, on_signal_failed, s)); /* holds no object */
     return;
   }
   g_autoptr(json_t) body = process_request(p);
@@ -603,7 +615,7 @@ void ferry_gcs_process_resize_console(FerryGcsProcess *p, guint16 width, guint16
 {
   g_autoptr(GError) error = NULL;
   if (!usable(p->gc, "process", &error)) {
-    defer_done(done, user_data, error);
+    defer_done(p->context, done, user_data, error);
     return;
   }
   g_autoptr(json_t) body = process_request(p);
@@ -714,7 +726,7 @@ static void exec(FerryGuestConnection *gc, const char *container_id, json_t *par
   if (error == NULL)
     listen_ports(gc, ports, &error);
   if (error != NULL) {
-    defer(NULL, done, NULL, user_data, error);
+    defer(gc->context, NULL, done, NULL, user_data, error);
     return;
   }
   g_autoptr(json_t) body = ferry_bridge_request_base(container_id, NULL);
@@ -764,6 +776,7 @@ static FerryGcsContainer *container_register(FerryGuestConnection *gc, const cha
   FerryGcsContainer *c = g_new0(FerryGcsContainer, 1);
   c->refs = 1;
   c->gc = gc;
+  c->context = g_main_context_ref(gc->context);
   c->id = g_strdup(id);
   c->waiters = g_array_new(FALSE, FALSE, sizeof(Waiter));
   g_hash_table_insert(gc->containers, c->id, ferry_gcs_container_ref(c));
@@ -784,6 +797,7 @@ void ferry_gcs_container_unref(FerryGcsContainer *c)
   g_clear_error(&c->exit_error);
   g_free(c->exit_type);
   g_free(c->id);
+  g_main_context_unref(c->context);
   g_free(c);
 }
 
@@ -866,7 +880,7 @@ static void container_call(FerryGcsContainer *c, FerryBridgeRpc rpc, json_t *ext
 {
   g_autoptr(GError) error = NULL;
   if (!usable(c->gc, "container", &error)) {
-    defer(done, NULL, json_done, user_data, error);
+    defer(c->context, done, NULL, json_done, user_data, error);
     return;
   }
   g_autoptr(json_t) body = ferry_bridge_request_base(c->id, NULL);
@@ -896,7 +910,7 @@ void ferry_gcs_container_terminate(FerryGcsContainer *c, FerryGcsDoneFunc done, 
 void ferry_gcs_container_wait(FerryGcsContainer *c, FerryGcsDoneFunc done, gpointer user_data)
 {
   if (c->exited) {
-    defer_done(done, user_data, c->exit_error);
+    defer_done(c->context, done, user_data, c->exit_error);
     return;
   }
   Waiter w = { done, user_data };
@@ -938,7 +952,7 @@ void ferry_gcs_container_properties(FerryGcsContainer *c, json_t *query, FerryGc
 {
   g_autoptr(GError) error = NULL;
   if (!usable(c->gc, "container", &error)) {
-    defer(NULL, NULL, done, user_data, error);
+    defer(c->context, NULL, NULL, done, user_data, error);
     return;
   }
   g_autoptr(json_t) extra = json_object();
@@ -964,7 +978,7 @@ void ferry_gcs_container_create_process(FerryGcsContainer *c, json_t *params,
 {
   g_autoptr(GError) error = NULL;
   if (!usable(c->gc, "container", &error)) {
-    defer(NULL, done, NULL, user_data, error);
+    defer(c->context, NULL, done, NULL, user_data, error);
     return;
   }
   exec(c->gc, c->id, params, done, user_data);

@@ -6,6 +6,7 @@
 #include "ferry/cmd.h"
 #include "ferry/error.h"
 #include "ferry/fd.h"
+#include "ferry/source.h"
 
 /* Bytes a stdin relay reads at a time (never more than the channel takes). */
 #define STDIN_CHUNK (64u * 1024u)
@@ -22,8 +23,9 @@ typedef struct {
   guint32 port;          /* 0 until known */
   int fd;                /* the host end; -1 when none or closed */
   FerryChannel *channel; /* a reference once bound */
-  guint fd_watch;
-  gboolean done; /* stdout/stderr: EOF written through (or given up) */
+  GSource *fd_watch;
+  GSource *release; /* stdout/stderr after EOF: closes the channel from the loop */
+  gboolean done;    /* stdout/stderr: EOF written through (or given up) */
   GError *error;
 } Relay;
 
@@ -32,13 +34,16 @@ typedef struct {
   gpointer user_data;
 } Waiter;
 
-/* The process's wait may outlive the command: it holds this, not the command. */
+/* The process's wait and the start's answer may outlive the command: they hold this, not
+ * the command. */
 typedef struct {
   FerryCmd *cmd; /* NULL once the command is freed */
 } Token;
 
 struct FerryCmd {
-  Token *token;
+  GMainContext *context; /* thread-default at creation: every source of ours goes there */
+  Token *token;          /* the process wait's */
+  Token *start_token;    /* the start's, while it is in flight */
   FerryGuestConnection *gc;
   FerryGcsContainer *container;
   FerryStdioPorts *ports;
@@ -49,10 +54,11 @@ struct FerryCmd {
   gboolean exited;
   int exit_code;
   GError *exit_error;
-  guint copy_timer;
+  GSource *copy_timer;
   gboolean finished;
   GError *finish_error;
   GArray *waiters;
+  GList *deferred; /* DeferredWait: waits on a finished command, reported from an idle */
   FerryGcsDoneFunc start_done;
   gpointer start_data;
   gboolean detached;
@@ -65,19 +71,47 @@ static void maybe_finish(FerryCmd *cmd);
 
 static void relay_unwatch(Relay *r)
 {
-  if (r->fd_watch != 0) {
-    g_source_remove(r->fd_watch);
-    r->fd_watch = 0;
-  }
+  ferry_source_clear(&r->fd_watch);
 }
 
-/* Stop a relay: its fd is closed, its channel forgotten (not closed). */
+static GSource *relay_watch(Relay *r, GIOCondition cond, GUnixFDSourceFunc func)
+{
+  GSource *source = g_unix_fd_source_new(r->fd, cond);
+  g_source_set_callback(source, G_SOURCE_FUNC(func), r, NULL);
+  g_source_attach(source, r->cmd->context);
+  return source;
+}
+
+static gboolean close_channel_idle(gpointer ud)
+{
+  FerryChannel *channel = ud;
+  ferry_channel_close(channel);
+  return G_SOURCE_REMOVE;
+}
+
+/* Close `channel` from the main loop: the transport may still be inside one of its
+ * handlers. The idle holds a reference to the channel and nothing of ours. */
+static void close_channel_later(GMainContext *context, FerryChannel *channel)
+{
+  GSource *source = g_idle_source_new();
+  g_source_set_callback(source, close_channel_idle, ferry_channel_ref(channel),
+                        (GDestroyNotify)ferry_channel_unref);
+  g_source_attach(source, context);
+  g_source_unref(source);
+}
+
+/* Stop a relay: its fd is closed, its channel forgotten (not closed), except an output
+ * whose EOF was consumed: that one is closed, as it would have been. */
 static void relay_stop(Relay *r)
 {
   if (r->port != 0)
     ferry_stdio_ports_cancel(r->cmd->ports, r->port);
   relay_unwatch(r);
   ferry_fd_clear(&r->fd);
+  if (r->release != NULL) {
+    ferry_source_clear(&r->release);
+    close_channel_later(r->cmd->context, r->channel);
+  }
   if (r->channel != NULL) {
     ferry_channel_set_handlers(r->channel, &(FerryChannelHandlers){ 0 }, NULL);
     g_clear_pointer(&r->channel, ferry_channel_unref);
@@ -95,7 +129,7 @@ static void relay_fail(Relay *r, const GError *error)
 static gboolean on_out_writable(int fd, GIOCondition cond, gpointer ud)
 {
   Relay *r = ud;
-  r->fd_watch = 0;
+  ferry_source_clear(&r->fd_watch);
   if (r->channel != NULL)
     ferry_channel_resume_reading(r->channel);
   return G_SOURCE_REMOVE;
@@ -116,8 +150,8 @@ static gsize out_data(FerryChannel *ch, const guint8 *data, gsize len, gpointer 
     if (n < 0 && errno == EINTR)
       continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      if (r->fd_watch == 0)
-        r->fd_watch = g_unix_fd_add(r->fd, G_IO_OUT | G_IO_ERR | G_IO_HUP, on_out_writable, r);
+      if (r->fd_watch == NULL)
+        r->fd_watch = relay_watch(r, G_IO_OUT | G_IO_ERR | G_IO_HUP, on_out_writable);
       return done;
     }
     /* The reader went away (EPIPE): keep draining so the guest is not blocked. */
@@ -134,15 +168,24 @@ static gsize out_data(FerryChannel *ch, const guint8 *data, gsize len, gpointer 
  * output when its copy ends. hcsshim's guest answers WaitForProcess only after the host
  * closed every output channel, so keeping it until the process is closed would hold the
  * exit back for ever. */
+static gboolean on_release(gpointer ud)
+{
+  Relay *r = ud;
+  ferry_source_clear(&r->release);
+  ferry_channel_close(r->channel);
+  g_clear_pointer(&r->channel, ferry_channel_unref);
+  return G_SOURCE_REMOVE;
+}
+
 static void out_eof(FerryChannel *ch, gpointer ud)
 {
   Relay *r = ud;
   relay_unwatch(r);
   ferry_fd_clear(&r->fd);
   r->done = TRUE;
+  /* Not from inside the channel's own handler: from the loop, on an idle we own. */
   ferry_channel_set_handlers(r->channel, &(FerryChannelHandlers){ 0 }, NULL);
-  ferry_channel_close(r->channel);
-  g_clear_pointer(&r->channel, ferry_channel_unref);
+  r->release = ferry_idle_new(r->cmd->context, on_release, r);
   maybe_finish(r->cmd);
 }
 
@@ -163,8 +206,8 @@ static gboolean on_in_readable(int fd, GIOCondition cond, gpointer ud);
 
 static void in_watch(Relay *r)
 {
-  if (r->fd_watch == 0 && r->fd >= 0)
-    r->fd_watch = g_unix_fd_add(r->fd, G_IO_IN | G_IO_HUP | G_IO_ERR, on_in_readable, r);
+  if (r->fd_watch == NULL && r->fd >= 0)
+    r->fd_watch = relay_watch(r, G_IO_IN | G_IO_HUP | G_IO_ERR, on_in_readable);
 }
 
 static void in_finish(Relay *r)
@@ -181,7 +224,7 @@ static gboolean on_in_readable(int fd, GIOCondition cond, gpointer ud)
   Relay *r = ud;
   gsize room = r->channel != NULL ? ferry_channel_write_room(r->channel) : 0;
   if (room == 0) {
-    r->fd_watch = 0; /* resumed by the channel's writable */
+    ferry_source_clear(&r->fd_watch); /* resumed by the channel's writable */
     return G_SOURCE_REMOVE;
   }
   guint8 buf[STDIN_CHUNK];
@@ -194,8 +237,7 @@ static gboolean on_in_readable(int fd, GIOCondition cond, gpointer ud)
       ferry_error_set_errno(&error, errno, "read host stdin");
       relay_fail(r, error);
     }
-    r->fd_watch = 0;
-    in_finish(r);
+    in_finish(r); /* clears the watch */
     return G_SOURCE_REMOVE;
   }
   gsize took = ferry_channel_write(r->channel, buf, (gsize)n);
@@ -204,8 +246,7 @@ static gboolean on_in_readable(int fd, GIOCondition cond, gpointer ud)
     g_autoptr(GError) error =
         g_error_new(FERRY_ERROR, FERRY_ERROR_INTERNAL, "stdin channel took less than its room");
     relay_fail(r, error);
-    r->fd_watch = 0;
-    in_finish(r);
+    in_finish(r); /* clears the watch */
     return G_SOURCE_REMOVE;
   }
   return G_SOURCE_CONTINUE;
@@ -260,6 +301,7 @@ static void on_port_ready(guint32 port, FerryChannel *channel, const GError *err
 static FerryCmd *cmd_alloc(FerryStdioPorts *ports, FerryCmdIo io)
 {
   FerryCmd *cmd = g_new0(FerryCmd, 1);
+  cmd->context = g_main_context_ref_thread_default();
   cmd->ports = ports;
   cmd->copy_ms = FERRY_CMD_DEFAULT_COPY_AFTER_EXIT_MS;
   cmd->waiters = g_array_new(FALSE, FALSE, sizeof(Waiter));
@@ -313,10 +355,7 @@ static void finish(FerryCmd *cmd)
   if (cmd->finished)
     return;
   cmd->finished = TRUE;
-  if (cmd->copy_timer != 0) {
-    g_source_remove(cmd->copy_timer);
-    cmd->copy_timer = 0;
-  }
+  ferry_source_clear(&cmd->copy_timer);
   if (cmd->exit_error != NULL)
     cmd->finish_error = g_error_copy(cmd->exit_error);
   for (int i = STDOUT_RELAY; i <= STDERR_RELAY && cmd->finish_error == NULL; i++)
@@ -340,7 +379,7 @@ static void maybe_finish(FerryCmd *cmd)
 static gboolean on_copy_timeout(gpointer ud)
 {
   FerryCmd *cmd = ud;
-  cmd->copy_timer = 0;
+  ferry_source_clear(&cmd->copy_timer);
   for (int i = STDOUT_RELAY; i <= STDERR_RELAY; i++) {
     Relay *r = &cmd->relays[i];
     if (r->done)
@@ -370,8 +409,8 @@ static void on_process_exited(const GError *error, gpointer ud)
   if (!ferry_gcs_process_exit_code(cmd->process, &cmd->exit_code, &local))
     cmd->exit_error = g_steal_pointer(&local);
   maybe_finish(cmd);
-  if (!cmd->finished && cmd->copy_timer == 0)
-    cmd->copy_timer = g_timeout_add(cmd->copy_ms, on_copy_timeout, cmd);
+  if (!cmd->finished && cmd->copy_timer == NULL)
+    cmd->copy_timer = ferry_timeout_new(cmd->context, cmd->copy_ms, on_copy_timeout, cmd);
 }
 
 static void bind_relays(FerryCmd *cmd)
@@ -401,7 +440,19 @@ static void bind_relays(FerryCmd *cmd)
 
 static void on_started(FerryGcsProcess *process, const GError *error, gpointer ud)
 {
-  FerryCmd *cmd = ud;
+  Token *token = ud;
+  FerryCmd *cmd = token->cmd;
+  g_free(token);
+  if (cmd == NULL) {
+    /* Freed while starting: nobody relays, and the caller asked for no callback. The
+     * process runs on in the guest as any freed command's does; its ports are released. */
+    if (process != NULL) {
+      ferry_gcs_process_close(process);
+      ferry_gcs_process_unref(process);
+    }
+    return;
+  }
+  cmd->start_token = NULL;
   FerryGcsDoneFunc done = g_steal_pointer(&cmd->start_done);
   if (error == NULL) {
     cmd->process = process;
@@ -412,12 +463,15 @@ static void on_started(FerryGcsProcess *process, const GError *error, gpointer u
 
 void ferry_cmd_start(FerryCmd *cmd, FerryGcsDoneFunc done, gpointer user_data)
 {
+  g_return_if_fail(cmd->start_token == NULL && cmd->process == NULL);
   cmd->start_done = done;
   cmd->start_data = user_data;
+  cmd->start_token = g_new0(Token, 1);
+  cmd->start_token->cmd = cmd;
   if (cmd->container != NULL)
-    ferry_gcs_container_create_process(cmd->container, cmd->params, on_started, cmd);
+    ferry_gcs_container_create_process(cmd->container, cmd->params, on_started, cmd->start_token);
   else
-    ferry_guest_connection_create_process(cmd->gc, cmd->params, on_started, cmd);
+    ferry_guest_connection_create_process(cmd->gc, cmd->params, on_started, cmd->start_token);
 }
 
 FerryCmd *ferry_cmd_attach(FerryGcsProcess *process, FerryStdioPorts *ports, FerryCmdIo io)
@@ -429,18 +483,28 @@ FerryCmd *ferry_cmd_attach(FerryGcsProcess *process, FerryStdioPorts *ports, Fer
 }
 
 typedef struct {
+  FerryCmd *cmd;
+  GSource *source;
   FerryCmdWaitFunc done;
   gpointer user_data;
   int code;
   GError *error;
 } DeferredWait;
 
+static void deferred_wait_free(DeferredWait *d)
+{
+  ferry_source_clear(&d->source);
+  g_clear_error(&d->error);
+  g_free(d);
+}
+
 static gboolean run_deferred_wait(gpointer p)
 {
   DeferredWait *d = p;
+  d->cmd->deferred = g_list_remove(d->cmd->deferred, d);
+  /* The callback may free the command. */
   d->done(d->code, d->error, d->user_data);
-  g_clear_error(&d->error);
-  g_free(d);
+  deferred_wait_free(d);
   return G_SOURCE_REMOVE;
 }
 
@@ -448,11 +512,13 @@ void ferry_cmd_wait(FerryCmd *cmd, FerryCmdWaitFunc done, gpointer user_data)
 {
   if (cmd->finished) {
     DeferredWait *d = g_new0(DeferredWait, 1);
+    d->cmd = cmd;
     d->done = done;
     d->user_data = user_data;
     d->code = cmd->exit_code;
     d->error = cmd->finish_error != NULL ? g_error_copy(cmd->finish_error) : NULL;
-    g_idle_add(run_deferred_wait, d);
+    d->source = ferry_idle_new(cmd->context, run_deferred_wait, d);
+    cmd->deferred = g_list_prepend(cmd->deferred, d);
     return;
   }
   Waiter w = { done, user_data };
@@ -464,10 +530,7 @@ void ferry_cmd_detach(FerryCmd *cmd)
   cmd->detached = TRUE;
   for (int i = 0; i < 3; i++)
     relay_stop(&cmd->relays[i]);
-  if (cmd->copy_timer != 0) {
-    g_source_remove(cmd->copy_timer);
-    cmd->copy_timer = 0;
-  }
+  ferry_source_clear(&cmd->copy_timer);
 }
 
 void ferry_cmd_free(FerryCmd *cmd)
@@ -477,6 +540,9 @@ void ferry_cmd_free(FerryCmd *cmd)
   ferry_cmd_detach(cmd);
   if (cmd->token != NULL)
     cmd->token->cmd = NULL; /* freed by the wait's callback */
+  if (cmd->start_token != NULL)
+    cmd->start_token->cmd = NULL; /* freed by the start's callback, which then stops */
+  g_list_free_full(g_steal_pointer(&cmd->deferred), (GDestroyNotify)deferred_wait_free);
   for (int i = 0; i < 3; i++)
     g_clear_error(&cmd->relays[i].error);
   if (cmd->process != NULL)
@@ -488,5 +554,6 @@ void ferry_cmd_free(FerryCmd *cmd)
   g_clear_error(&cmd->exit_error);
   g_clear_error(&cmd->finish_error);
   g_array_unref(cmd->waiters);
+  g_main_context_unref(cmd->context);
   g_free(cmd);
 }

@@ -1,6 +1,7 @@
 /* The stdio ports of a guest connection, bound to a host transport. */
 #include "ferry/cmd.h"
 #include "ferry/error.h"
+#include "ferry/source.h"
 
 typedef struct {
   guint32 port;
@@ -15,10 +16,11 @@ typedef struct {
   guint32 port;
   FerryPortChannelFunc func;
   gpointer user_data;
-  guint source;
+  GSource *source;
 } Later;
 
 struct FerryStdioPorts {
+  GMainContext *context; /* thread-default at creation */
   FerryTransport *transport;
   GHashTable *ports;   /* port -> Port */
   GHashTable *adopted; /* port -> FerryChannel (a reference) */
@@ -35,6 +37,7 @@ static void port_free(gpointer p)
 FerryStdioPorts *ferry_stdio_ports_new(FerryTransport *transport)
 {
   FerryStdioPorts *ports = g_new0(FerryStdioPorts, 1);
+  ports->context = g_main_context_ref_thread_default();
   ports->transport = ferry_transport_ref(transport);
   ports->ports = g_hash_table_new_full(NULL, NULL, NULL, port_free);
   ports->adopted = g_hash_table_new_full(NULL, NULL, NULL, (GDestroyNotify)ferry_channel_unref);
@@ -52,13 +55,14 @@ void ferry_stdio_ports_free(FerryStdioPorts *ports)
     if (((Port *)value)->listening)
       ferry_transport_unlisten(ports->transport, GPOINTER_TO_UINT(key));
   for (GList *l = ports->later; l != NULL; l = l->next) {
-    g_source_remove(((Later *)l->data)->source);
+    ferry_source_clear(&((Later *)l->data)->source);
     g_free(l->data);
   }
   g_list_free(ports->later);
   g_hash_table_unref(ports->ports);
   g_hash_table_unref(ports->adopted);
   ferry_transport_unref(ports->transport);
+  g_main_context_unref(ports->context);
   g_free(ports);
 }
 
@@ -152,6 +156,7 @@ static gboolean on_later(gpointer data)
 {
   Later *l = data;
   l->ports->later = g_list_remove(l->ports->later, l);
+  ferry_source_clear(&l->source);
   Port *p = g_hash_table_lookup(l->ports->ports, GUINT_TO_POINTER(l->port));
   if (p == NULL) {
     g_autoptr(GError) error =
@@ -176,7 +181,7 @@ void ferry_stdio_ports_when_ready(FerryStdioPorts *ports, guint32 port, FerryPor
   l->port = port;
   l->func = func;
   l->user_data = user_data;
-  l->source = g_idle_add(on_later, l);
+  l->source = ferry_idle_new(ports->context, on_later, l);
   ports->later = g_list_prepend(ports->later, l);
 }
 
@@ -192,7 +197,7 @@ void ferry_stdio_ports_cancel(FerryStdioPorts *ports, guint32 port)
     GList *next = l->next;
     Later *later = l->data;
     if (later->port == port) {
-      g_source_remove(later->source);
+      ferry_source_clear(&later->source);
       g_free(later);
       ports->later = g_list_delete_link(ports->later, l);
     }

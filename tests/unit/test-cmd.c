@@ -487,6 +487,171 @@ static void test_port_released_before_dial(Fixture *f, gconstpointer data)
   ferry_cmd_free(cmd);
 }
 
+/* A command freed while its start is in flight: the start completes in the background and
+ * the freed command is never called back (run under ASan: no use after free, no leak). */
+static void on_start_must_not_run(const GError *error, gpointer ud)
+{
+  *(gboolean *)ud = TRUE;
+}
+
+static void test_free_during_start(Fixture *f, gconstpointer data)
+{
+  int out[2];
+  g_assert_cmpint(pipe2(out, O_CLOEXEC), ==, 0);
+  g_autoptr(json_t) params = json_pack("{s:[s]}", "CommandArgs", "test-process");
+  FerryCmd *cmd = ferry_cmd_new(f->gc, NULL, f->ports, params, (FerryCmdIo){ -1, out[1], -1 });
+  gboolean called = FALSE;
+  ferry_cmd_start(cmd, on_start_must_not_run, &called);
+  ferry_cmd_free(cmd);
+  /* The host sends the wait right before it would report the start: once the guest has it,
+   * the start's answer has been handled. */
+  gboolean waited = FALSE;
+  gint64 until = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
+  while (!(waited = f->guest.wait != NULL) && g_get_monotonic_time() < until)
+    g_main_context_iteration(NULL, TRUE);
+  g_assert_true(waited);
+  g_assert_false(called);
+  /* Its ports were released: the stdout port is free to listen on again. */
+  g_autoptr(GError) error = NULL;
+  FerryTransport *t = ferry_mux_get_transport(f->host_mux);
+  g_assert_true(ferry_transport_listen(t, f->guest.ports[1], on_bridge_accepted, f, &error));
+  g_assert_no_error(error);
+  ferry_transport_unlisten(t, f->guest.ports[1]);
+  close(out[0]);
+}
+
+/* A wait on a finished command is reported from an idle; freeing the command first drops
+ * it. */
+static gboolean on_low_idle(gpointer ud)
+{
+  *(gboolean *)ud = TRUE;
+  return G_SOURCE_REMOVE;
+}
+
+static void on_wait_must_not_run(int code, const GError *error, gpointer ud)
+{
+  *(gboolean *)ud = TRUE;
+}
+
+static void test_free_drops_queued_wait(Fixture *f, gconstpointer data)
+{
+  FerryCmd *cmd = start_cmd(f, FERRY_CMD_IO_NONE);
+  WaitResult wr = { 0 };
+  ferry_cmd_wait(cmd, on_wait, &wr);
+  guest_exit(&f->guest, 0);
+  g_assert_true(test_run_until(&wr.done, 5000));
+  gboolean called = FALSE, later = FALSE;
+  ferry_cmd_wait(cmd, on_wait_must_not_run, &called);
+  ferry_cmd_free(cmd);
+  /* An idle of lower priority runs only after every default-idle source that was ready. */
+  g_idle_add_full(G_PRIORITY_LOW, on_low_idle, &later, NULL);
+  g_assert_true(test_run_until(&later, 5000));
+  g_assert_false(called);
+}
+
+/* Everything a command queues runs on the thread-default context of its creation: with a
+ * pushed context that alone is iterated, the copy timer fires and a finished command's
+ * wait is reported. (No mux here: the guest's bridge server is on a socketpair.) */
+static gboolean on_ctx_timeout(gpointer ud)
+{
+  *(gboolean *)ud = TRUE;
+  return G_SOURCE_REMOVE;
+}
+
+static gboolean ctx_run_until(GMainContext *ctx, const gboolean *flag, guint ms)
+{
+  gboolean expired = FALSE;
+  GSource *timer = g_timeout_source_new(ms);
+  g_source_set_callback(timer, on_ctx_timeout, &expired, NULL);
+  g_source_attach(timer, ctx);
+  while (!*flag && !expired)
+    g_main_context_iteration(ctx, TRUE);
+  g_source_destroy(timer);
+  g_source_unref(timer);
+  return *flag;
+}
+
+typedef struct {
+  gboolean done;
+  GError *error;
+} Done;
+
+static void on_done_any(const GError *error, gpointer ud)
+{
+  Done *d = ud;
+  d->done = TRUE;
+  if (error != NULL)
+    d->error = g_error_copy(error);
+}
+
+static void test_pushed_context(void)
+{
+  GMainContext *ctx = g_main_context_new();
+  g_main_context_push_thread_default(ctx);
+  g_autoptr(GError) error = NULL;
+  Guest guest = { 0 };
+  guest.server = ferry_bridge_server_new();
+  ferry_bridge_server_handle(guest.server,
+                             ferry_bridge_request_type(FERRY_BRIDGE_RPC_EXECUTE_PROCESS),
+                             FERRY_BRIDGE_PROTOCOL_V4, g_exec, &guest);
+  ferry_bridge_server_handle(guest.server,
+                             ferry_bridge_request_type(FERRY_BRIDGE_RPC_WAIT_FOR_PROCESS),
+                             FERRY_BRIDGE_PROTOCOL_V4, g_wait, &guest);
+  int sp[2];
+  g_assert_true(ferry_socketpair(sp, FALSE, &error));
+  g_assert_true(ferry_bridge_server_serve(guest.server, sp[1], &error));
+  /* The ports' transport is never attached: the guest never dials. */
+  FerryMux *mux = ferry_mux_new(FERRY_MUX_HOST);
+  FerryStdioPorts *ports = ferry_stdio_ports_new(ferry_mux_get_transport(mux));
+  FerryGuestConnection *gc =
+      ferry_guest_connection_new(sp[0], ferry_stdio_ports_hooks(), ports, &error);
+  g_assert_no_error(error);
+  Done connected = { 0 };
+  ferry_guest_connection_connect(gc, on_done_any, &connected);
+  g_assert_true(ctx_run_until(ctx, &connected.done, 5000));
+  g_assert_no_error(connected.error);
+
+  int out[2];
+  g_assert_cmpint(pipe2(out, O_CLOEXEC), ==, 0);
+  g_autoptr(json_t) params = json_pack("{s:[s]}", "CommandArgs", "test-process");
+  FerryCmd *cmd = ferry_cmd_new(gc, NULL, ports, params, (FerryCmdIo){ -1, out[1], -1 });
+  ferry_cmd_set_copy_after_exit(cmd, 50);
+  Done started = { 0 };
+  ferry_cmd_start(cmd, on_done_any, &started);
+  g_assert_true(ctx_run_until(ctx, &started.done, 5000));
+  g_assert_no_error(started.error);
+  WaitResult wr = { 0 };
+  ferry_cmd_wait(cmd, on_wait, &wr);
+  guest_exit(&guest, 4);
+  /* stdout is never dialed: the copy timer ends the wait. */
+  g_assert_true(ctx_run_until(ctx, &wr.done, 5000));
+  g_assert_error(wr.error, FERRY_ERROR, FERRY_ERROR_DEADLINE_EXCEEDED);
+  g_clear_error(&wr.error);
+  WaitResult again = { 0 };
+  ferry_cmd_wait(cmd, on_wait, &again);
+  g_assert_false(again.done); /* never inside the call */
+  g_assert_true(ctx_run_until(ctx, &again.done, 5000));
+  g_clear_error(&again.error);
+  /* And the guest manager's own idles: a wait on a process of a freed connection. */
+  FerryGcsProcess *process = ferry_gcs_process_ref(ferry_cmd_get_process(cmd));
+  ferry_cmd_free(cmd);
+  ferry_guest_connection_free(gc);
+  Done closed = { 0 };
+  ferry_gcs_process_wait(process, on_done_any, &closed);
+  g_assert_true(ctx_run_until(ctx, &closed.done, 5000));
+  g_clear_error(&closed.error);
+  ferry_gcs_process_unref(process);
+
+  close(out[0]);
+  if (guest.wait != NULL)
+    ferry_bridge_request_drop(guest.wait);
+  ferry_stdio_ports_free(ports);
+  ferry_mux_free(mux);
+  ferry_bridge_server_free(guest.server);
+  g_main_context_pop_thread_default(ctx);
+  g_main_context_unref(ctx);
+}
+
 int main(int argc, char **argv)
 {
   g_test_init(&argc, &argv, NULL);
@@ -497,5 +662,8 @@ int main(int argc, char **argv)
   T("attach-continues-exactly", test_attach_continues_exactly);
   T("port-released-before-dial", test_port_released_before_dial);
   T("output-closed-after-eof", test_output_closed_after_eof);
+  T("free-during-start", test_free_during_start);
+  T("free-drops-queued-wait", test_free_drops_queued_wait);
+  g_test_add_func("/cmd/pushed-context", test_pushed_context);
   return g_test_run();
 }
