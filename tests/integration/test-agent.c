@@ -96,12 +96,11 @@ static gboolean run_until(Cond cond, gpointer data, guint ms)
   return cond(data);
 }
 
-static void run_for(guint ms)
+/* Dispatch whatever is ready now, without waiting for anything new. */
+static void run_pending(void)
 {
-  gboolean done = FALSE;
-  g_timeout_add(ms, set_flag, &done);
-  while (!done)
-    g_main_context_iteration(NULL, TRUE);
+  while (g_main_context_pending(NULL))
+    g_main_context_iteration(NULL, FALSE);
 }
 
 /* ------------------------------------------------------------ host side -- */
@@ -1044,7 +1043,7 @@ static void test_mux_break_mid_stream(void)
     g_assert_false(out->eof);
     ferry_mux_detach(e->host.mux);
     ferry_mux_detach(e->guest.mux);
-    run_for(50);
+    run_pending(); /* what each side queued about the break runs before the new stream */
     env_attach(e);
   }
   g_assert_cmpint(wait_exit(p), ==, 0);
@@ -1054,6 +1053,20 @@ static void test_mux_break_mid_stream(void)
   g_assert_cmpuint(ferry_gcs_connection_count(e->guest.gcs), ==, 1);
   g_assert_cmpuint(e->host.bridge_accepts, ==, 1);
   g_assert_false(ferry_bridge_is_dead(ferry_guest_connection_get_bridge(e->host.gc)));
+}
+
+/* The guest holds a WaitForProcess for `pid` (its DumpStacks text says so). */
+typedef struct {
+  FerryGcs *gcs;
+  guint32 pid;
+} GuestWaits;
+
+static gboolean guest_has_wait(gpointer p)
+{
+  GuestWaits *gw = p;
+  g_autofree char *dump = ferry_gcs_dump(gw->gcs);
+  g_autofree char *line = g_strdup_printf("process %u: running, 1 wait(s)", gw->pid);
+  return strstr(dump, line) != NULL;
 }
 
 /* The host goes away (its bridge channel closes, as with a new host that did not import
@@ -1069,7 +1082,8 @@ static void test_redial_after_host_closes(void)
   g_assert_cmpuint(ms.wait_call_id, !=, 0);
   guint64 next_id = ferry_guest_connection_next_id(e->host.gc);
   /* Let the wait reach the guest before the host goes. */
-  run_for(50);
+  GuestWaits gw = { e->guest.gcs, pid };
+  g_assert_true(run_until(guest_has_wait, &gw, WAIT_MS));
   g_clear_pointer(&e->host.gc, ferry_guest_connection_free);
 
   g_autoptr(GError) error = NULL;
