@@ -546,7 +546,7 @@ static void test_bridge_rpc_after_peer_closed(BridgeFixture *f, gconstpointer da
   g_assert_false(r.done);
   g_assert_cmpint(f->dead_calls, ==, 0);
   wait_for(&r);
-  g_assert_error(r.error, FERRY_BRIDGE_ERROR, FERRY_BRIDGE_ERROR_CLOSED);
+  g_assert_error(r.error, FERRY_BRIDGE_CLOSED_ERROR, FERRY_BRIDGE_CLOSED);
   expect_killed(f, "");
   settle();
   g_assert_cmpint(r.calls, ==, 1);
