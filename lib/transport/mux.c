@@ -223,8 +223,15 @@ static void mc_deliver(MuxChannel *mc)
       mc->recv_consumed == mc->peer_final &&
       (mc->handle == NULL || mc->handle->base.handlers.eof != NULL)) {
     mc->eof_emitted = TRUE;
-    if (mc->handle != NULL)
-      ferry_channel_emit_eof(&mc->handle->base);
+    if (mc->handle != NULL) {
+      MuxHandle *h = mc->handle;
+      ferry_channel_ref(&h->base);
+      ferry_channel_emit_eof(&h->base);
+      gboolean gone = h->mc != mc;
+      ferry_channel_unref(&h->base);
+      if (gone)
+        return; /* closed from inside the eof handler: mc is gone */
+    }
   }
   if (mc->handle == NULL && mc_finished(mc) &&
       g_hash_table_contains(mux->channels, GUINT_TO_POINTER(mc->id)))

@@ -112,7 +112,7 @@ static void test_unknown_channel_flood_back_pressure(void)
 
 static void on_accept(FerryTransport *t, FerryChannel *ch, gpointer ud)
 {
-  *(FerryChannel **)ud = ferry_channel_ref(ch);
+  *(FerryChannel **)ud = ch; /* a new reference for us */
 }
 
 static gsize on_channel_data(FerryChannel *ch, const guint8 *data, gsize len, gpointer ud)
@@ -193,6 +193,52 @@ static void test_channel_write_on_pushed_context(void)
   g_main_context_unref(ctx);
 }
 
+static void close_on_eof(FerryChannel *ch, gpointer ud)
+{
+  (*(int *)ud)++;
+  ferry_channel_close(ch);
+}
+
+static const FerryChannelHandlers close_on_eof_handlers = { .eof = close_on_eof };
+
+/* An application that closes its channel from inside the eof handler (cmd.c does, to
+ * let go of an output once its end is read): the mux does not touch the channel's
+ * state afterwards (it did: a use after free under ASan). */
+static void test_close_inside_eof_handler(void)
+{
+  g_autoptr(GError) error = NULL;
+  int sp[2];
+  g_assert_true(ferry_socketpair(sp, FALSE, &error));
+  FerryMux *host = ferry_mux_new(FERRY_MUX_HOST);
+  FerryChannel *ch = NULL;
+  g_assert_true(
+      ferry_transport_listen(ferry_mux_get_transport(host), 0x40000001u, on_accept, &ch, &error));
+  g_assert_true(ferry_mux_attach(host, sp[0], &error));
+  g_autoptr(GByteArray) in = g_byte_array_new();
+  mux_hello_append(in, FERRY_MUX_GUEST, FALSE, NULL, 0);
+  guint8 open[8];
+  mux_put32(open, 0x40000001u);
+  mux_put32(open + 4, 65536);
+  mux_frame_append(in, MUX_OPEN, 5, 0, open, 8);
+  g_assert_cmpint(write(sp[1], in->data, in->len), ==, (gssize)in->len);
+  while (ch == NULL)
+    g_main_context_iteration(NULL, TRUE);
+  int eofs = 0;
+  ferry_channel_set_handlers(ch, &close_on_eof_handlers, &eofs);
+  g_autoptr(GByteArray) shut = g_byte_array_new();
+  mux_frame_append(shut, MUX_SHUTDOWN, 5, 0, NULL, 0);
+  g_assert_cmpint(write(sp[1], shut->data, shut->len), ==, (gssize)shut->len);
+  while (eofs == 0)
+    g_main_context_iteration(NULL, TRUE);
+  for (int i = 0; i < 50; i++)
+    g_main_context_iteration(NULL, FALSE);
+  g_assert_cmpint(eofs, ==, 1);
+  g_assert_true(ferry_mux_is_attached(host));
+  ferry_channel_unref(ch);
+  ferry_mux_free(host);
+  close(sp[1]);
+}
+
 int main(int argc, char **argv)
 {
   g_test_init(&argc, &argv, NULL);
@@ -202,5 +248,6 @@ int main(int argc, char **argv)
                   test_channel_write_after_peer_closed);
   g_test_add_func("/mux-flood/channel-write-on-pushed-context",
                   test_channel_write_on_pushed_context);
+  g_test_add_func("/mux-flood/close-inside-eof-handler", test_close_inside_eof_handler);
   return g_test_run();
 }
