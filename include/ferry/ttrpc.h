@@ -2,7 +2,7 @@
  * ttrpc (containerd's RPC) on the GLib main loop: the pure frame codec, a server and
  * a client over any connected stream fd (unix sockets, socketpairs, vsock ports).
  *
- * Wire facts (containerd/ttrpc PROTOCOL.md, docs/ttrpc-reference.md section 1): a
+ * Wire facts (containerd/ttrpc PROTOCOL.md, docs/ttrpc.md): a
  * 10-byte big-endian header (data length u32, stream id u32, type u8, flags u8), then
  * a protobuf ttrpc.Request / ttrpc.Response, or for Data frames the raw message.
  * Client streams use odd ids 1, 3, 5, ... per connection; the data length limit is

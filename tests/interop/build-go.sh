@@ -1,6 +1,6 @@
 #!/bin/bash
 # Build the Go ttrpc peer (tests/interop/go/src/ferrypeer) into BUILDDIR/interop-go,
-# offline, in GOPATH mode against Debian's packages (docs: ttrpc-reference.md §2.1):
+# offline, in GOPATH mode against Debian's packages (docs/ttrpc.md, "Building the Go peer offline"):
 # golang-go and golang-github-containerd-ttrpc-dev, whose sources live in
 # /usr/share/gocode. Nothing is downloaded (GOPROXY=off, GO111MODULE=off).
 #

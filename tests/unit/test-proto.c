@@ -484,7 +484,7 @@ static void test_migration_no_compatibility_data(void)
 
 /* ---- byte-exact encodings ---- */
 
-/* The shape containerd 1.6 sends for `ctr run -d --rootfs` (ttrpc-reference 1.9 item 9):
+/* The shape containerd 1.6 sends for `ctr run -d --rootfs` (docs/ttrpc.md, test vector 9):
  * id, bundle and the three stdio paths, no rootfs. */
 static void test_task_create_wire_bytes(void)
 {
@@ -556,7 +556,7 @@ static void test_task_create_rootfs_wire_bytes(void)
   containerd__task__v2__create_task_request__free_unpacked(back, NULL);
 }
 
-/* TaskOOM wrapped the way a shim forwards it to containerd (ttrpc-reference 1.9 item 8). */
+/* TaskOOM wrapped the way a shim forwards it to containerd (docs/ttrpc.md, test vector 8). */
 static void test_events_forward_wire_bytes(void)
 {
   Containerd__Events__TaskOOM oom = CONTAINERD__EVENTS__TASK_OOM__INIT;

@@ -1,5 +1,5 @@
-/* The ttrpc frame codec against the byte-exact vectors of docs/ttrpc-reference.md
- * section 1.9 (traces of containerd's Go ttrpc and ttrpc-rust), and the parser's
+/* The ttrpc frame codec against the byte-exact vectors of docs/ttrpc.md, "Test
+ * vectors" (traces of containerd's Go ttrpc and ttrpc-rust), and the parser's
  * behaviour on split, merged and oversize input. */
 #include <string.h>
 
