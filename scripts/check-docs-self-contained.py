@@ -30,7 +30,7 @@ OUTSIDE = {
 }
 
 # Not yet moved into docs/ (issue 9, self-contained docs).
-PENDING = {"shared/docs", "design.md", "hcsshim-reference", "qemu-facts", "style.md"}
+PENDING = {"shared/docs", "hcsshim-reference", "qemu-facts"}
 
 
 def files(root):

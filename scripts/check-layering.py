@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Check that dependencies between Ferry's modules point one way (design.md section 6).
+"""Check that dependencies between Ferry's modules point one way (docs/design.md, module layering).
 
 base <- (ttrpc, bridge, transport) <- (vm, cmd) <- migration <- programs
 

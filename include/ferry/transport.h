@@ -1,5 +1,5 @@
 /*
- * Host<->guest "vsock ports" (design.md section 3): the guest dials a port, the host
+ * Host<->guest "vsock ports" (docs/design.md, transport): the guest dials a port, the host
  * listens on it, as in hcsshim. Two implementations behind one interface: AF_VSOCK
  * (transport-vsock.h) and the ferry channel mux over one byte stream (mux.h, spec in
  * docs/mux.md).
