@@ -426,7 +426,7 @@ static void mig_prepare(Mig *m, const FerryVmMigrationOptions *options)
   ferry_vm_start_incoming(m->dst, options, on_vm_done, &d);
   wait_ok(&d, 30);
   g_assert_cmpint(ferry_vm_get_state(m->dst), ==, FERRY_VM_PAUSED);
-  /* The destination's chardev has its client before the transfer (qemu-facts §6). */
+  /* The destination's chardev has its client before the transfer (docs/qemu.md, migration). */
   g_autofree char *path = ferry_vm_port_socket(m->dst, PORT_NAME);
   m->dst_port_fd = test_connect_unix(path);
   ferry_vm_migration_initialize(m->src, options, on_vm_done, &d);
