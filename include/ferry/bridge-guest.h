@@ -53,7 +53,7 @@ void ferry_bridge_server_handle(FerryBridgeServer *server, guint32 request_type,
                                 FerryBridgeHandler handler, gpointer user_data);
 
 /* The Capabilities object of the NegotiateProtocol answer (steals `capabilities`).
- * The default is the Linux GCS's (hcsshim-reference.md 4.3). */
+ * The default is the Linux GCS's (docs/bridge-protocol.md, capabilities). */
 void ferry_bridge_server_set_capabilities(FerryBridgeServer *server, json_t *capabilities);
 
 void ferry_bridge_server_set_disconnected_func(FerryBridgeServer *server,

@@ -1,5 +1,5 @@
 /*
- * The GCS bridge protocol, hcsshim's protocol v4 (docs: hcsshim-reference.md section 4):
+ * The GCS bridge protocol, hcsshim's protocol v4 (docs/bridge-protocol.md):
  * a 16-byte little-endian header (type u32, size u32 = 16 + body, id u64) and a JSON
  * body. Pure: constants, header and frame codec, body helpers, HRESULTs. No I/O.
  */

@@ -3,7 +3,7 @@
  * the GCS bridge port over a transport, serves the bridge (protocol v4) on that channel,
  * and runs what the host asks for through a FerryRuntime: processes in the UVM and
  * containers through crun, their stdio relayed over ports the guest dials on the same
- * transport. docs/agent.md has the model; hcsshim-reference.md section 4 the messages.
+ * transport. docs/agent.md has the model; docs/bridge-protocol.md the messages.
  *
  * The bridge connection comes and goes (a host that reconnects, a migration); the
  * containers and processes do not: when the bridge channel closes, the agent re-dials

@@ -357,7 +357,7 @@ static const FerryStreamHandlers stream_handlers = {
 
 /* --------------------------------------------------- NegotiateProtocol -- */
 
-/* The Linux GCS's capabilities (hcsshim-reference.md 4.3). */
+/* The Linux GCS's capabilities (docs/bridge-protocol.md, capabilities). */
 static json_t *default_capabilities(void)
 {
   return json_pack("{s:b, s:b, s:b, s:[{s:i, s:i}], s:s, s:{s:b, s:b, s:b, s:b}}",

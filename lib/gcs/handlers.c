@@ -1,5 +1,5 @@
 /*
- * The bridge handlers (hcsshim-reference.md 4.4), ExecuteProcess aside (exec.c). Each
+ * The bridge handlers (docs/bridge-protocol.md, bodies), ExecuteProcess aside (exec.c). Each
  * answers at once except WaitForProcess, which answers when the process has exited and
  * drained, and a UVM shutdown, which is not answered at all.
  */

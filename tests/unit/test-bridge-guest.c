@@ -3,7 +3,7 @@
  * sockets, with the test acting as the host byte for byte: requests encoded as
  * hcsshim's host writes them (json.Encoder, trailing newline), answers parsed from the
  * raw socket. Covers the Mux and ListenAndServe behaviours of bridge_unit_test.go, the
- * reconnect behaviours of bridge_reconnect_test.go (hcsshim-reference.md section 6),
+ * reconnect behaviours of bridge_reconnect_test.go (docs/bridge-protocol.md, tests),
  * negotiation, the backlog, malformed input and lifetimes.
  */
 #include <errno.h>

@@ -1,7 +1,7 @@
 /*
  * The host bridge and GuestConnection, with the test playing the guest byte for byte
  * on a socketpair: hcsshim's internal/gcs bridge_test.go and guestconnection_test.go
- * behaviours (hcsshim-reference.md section 6), the migration primitives, and a guest
+ * behaviours (docs/bridge-protocol.md, hcsshim's tests), the migration primitives, and a guest
  * that breaks the protocol.
  */
 #include <errno.h>
