@@ -126,7 +126,7 @@ const char *ferry_vm_doc_machine(const FerryVmDoc *doc);
 
 /*
  * Can this VM be live-migrated with `accel`? Not under TCG (or AUTO, which may become
- * TCG) with more than one vCPU (qemu-facts §6 failure 1: QEMU 7.2 crashes a
+ * TCG) with more than one vCPU (docs/qemu.md, migration, failure 1: QEMU 7.2 crashes a
  * multi-vCPU guest that dirties memory fast after the switch), and not with Plan9
  * shares (QEMU blocks migration while the guest has a virtio-9p mount). FALSE with
  * FAILED_PRECONDITION and the reason; INVALID_ARGUMENT for an invalid document.

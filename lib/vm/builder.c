@@ -1465,7 +1465,7 @@ static gboolean render_boot(const FerryVmDoc *doc, const FerryVmRenderOptions *o
   g_autoptr(GString) append = g_string_new(cmdline != NULL ? cmdline : "");
   if (microvm && !cmdline_has_tsc(append->str)) {
     /* microvm has no HPET or PM timer to calibrate the TSC against; PIT calibration
-     * under TCG hangs some boots (qemu-facts §3). */
+     * under TCG hangs some boots (docs/qemu.md, boot). */
     guint64 khz = options->tsc_khz != 0 ? options->tsc_khz : ferry_vm_host_tsc_khz(NULL);
     if (khz != 0)
       g_string_append_printf(append, "%stsc_early_khz=%" G_GUINT64_FORMAT,
