@@ -552,25 +552,6 @@ static void test_free_drops_queued_wait(Fixture *f, gconstpointer data)
 /* Everything a command queues runs on the thread-default context of its creation: with a
  * pushed context that alone is iterated, the copy timer fires and a finished command's
  * wait is reported. (No mux here: the guest's bridge server is on a socketpair.) */
-static gboolean on_ctx_timeout(gpointer ud)
-{
-  *(gboolean *)ud = TRUE;
-  return G_SOURCE_REMOVE;
-}
-
-static gboolean ctx_run_until(GMainContext *ctx, const gboolean *flag, guint ms)
-{
-  gboolean expired = FALSE;
-  GSource *timer = g_timeout_source_new(ms);
-  g_source_set_callback(timer, on_ctx_timeout, &expired, NULL);
-  g_source_attach(timer, ctx);
-  while (!*flag && !expired)
-    g_main_context_iteration(ctx, TRUE);
-  g_source_destroy(timer);
-  g_source_unref(timer);
-  return *flag;
-}
-
 typedef struct {
   gboolean done;
   GError *error;
@@ -608,7 +589,7 @@ static void test_pushed_context(void)
   g_assert_no_error(error);
   Done connected = { 0 };
   ferry_guest_connection_connect(gc, on_done_any, &connected);
-  g_assert_true(ctx_run_until(ctx, &connected.done, 5000));
+  g_assert_true(test_run_until(&connected.done, 5000) /* ctx is thread-default */);
   g_assert_no_error(connected.error);
 
   int out[2];
@@ -618,19 +599,19 @@ static void test_pushed_context(void)
   ferry_cmd_set_copy_after_exit(cmd, 50);
   Done started = { 0 };
   ferry_cmd_start(cmd, on_done_any, &started);
-  g_assert_true(ctx_run_until(ctx, &started.done, 5000));
+  g_assert_true(test_run_until(&started.done, 5000) /* ctx is thread-default */);
   g_assert_no_error(started.error);
   WaitResult wr = { 0 };
   ferry_cmd_wait(cmd, on_wait, &wr);
   guest_exit(&guest, 4);
   /* stdout is never dialed: the copy timer ends the wait. */
-  g_assert_true(ctx_run_until(ctx, &wr.done, 5000));
+  g_assert_true(test_run_until(&wr.done, 5000) /* ctx is thread-default */);
   g_assert_error(wr.error, FERRY_ERROR, FERRY_ERROR_DEADLINE_EXCEEDED);
   g_clear_error(&wr.error);
   WaitResult again = { 0 };
   ferry_cmd_wait(cmd, on_wait, &again);
   g_assert_false(again.done); /* never inside the call */
-  g_assert_true(ctx_run_until(ctx, &again.done, 5000));
+  g_assert_true(test_run_until(&again.done, 5000) /* ctx is thread-default */);
   g_clear_error(&again.error);
   /* And the guest manager's own idles: a wait on a process of a freed connection. */
   FerryGcsProcess *process = ferry_gcs_process_ref(ferry_cmd_get_process(cmd));
@@ -638,7 +619,7 @@ static void test_pushed_context(void)
   ferry_guest_connection_free(gc);
   Done closed = { 0 };
   ferry_gcs_process_wait(process, on_done_any, &closed);
-  g_assert_true(ctx_run_until(ctx, &closed.done, 5000));
+  g_assert_true(test_run_until(&closed.done, 5000) /* ctx is thread-default */);
   g_clear_error(&closed.error);
   ferry_gcs_process_unref(process);
 

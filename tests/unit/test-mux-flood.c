@@ -128,20 +128,19 @@ static void on_lost(FerryMux *mux, const GError *error, gpointer ud)
   (*(int *)ud)++;
 }
 
-/* Issue 9 item 1, the mux pump: the guest is gone; a channel write pumps the mux, whose
- * stream write breaks. The mux learns it from the main loop, once, never inside the
- * application's write. */
-static void channel_write_after_peer_closed(void)
+/* A host mux on a socketpair whose guest end (*guest, raw) has sent its HELLO and an
+ * OPEN of channel 5 to the listened port; the accepted channel in *ch. */
+static FerryMux *host_with_guest_channel(int *guest, FerryChannel **ch, int *lost)
 {
   g_autoptr(GError) error = NULL;
   int sp[2];
   g_assert_true(ferry_socketpair(sp, FALSE, &error));
   FerryMux *host = ferry_mux_new(FERRY_MUX_HOST);
-  int lost = 0;
-  ferry_mux_set_lost_func(host, on_lost, &lost);
-  FerryChannel *ch = NULL;
+  if (lost != NULL)
+    ferry_mux_set_lost_func(host, on_lost, lost);
+  *ch = NULL;
   g_assert_true(
-      ferry_transport_listen(ferry_mux_get_transport(host), 0x40000001u, on_accept, &ch, &error));
+      ferry_transport_listen(ferry_mux_get_transport(host), 0x40000001u, on_accept, ch, &error));
   g_assert_true(ferry_mux_attach(host, sp[0], &error));
   g_autoptr(GByteArray) in = g_byte_array_new();
   mux_hello_append(in, FERRY_MUX_GUEST, FALSE, NULL, 0);
@@ -150,20 +149,32 @@ static void channel_write_after_peer_closed(void)
   mux_put32(open + 4, 65536);
   mux_frame_append(in, MUX_OPEN, 5, 0, open, 8);
   g_assert_cmpint(write(sp[1], in->data, in->len), ==, (gssize)in->len);
-  while (ch == NULL)
+  while (*ch == NULL)
     g_main_context_iteration(g_main_context_get_thread_default(), TRUE);
+  *guest = sp[1];
+  return host;
+}
+
+/* Issue 9 item 1, the mux pump: the guest is gone; a channel write pumps the mux, whose
+ * stream write breaks. The mux learns it from the main loop, once, never inside the
+ * application's write. */
+static void channel_write_after_peer_closed(void)
+{
+  int lost = 0, guest;
+  FerryChannel *ch;
+  FerryMux *host = host_with_guest_channel(&guest, &ch, &lost);
   /* Data from the guest reaches the channel (delivered from the mux's idle). */
   gsize got = 0;
   ferry_channel_set_handlers(ch, &count_handlers, &got);
   g_autoptr(GByteArray) data = g_byte_array_new();
   mux_frame_append(data, MUX_DATA, 5, 0, (const guint8 *)"hello", 5);
-  g_assert_cmpint(write(sp[1], data->data, data->len), ==, (gssize)data->len);
+  g_assert_cmpint(write(guest, data->data, data->len), ==, (gssize)data->len);
   gint64 until = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
   while (got < 5) {
     g_assert_cmpint(g_get_monotonic_time(), <, until);
     g_main_context_iteration(g_main_context_get_thread_default(), FALSE);
   }
-  close(sp[1]);
+  close(guest);
   ferry_channel_write(ch, "x", 1);
   g_assert_cmpint(lost, ==, 0);
   while (lost == 0)
@@ -206,28 +217,14 @@ static const FerryChannelHandlers close_on_eof_handlers = { .eof = close_on_eof 
  * state afterwards (it did: a use after free under ASan). */
 static void test_close_inside_eof_handler(void)
 {
-  g_autoptr(GError) error = NULL;
-  int sp[2];
-  g_assert_true(ferry_socketpair(sp, FALSE, &error));
-  FerryMux *host = ferry_mux_new(FERRY_MUX_HOST);
-  FerryChannel *ch = NULL;
-  g_assert_true(
-      ferry_transport_listen(ferry_mux_get_transport(host), 0x40000001u, on_accept, &ch, &error));
-  g_assert_true(ferry_mux_attach(host, sp[0], &error));
-  g_autoptr(GByteArray) in = g_byte_array_new();
-  mux_hello_append(in, FERRY_MUX_GUEST, FALSE, NULL, 0);
-  guint8 open[8];
-  mux_put32(open, 0x40000001u);
-  mux_put32(open + 4, 65536);
-  mux_frame_append(in, MUX_OPEN, 5, 0, open, 8);
-  g_assert_cmpint(write(sp[1], in->data, in->len), ==, (gssize)in->len);
-  while (ch == NULL)
-    g_main_context_iteration(NULL, TRUE);
+  int guest;
+  FerryChannel *ch;
+  FerryMux *host = host_with_guest_channel(&guest, &ch, NULL);
   int eofs = 0;
   ferry_channel_set_handlers(ch, &close_on_eof_handlers, &eofs);
   g_autoptr(GByteArray) shut = g_byte_array_new();
   mux_frame_append(shut, MUX_SHUTDOWN, 5, 0, NULL, 0);
-  g_assert_cmpint(write(sp[1], shut->data, shut->len), ==, (gssize)shut->len);
+  g_assert_cmpint(write(guest, shut->data, shut->len), ==, (gssize)shut->len);
   while (eofs == 0)
     g_main_context_iteration(NULL, TRUE);
   for (int i = 0; i < 50; i++)
@@ -236,7 +233,7 @@ static void test_close_inside_eof_handler(void)
   g_assert_true(ferry_mux_is_attached(host));
   ferry_channel_unref(ch);
   ferry_mux_free(host);
-  close(sp[1]);
+  close(guest);
 }
 
 int main(int argc, char **argv)
