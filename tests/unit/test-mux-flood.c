@@ -37,6 +37,9 @@ static gboolean write_some(int fd, const guint8 *buf, gsize len, guint64 *sent)
   return TRUE;
 }
 
+static FerryMux *host_with_guest_channel(int *guest, FerryChannel **ch, int *lost);
+static const FerryChannelHandlers count_handlers;
+
 static gboolean on_tick(gpointer data)
 {
   (*(int *)data)++;
@@ -105,6 +108,21 @@ static void test_unknown_channel_flood_back_pressure(void)
   while (rounds < 100 && g_main_context_iteration(NULL, FALSE))
     rounds++;
   g_assert_cmpuint(rounds, <, 10);
+  /* Another guest's connection on the same loop works: its channel opens and carries
+   * data while the flooding one is held back. */
+  int other_guest;
+  FerryChannel *other;
+  FerryMux *other_host = host_with_guest_channel(&other_guest, &other, NULL);
+  gsize got = 0;
+  ferry_channel_set_handlers(other, &count_handlers, &got);
+  g_autoptr(GByteArray) hi = g_byte_array_new();
+  mux_frame_append(hi, MUX_DATA, 5, 0, (const guint8 *)"still here", 10);
+  g_assert_cmpint(write(other_guest, hi->data, hi->len), ==, (gssize)hi->len);
+  while (got < 10)
+    g_main_context_iteration(NULL, TRUE);
+  ferry_channel_unref(other);
+  ferry_mux_free(other_host);
+  close(other_guest);
 
   ferry_mux_free(host);
   close(guest);
