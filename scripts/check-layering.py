@@ -26,6 +26,7 @@ HEADER_MODULE = {
     "json": "base",
     "bridge-protocol": "bridge",
     "bridge-host": "bridge",
+    "guest": "bridge",
     "bridge-guest": "bridge",
     "ttrpc": "ttrpc",
     "mux": "transport",

@@ -16,7 +16,7 @@
 #include <glib.h>
 #include <jansson.h>
 
-#include "ferry/bridge-host.h"
+#include "ferry/guest.h"
 #include "ferry/transport.h"
 
 G_BEGIN_DECLS
@@ -33,7 +33,7 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(FerryStdioPorts, ferry_stdio_ports_free)
 /* Hooks for ferry_guest_connection_new(), with `ports` as their data: listen accepts
  * one dial per port; release drops the port and its channel; close_write shuts the
  * channel's write side (CloseStdin). */
-const FerryGcsPortHooks *ferry_stdio_ports_hooks(void);
+const FerryGuestPortHooks *ferry_stdio_ports_hooks(void);
 
 /* A channel for `port` that already exists (imported on a migration destination): the
  * next listen on that port uses it instead of waiting for a dial. Takes a reference. */
@@ -75,12 +75,12 @@ typedef struct {
  * the UVM, with ProcessParameters `params` (borrowed; CreateStd*Pipe are set from which
  * fds `io` has). The fds in `io` are owned by the command from now on.
  */
-FerryCmd *ferry_cmd_new(FerryGuestConnection *gc, FerryGcsContainer *container,
+FerryCmd *ferry_cmd_new(FerryGuestConnection *gc, FerryGuestContainer *container,
                         FerryStdioPorts *ports, json_t *params, FerryCmdIo io);
 
 /* Bind relays to a process that already runs (hcsshim cmd.Attach, the migration
  * destination): its ports must be the process's migration-state ports. */
-FerryCmd *ferry_cmd_attach(FerryGcsProcess *process, FerryStdioPorts *ports, FerryCmdIo io);
+FerryCmd *ferry_cmd_attach(FerryGuestProcess *process, FerryStdioPorts *ports, FerryCmdIo io);
 
 /* Stop relaying (as ferry_cmd_detach()) and cancel what is in flight: no callback of the
  * command (its start's, its waits') runs after this. A start still in flight completes
@@ -93,10 +93,10 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(FerryCmd, ferry_cmd_free)
 void ferry_cmd_set_copy_after_exit(FerryCmd *cmd, guint ms);
 
 /* Start the process and its relays. `done` runs once. */
-void ferry_cmd_start(FerryCmd *cmd, FerryGcsDoneFunc done, gpointer user_data);
+void ferry_cmd_start(FerryCmd *cmd, FerryGuestDoneFunc done, gpointer user_data);
 
 /* The process (borrowed) once started or attached, else NULL. */
-FerryGcsProcess *ferry_cmd_get_process(FerryCmd *cmd);
+FerryGuestProcess *ferry_cmd_get_process(FerryCmd *cmd);
 
 /* Completes when the process exited and stdout/stderr drained (or the copy timeout
  * passed). `exit_code` is valid when error is NULL. */

@@ -8,7 +8,7 @@
  *
  * Everything is asynchronous on the GLib main loop; a callback never runs from inside
  * the call that started the operation. The VM keeps no guest state (that is the guest
- * manager's, bridge-host.h) and no sandbox state (the controllers').
+ * manager's, guest.h) and no sandbox state (the controllers').
  */
 #pragma once
 

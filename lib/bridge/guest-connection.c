@@ -2,29 +2,29 @@
 #include <signal.h>
 #include <string.h>
 
-#include "ferry/bridge-host.h"
 #include "ferry/error.h"
+#include "ferry/guest.h"
 #include "ferry/json.h"
 #include "ferry/source.h"
 
 struct FerryGuestConnection {
   GMainContext *context; /* thread-default at creation: every idle of ours goes there */
   FerryBridge *bridge;
-  FerryGcsPortHooks hooks;
+  FerryGuestPortHooks hooks;
   gpointer hooks_data;
   guint32 next_port;
   guint32 protocol;
   char *os;
-  GHashTable *containers; /* container id -> FerryGcsContainer (a reference) */
-  GHashTable *processes;  /* every live FerryGcsProcess (not a reference) */
+  GHashTable *containers; /* container id -> FerryGuestContainer (a reference) */
+  GHashTable *processes;  /* every live FerryGuestProcess (not a reference) */
 };
 
 typedef struct {
-  FerryGcsDoneFunc done;
+  FerryGuestDoneFunc done;
   gpointer user_data;
 } Waiter;
 
-struct FerryGcsContainer {
+struct FerryGuestContainer {
   gint refs;
   FerryGuestConnection *gc; /* NULL once closed or the connection is gone */
   GMainContext *context;    /* the connection's */
@@ -35,7 +35,7 @@ struct FerryGcsContainer {
   GArray *waiters;    /* Waiter */
 };
 
-struct FerryGcsProcess {
+struct FerryGuestProcess {
   gint refs;
   FerryGuestConnection *gc;
   GMainContext *context; /* the connection's: the process may outlive it */
@@ -63,11 +63,11 @@ static int exit_error_to_status(int code)
   return FERRY_ERROR_NOT_FOUND;
 }
 
-GQuark ferry_gcs_exit_error_quark(void)
+GQuark ferry_guest_exit_error_quark(void)
 {
   static gsize once;
   if (g_once_init_enter(&once)) {
-    GQuark q = g_quark_from_static_string("ferry-gcs-exit-error-quark");
+    GQuark q = g_quark_from_static_string("ferry-guest-exit-error-quark");
     ferry_error_register_domain(q, exit_error_to_status);
     g_once_init_leave(&once, q);
   }
@@ -78,9 +78,9 @@ GQuark ferry_gcs_exit_error_quark(void)
  * calls back from inside the call that started the operation. Exactly one of the
  * callbacks is set. */
 typedef struct {
-  FerryGcsDoneFunc done;
-  FerryGcsProcessFunc process_done;
-  FerryGcsJsonFunc json_done;
+  FerryGuestDoneFunc done;
+  FerryGuestProcessFunc process_done;
+  FerryGuestJsonFunc json_done;
   gpointer user_data;
   GError *error;
 } Deferred;
@@ -101,8 +101,9 @@ static gboolean run_deferred(gpointer p)
 
 /* The idle holds no object of ours, only the caller's callback, so it may outlive the
  * object that queued it; it runs on that object's context. */
-static void defer(GMainContext *context, FerryGcsDoneFunc done, FerryGcsProcessFunc process_done,
-                  FerryGcsJsonFunc json_done, gpointer user_data, const GError *error)
+static void defer(GMainContext *context, FerryGuestDoneFunc done,
+                  FerryGuestProcessFunc process_done, FerryGuestJsonFunc json_done,
+                  gpointer user_data, const GError *error)
 {
   if (done == NULL && process_done == NULL && json_done == NULL)
     return;
@@ -116,7 +117,7 @@ static void defer(GMainContext *context, FerryGcsDoneFunc done, FerryGcsProcessF
   g_source_unref(source); /* the context keeps it until it has run */
 }
 
-static void defer_done(GMainContext *context, FerryGcsDoneFunc done, gpointer user_data,
+static void defer_done(GMainContext *context, FerryGuestDoneFunc done, gpointer user_data,
                        const GError *error)
 {
   defer(context, done, NULL, NULL, user_data, error);
@@ -135,8 +136,8 @@ static void run_waiters(GArray *waiters, const GError *error)
 
 /* One RPC whose answer only matters as done/failed, or as a JSON result. */
 typedef struct {
-  FerryGcsDoneFunc done;
-  FerryGcsJsonFunc json_done;
+  FerryGuestDoneFunc done;
+  FerryGuestJsonFunc json_done;
   gpointer user_data;
   guint32 tolerate; /* an HRESULT that counts as success (shutdown: "does not exist") */
 } Call;
@@ -154,7 +155,7 @@ static void on_call_answer(FerryBridge *b, json_t *response, const GError *error
 }
 
 static void call(FerryGuestConnection *gc, FerryBridgeRpc rpc, json_t *body, guint timeout_ms,
-                 guint32 tolerate, FerryGcsDoneFunc done, FerryGcsJsonFunc json_done,
+                 guint32 tolerate, FerryGuestDoneFunc done, FerryGuestJsonFunc json_done,
                  gpointer user_data)
 {
   Call *c = g_new0(Call, 1);
@@ -177,7 +178,7 @@ static gboolean usable(FerryGuestConnection *gc, const char *what, GError **erro
 
 /* ---------------------------------------------------- guest connection -- */
 
-static void container_mark_exited(FerryGcsContainer *c, const char *type, const GError *error);
+static void container_mark_exited(FerryGuestContainer *c, const char *type, const GError *error);
 static void send_fresh_waits(FerryGuestConnection *gc);
 
 static gboolean on_notification(FerryBridge *b, json_t *body, gpointer ud, GError **error)
@@ -187,18 +188,18 @@ static gboolean on_notification(FerryBridge *b, json_t *body, gpointer ud, GErro
   if (!ferry_json_get_string(body, "ContainerId", TRUE, &cid, error) ||
       !ferry_json_get_string(body, "Type", FALSE, &type, error))
     return FALSE;
-  FerryGcsContainer *c = g_hash_table_lookup(gc->containers, cid);
+  FerryGuestContainer *c = g_hash_table_lookup(gc->containers, cid);
   if (c == NULL) {
     g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "notification for unknown container %s",
                 cid);
     return FALSE;
   }
   /* Hold the container: removing it from the table drops the table's reference. */
-  ferry_gcs_container_ref(c);
+  ferry_guest_container_ref(c);
   g_hash_table_remove(gc->containers, cid);
   c->gc = NULL;
   container_mark_exited(c, type != NULL ? type : "UnexpectedExit", NULL);
-  ferry_gcs_container_unref(c);
+  ferry_guest_container_unref(c);
   return TRUE;
 }
 
@@ -208,18 +209,18 @@ static void on_bridge_dead(FerryBridge *b, const GError *cause, gpointer ud)
   /* Every container the guest can no longer report on reads as exited. */
   GList *all = g_hash_table_get_values(gc->containers);
   for (GList *l = all; l != NULL; l = l->next)
-    ferry_gcs_container_ref(l->data);
+    ferry_guest_container_ref(l->data);
   g_hash_table_remove_all(gc->containers);
   for (GList *l = all; l != NULL; l = l->next) {
-    FerryGcsContainer *c = l->data;
+    FerryGuestContainer *c = l->data;
     c->gc = NULL;
     container_mark_exited(c, NULL, NULL);
-    ferry_gcs_container_unref(c);
+    ferry_guest_container_unref(c);
   }
   g_list_free(all);
 }
 
-FerryGuestConnection *ferry_guest_connection_new(int fd, const FerryGcsPortHooks *hooks,
+FerryGuestConnection *ferry_guest_connection_new(int fd, const FerryGuestPortHooks *hooks,
                                                  gpointer hooks_data, GError **error)
 {
   FerryBridge *bridge = ferry_bridge_new(fd, error);
@@ -233,7 +234,7 @@ FerryGuestConnection *ferry_guest_connection_new(int fd, const FerryGcsPortHooks
   gc->hooks_data = hooks_data;
   gc->next_port = FERRY_GCS_FIRST_STDIO_PORT;
   gc->containers = g_hash_table_new_full(g_str_hash, g_str_equal, NULL,
-                                         (GDestroyNotify)ferry_gcs_container_unref);
+                                         (GDestroyNotify)ferry_guest_container_unref);
   gc->processes = g_hash_table_new(NULL, NULL);
   ferry_bridge_set_notify_func(bridge, on_notification, gc);
   ferry_bridge_set_dead_func(bridge, on_bridge_dead, gc);
@@ -252,8 +253,8 @@ void ferry_guest_connection_free(FerryGuestConnection *gc)
   gpointer key;
   g_hash_table_iter_init(&it, gc->processes);
   while (g_hash_table_iter_next(&it, &key, NULL)) {
-    FerryGcsProcess *p = key;
-    ferry_gcs_process_close(p);
+    FerryGuestProcess *p = key;
+    ferry_guest_process_close(p);
     p->gc = NULL;
   }
   g_hash_table_unref(gc->processes);
@@ -273,7 +274,7 @@ FerryBridge *ferry_guest_connection_get_bridge(FerryGuestConnection *gc)
 
 typedef struct {
   FerryGuestConnection *gc;
-  FerryGcsDoneFunc done;
+  FerryGuestDoneFunc done;
   gpointer user_data;
   gboolean leave_migrating;
 } Negotiation;
@@ -309,7 +310,7 @@ static void on_negotiated(FerryBridge *b, json_t *response, const GError *error,
   g_free(n);
 }
 
-static void negotiate(FerryGuestConnection *gc, gboolean leave_migrating, FerryGcsDoneFunc done,
+static void negotiate(FerryGuestConnection *gc, gboolean leave_migrating, FerryGuestDoneFunc done,
                       gpointer user_data)
 {
   Negotiation *n = g_new0(Negotiation, 1);
@@ -324,7 +325,7 @@ static void negotiate(FerryGuestConnection *gc, gboolean leave_migrating, FerryG
                    FERRY_BRIDGE_DEFAULT_TIMEOUT_MS, on_negotiated, n);
 }
 
-void ferry_guest_connection_connect(FerryGuestConnection *gc, FerryGcsDoneFunc done,
+void ferry_guest_connection_connect(FerryGuestConnection *gc, FerryGuestDoneFunc done,
                                     gpointer user_data)
 {
   negotiate(gc, FALSE, done, user_data);
@@ -341,7 +342,7 @@ const char *ferry_guest_connection_os(FerryGuestConnection *gc)
 }
 
 void ferry_guest_connection_modify(FerryGuestConnection *gc, const char *container_id,
-                                   json_t *request, FerryGcsDoneFunc done, gpointer user_data)
+                                   json_t *request, FerryGuestDoneFunc done, gpointer user_data)
 {
   g_autoptr(json_t) body = ferry_bridge_request_base(
       container_id != NULL ? container_id : FERRY_NULL_CONTAINER_ID, NULL);
@@ -350,7 +351,7 @@ void ferry_guest_connection_modify(FerryGuestConnection *gc, const char *contain
        user_data);
 }
 
-void ferry_guest_connection_dump_stacks(FerryGuestConnection *gc, FerryGcsJsonFunc done,
+void ferry_guest_connection_dump_stacks(FerryGuestConnection *gc, FerryGuestJsonFunc done,
                                         gpointer user_data)
 {
   g_autoptr(json_t) body = ferry_bridge_request_base(FERRY_NULL_CONTAINER_ID, NULL);
@@ -359,8 +360,8 @@ void ferry_guest_connection_dump_stacks(FerryGuestConnection *gc, FerryGcsJsonFu
 }
 
 void ferry_guest_connection_delete_container_state(FerryGuestConnection *gc,
-                                                   const char *container_id, FerryGcsDoneFunc done,
-                                                   gpointer user_data)
+                                                   const char *container_id,
+                                                   FerryGuestDoneFunc done, gpointer user_data)
 {
   g_autoptr(json_t) body = ferry_bridge_request_base(container_id, NULL);
   call(gc, FERRY_BRIDGE_RPC_DELETE_CONTAINER_STATE, body, FERRY_BRIDGE_DEFAULT_TIMEOUT_MS, 0, done,
@@ -393,8 +394,8 @@ void ferry_guest_connection_set_migrating(FerryGuestConnection *gc, gboolean mig
   ferry_bridge_set_migrating(gc->bridge, migrating);
 }
 
-void ferry_guest_connection_resume_on_conn(FerryGuestConnection *gc, int fd, FerryGcsDoneFunc done,
-                                           gpointer user_data)
+void ferry_guest_connection_resume_on_conn(FerryGuestConnection *gc, int fd,
+                                           FerryGuestDoneFunc done, gpointer user_data)
 {
   g_autoptr(GError) error = NULL;
   if (!ferry_bridge_resume_on_conn(gc->bridge, fd, &error)) {
@@ -407,9 +408,10 @@ void ferry_guest_connection_resume_on_conn(FerryGuestConnection *gc, int fd, Fer
 
 /* ------------------------------------------------------------ processes -- */
 
-static FerryGcsProcess *process_new(FerryGuestConnection *gc, const char *container_id, guint32 pid)
+static FerryGuestProcess *process_new(FerryGuestConnection *gc, const char *container_id,
+                                      guint32 pid)
 {
-  FerryGcsProcess *p = g_new0(FerryGcsProcess, 1);
+  FerryGuestProcess *p = g_new0(FerryGuestProcess, 1);
   p->refs = 1;
   p->gc = gc;
   p->context = g_main_context_ref(gc->context);
@@ -420,17 +422,17 @@ static FerryGcsProcess *process_new(FerryGuestConnection *gc, const char *contai
   return p;
 }
 
-FerryGcsProcess *ferry_gcs_process_ref(FerryGcsProcess *p)
+FerryGuestProcess *ferry_guest_process_ref(FerryGuestProcess *p)
 {
   p->refs++;
   return p;
 }
 
-void ferry_gcs_process_unref(FerryGcsProcess *p)
+void ferry_guest_process_unref(FerryGuestProcess *p)
 {
   if (p == NULL || --p->refs > 0)
     return;
-  ferry_gcs_process_close(p);
+  ferry_guest_process_close(p);
   if (p->gc != NULL)
     g_hash_table_remove(p->gc->processes, p);
   g_array_unref(p->waiters);
@@ -440,24 +442,24 @@ void ferry_gcs_process_unref(FerryGcsProcess *p)
   g_free(p);
 }
 
-guint32 ferry_gcs_process_get_pid(FerryGcsProcess *p)
+guint32 ferry_guest_process_get_pid(FerryGuestProcess *p)
 {
   return p->pid;
 }
 
-guint64 ferry_gcs_process_get_serial(FerryGcsProcess *p)
+guint64 ferry_guest_process_get_serial(FerryGuestProcess *p)
 {
   return p->serial;
 }
 
-void ferry_gcs_process_set_serial(FerryGcsProcess *p, guint64 serial)
+void ferry_guest_process_set_serial(FerryGuestProcess *p, guint64 serial)
 {
   p->serial = serial;
 }
 
 /* A request about process `p`: its ProcessId and, when the guest gave one, the serial that
  * tells it from a later process with the same pid. */
-static json_t *process_request(FerryGcsProcess *p)
+static json_t *process_request(FerryGuestProcess *p)
 {
   json_t *body = ferry_bridge_request_base(p->container_id, NULL);
   json_object_set_new(body, "ProcessId", json_integer(p->pid));
@@ -466,10 +468,10 @@ static json_t *process_request(FerryGcsProcess *p)
   return body;
 }
 
-FerryGcsMigrationState ferry_gcs_process_migration_state(FerryGcsProcess *p)
+FerryGuestMigrationState ferry_guest_process_migration_state(FerryGuestProcess *p)
 {
-  FerryGcsMigrationState s = { p->ports[0], p->ports[1], p->ports[2], p->waited ? 0 : p->wait_id,
-                               p->serial };
+  FerryGuestMigrationState s = { p->ports[0], p->ports[1], p->ports[2], p->waited ? 0 : p->wait_id,
+                                 p->serial };
   return s;
 }
 
@@ -482,7 +484,7 @@ FerryGcsMigrationState ferry_gcs_process_migration_state(FerryGcsProcess *p)
  */
 static void on_process_waited(FerryBridge *b, json_t *response, const GError *error, gpointer ud)
 {
-  FerryGcsProcess *p = ud;
+  FerryGuestProcess *p = ud;
   p->waits_pending--;
   if (!p->waited && (error == NULL || p->waits_pending == 0)) {
     p->waited = TRUE;
@@ -497,14 +499,14 @@ static void on_process_waited(FerryBridge *b, json_t *response, const GError *er
     }
     run_waiters(p->waiters, p->wait_error);
   }
-  ferry_gcs_process_unref(p);
+  ferry_guest_process_unref(p);
 }
 
-static void start_wait(FerryGcsProcess *p)
+static void start_wait(FerryGuestProcess *p)
 {
   g_autoptr(json_t) body = process_request(p);
   json_object_set_new(body, "TimeoutInMs", json_integer(FERRY_BRIDGE_INFINITE_TIMEOUT));
-  ferry_gcs_process_ref(p);
+  ferry_guest_process_ref(p);
   p->waits_pending++;
   p->wait_id = ferry_bridge_rpc(p->gc->bridge, FERRY_BRIDGE_RPC_WAIT_FOR_PROCESS, body, 0,
                                 on_process_waited, p);
@@ -518,7 +520,7 @@ static void send_fresh_waits(FerryGuestConnection *gc)
   gpointer key;
   g_hash_table_iter_init(&it, gc->processes);
   while (g_hash_table_iter_next(&it, &key, NULL)) {
-    FerryGcsProcess *p = key;
+    FerryGuestProcess *p = key;
     if (p->needs_fresh_wait && !p->waited) {
       p->needs_fresh_wait = FALSE;
       start_wait(p);
@@ -526,7 +528,7 @@ static void send_fresh_waits(FerryGuestConnection *gc)
   }
 }
 
-void ferry_gcs_process_wait(FerryGcsProcess *p, FerryGcsDoneFunc done, gpointer user_data)
+void ferry_guest_process_wait(FerryGuestProcess *p, FerryGuestDoneFunc done, gpointer user_data)
 {
   if (!p->waited && p->gc == NULL) {
     g_autoptr(GError) error =
@@ -542,7 +544,7 @@ void ferry_gcs_process_wait(FerryGcsProcess *p, FerryGcsDoneFunc done, gpointer 
   g_array_append_val(p->waiters, w);
 }
 
-gboolean ferry_gcs_process_exit_code(FerryGcsProcess *p, int *code, GError **error)
+gboolean ferry_guest_process_exit_code(FerryGuestProcess *p, int *code, GError **error)
 {
   if (!p->waited) {
     g_set_error(error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION, "process %u not exited",
@@ -551,7 +553,7 @@ gboolean ferry_gcs_process_exit_code(FerryGcsProcess *p, int *code, GError **err
   }
   if (p->wait_error != NULL && ferry_bridge_error_hresult(p->wait_error) == FERRY_HR_NOT_FOUND) {
     /* hcsshim reads this as exit code 0; a status nobody has must never look like success. */
-    g_set_error(error, FERRY_GCS_EXIT_ERROR, FERRY_GCS_EXIT_ERROR_LOST,
+    g_set_error(error, FERRY_GUEST_EXIT_ERROR, FERRY_GUEST_EXIT_ERROR_LOST,
                 "process %u: exit status lost (%s)", p->pid, p->wait_error->message);
     return FALSE;
   }
@@ -564,7 +566,7 @@ gboolean ferry_gcs_process_exit_code(FerryGcsProcess *p, int *code, GError **err
 }
 
 typedef struct {
-  FerryGcsSignalFunc done;
+  FerryGuestSignalFunc done;
   gpointer user_data;
 } SignalCall;
 
@@ -588,8 +590,8 @@ static gboolean on_signal_failed(gpointer p)
   return G_SOURCE_REMOVE;
 }
 
-void ferry_gcs_process_signal(FerryGcsProcess *p, int signal, FerryGcsSignalFunc done,
-                              gpointer user_data)
+void ferry_guest_process_signal(FerryGuestProcess *p, int signal, FerryGuestSignalFunc done,
+                                gpointer user_data)
 {
   SignalCall *s = g_new0(SignalCall, 1);
   s->done = done;
@@ -605,13 +607,13 @@ void ferry_gcs_process_signal(FerryGcsProcess *p, int signal, FerryGcsSignalFunc
                    FERRY_BRIDGE_DEFAULT_TIMEOUT_MS, on_signalled, s);
 }
 
-void ferry_gcs_process_kill(FerryGcsProcess *p, FerryGcsSignalFunc done, gpointer user_data)
+void ferry_guest_process_kill(FerryGuestProcess *p, FerryGuestSignalFunc done, gpointer user_data)
 {
-  ferry_gcs_process_signal(p, 0, done, user_data);
+  ferry_guest_process_signal(p, 0, done, user_data);
 }
 
-void ferry_gcs_process_resize_console(FerryGcsProcess *p, guint16 width, guint16 height,
-                                      FerryGcsDoneFunc done, gpointer user_data)
+void ferry_guest_process_resize_console(FerryGuestProcess *p, guint16 width, guint16 height,
+                                        FerryGuestDoneFunc done, gpointer user_data)
 {
   g_autoptr(GError) error = NULL;
   if (!usable(p->gc, "process", &error)) {
@@ -625,13 +627,13 @@ void ferry_gcs_process_resize_console(FerryGcsProcess *p, guint16 width, guint16
        user_data);
 }
 
-void ferry_gcs_process_close_stdin(FerryGcsProcess *p)
+void ferry_guest_process_close_stdin(FerryGuestProcess *p)
 {
   if (p->gc != NULL && p->ports[0] != 0 && p->gc->hooks.close_write != NULL)
     p->gc->hooks.close_write(p->ports[0], p->gc->hooks_data);
 }
 
-void ferry_gcs_process_close(FerryGcsProcess *p)
+void ferry_guest_process_close(FerryGuestProcess *p)
 {
   if (p->closed)
     return;
@@ -665,7 +667,7 @@ typedef struct {
   FerryGuestConnection *gc;
   char *container_id;
   guint32 ports[3];
-  FerryGcsProcessFunc done;
+  FerryGuestProcessFunc done;
   gpointer user_data;
 } Exec;
 
@@ -701,7 +703,7 @@ static void on_executed(FerryBridge *b, json_t *response, const GError *error, g
     exec_free(e);
     return;
   }
-  FerryGcsProcess *p = process_new(e->gc, e->container_id, pid);
+  FerryGuestProcess *p = process_new(e->gc, e->container_id, pid);
   p->serial = (guint64)serial;
   memcpy(p->ports, e->ports, sizeof(p->ports));
   start_wait(p);
@@ -710,7 +712,7 @@ static void on_executed(FerryBridge *b, json_t *response, const GError *error, g
 }
 
 static void exec(FerryGuestConnection *gc, const char *container_id, json_t *params,
-                 FerryGcsProcessFunc done, gpointer user_data)
+                 FerryGuestProcessFunc done, gpointer user_data)
 {
   g_autoptr(GError) error = NULL;
   static const char *const pipes[3] = { "CreateStdInPipe", "CreateStdOutPipe", "CreateStdErrPipe" };
@@ -751,15 +753,15 @@ static void exec(FerryGuestConnection *gc, const char *container_id, json_t *par
 }
 
 void ferry_guest_connection_create_process(FerryGuestConnection *gc, json_t *params,
-                                           FerryGcsProcessFunc done, gpointer user_data)
+                                           FerryGuestProcessFunc done, gpointer user_data)
 {
   exec(gc, FERRY_NULL_CONTAINER_ID, params, done, user_data);
 }
 
 /* ----------------------------------------------------------- containers -- */
 
-static FerryGcsContainer *container_register(FerryGuestConnection *gc, const char *id,
-                                             GError **error)
+static FerryGuestContainer *container_register(FerryGuestConnection *gc, const char *id,
+                                               GError **error)
 {
   if (id == NULL || *id == '\0') {
     g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "container id is empty");
@@ -773,23 +775,23 @@ static FerryGcsContainer *container_register(FerryGuestConnection *gc, const cha
     g_set_error(error, FERRY_ERROR, FERRY_ERROR_ALREADY_EXISTS, "container %s already exists", id);
     return NULL;
   }
-  FerryGcsContainer *c = g_new0(FerryGcsContainer, 1);
+  FerryGuestContainer *c = g_new0(FerryGuestContainer, 1);
   c->refs = 1;
   c->gc = gc;
   c->context = g_main_context_ref(gc->context);
   c->id = g_strdup(id);
   c->waiters = g_array_new(FALSE, FALSE, sizeof(Waiter));
-  g_hash_table_insert(gc->containers, c->id, ferry_gcs_container_ref(c));
+  g_hash_table_insert(gc->containers, c->id, ferry_guest_container_ref(c));
   return c;
 }
 
-FerryGcsContainer *ferry_gcs_container_ref(FerryGcsContainer *c)
+FerryGuestContainer *ferry_guest_container_ref(FerryGuestContainer *c)
 {
   c->refs++;
   return c;
 }
 
-void ferry_gcs_container_unref(FerryGcsContainer *c)
+void ferry_guest_container_unref(FerryGuestContainer *c)
 {
   if (c == NULL || --c->refs > 0)
     return;
@@ -801,37 +803,37 @@ void ferry_gcs_container_unref(FerryGcsContainer *c)
   g_free(c);
 }
 
-const char *ferry_gcs_container_get_id(FerryGcsContainer *c)
+const char *ferry_guest_container_get_id(FerryGuestContainer *c)
 {
   return c->id;
 }
 
-static void container_mark_exited(FerryGcsContainer *c, const char *type, const GError *error)
+static void container_mark_exited(FerryGuestContainer *c, const char *type, const GError *error)
 {
   if (c->exited)
     return;
   c->exited = TRUE;
   c->exit_type = g_strdup(type);
   c->exit_error = error != NULL ? g_error_copy(error) : NULL;
-  ferry_gcs_container_ref(c);
+  ferry_guest_container_ref(c);
   run_waiters(c->waiters, c->exit_error);
-  ferry_gcs_container_unref(c);
+  ferry_guest_container_unref(c);
 }
 
 /* Stop following: out of the notification table, waits done with `error`. */
-static void container_detach(FerryGcsContainer *c, const GError *error)
+static void container_detach(FerryGuestContainer *c, const GError *error)
 {
-  ferry_gcs_container_ref(c);
+  ferry_guest_container_ref(c);
   FerryGuestConnection *gc = g_steal_pointer(&c->gc);
   if (gc != NULL && g_hash_table_lookup(gc->containers, c->id) == c)
     g_hash_table_remove(gc->containers, c->id);
   container_mark_exited(c, NULL, error);
-  ferry_gcs_container_unref(c);
+  ferry_guest_container_unref(c);
 }
 
 typedef struct {
-  FerryGcsContainer *c;
-  FerryGcsDoneFunc done;
+  FerryGuestContainer *c;
+  FerryGuestDoneFunc done;
   gpointer user_data;
 } Created;
 
@@ -841,42 +843,43 @@ static void on_created(const GError *error, gpointer ud)
   if (error != NULL)
     container_detach(cr->c, error);
   cr->done(error, cr->user_data);
-  ferry_gcs_container_unref(cr->c);
+  ferry_guest_container_unref(cr->c);
   g_free(cr);
 }
 
-FerryGcsContainer *ferry_guest_connection_create_container(FerryGuestConnection *gc,
-                                                           const char *container_id, json_t *config,
-                                                           FerryGcsDoneFunc done,
-                                                           gpointer user_data, GError **error)
+FerryGuestContainer *ferry_guest_connection_create_container(FerryGuestConnection *gc,
+                                                             const char *container_id,
+                                                             json_t *config,
+                                                             FerryGuestDoneFunc done,
+                                                             gpointer user_data, GError **error)
 {
   if (!json_is_object(config)) {
     g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
                 "container %s: config must be a JSON object", container_id);
     return NULL;
   }
-  FerryGcsContainer *c = container_register(gc, container_id, error);
+  FerryGuestContainer *c = container_register(gc, container_id, error);
   if (c == NULL)
     return NULL;
   g_autoptr(json_t) body = ferry_bridge_request_base(container_id, NULL);
   ferry_bridge_set_embedded(body, "ContainerConfig", json_incref(config));
   Created *cr = g_new0(Created, 1);
-  cr->c = ferry_gcs_container_ref(c);
+  cr->c = ferry_guest_container_ref(c);
   cr->done = done;
   cr->user_data = user_data;
   call(gc, FERRY_BRIDGE_RPC_CREATE, body, FERRY_BRIDGE_DEFAULT_TIMEOUT_MS, 0, on_created, NULL, cr);
   return c;
 }
 
-FerryGcsContainer *ferry_guest_connection_open_container(FerryGuestConnection *gc,
-                                                         const char *container_id, GError **error)
+FerryGuestContainer *ferry_guest_connection_open_container(FerryGuestConnection *gc,
+                                                           const char *container_id, GError **error)
 {
   return container_register(gc, container_id, error);
 }
 
-static void container_call(FerryGcsContainer *c, FerryBridgeRpc rpc, json_t *extra,
-                           guint timeout_ms, guint32 tolerate, FerryGcsDoneFunc done,
-                           FerryGcsJsonFunc json_done, gpointer user_data)
+static void container_call(FerryGuestContainer *c, FerryBridgeRpc rpc, json_t *extra,
+                           guint timeout_ms, guint32 tolerate, FerryGuestDoneFunc done,
+                           FerryGuestJsonFunc json_done, gpointer user_data)
 {
   g_autoptr(GError) error = NULL;
   if (!usable(c->gc, "container", &error)) {
@@ -889,25 +892,28 @@ static void container_call(FerryGcsContainer *c, FerryBridgeRpc rpc, json_t *ext
   call(c->gc, rpc, body, timeout_ms, tolerate, done, json_done, user_data);
 }
 
-void ferry_gcs_container_start(FerryGcsContainer *c, FerryGcsDoneFunc done, gpointer user_data)
+void ferry_guest_container_start(FerryGuestContainer *c, FerryGuestDoneFunc done,
+                                 gpointer user_data)
 {
   container_call(c, FERRY_BRIDGE_RPC_START, NULL, FERRY_BRIDGE_DEFAULT_TIMEOUT_MS, 0, done, NULL,
                  user_data);
 }
 
-void ferry_gcs_container_shutdown(FerryGcsContainer *c, FerryGcsDoneFunc done, gpointer user_data)
+void ferry_guest_container_shutdown(FerryGuestContainer *c, FerryGuestDoneFunc done,
+                                    gpointer user_data)
 {
   container_call(c, FERRY_BRIDGE_RPC_SHUTDOWN_GRACEFUL, NULL, SHUTDOWN_TIMEOUT_MS,
                  FERRY_HR_SYSTEM_NOT_FOUND, done, NULL, user_data);
 }
 
-void ferry_gcs_container_terminate(FerryGcsContainer *c, FerryGcsDoneFunc done, gpointer user_data)
+void ferry_guest_container_terminate(FerryGuestContainer *c, FerryGuestDoneFunc done,
+                                     gpointer user_data)
 {
   container_call(c, FERRY_BRIDGE_RPC_SHUTDOWN_FORCED, NULL, SHUTDOWN_TIMEOUT_MS,
                  FERRY_HR_SYSTEM_NOT_FOUND, done, NULL, user_data);
 }
 
-void ferry_gcs_container_wait(FerryGcsContainer *c, FerryGcsDoneFunc done, gpointer user_data)
+void ferry_guest_container_wait(FerryGuestContainer *c, FerryGuestDoneFunc done, gpointer user_data)
 {
   if (c->exited) {
     defer_done(c->context, done, user_data, c->exit_error);
@@ -917,18 +923,18 @@ void ferry_gcs_container_wait(FerryGcsContainer *c, FerryGcsDoneFunc done, gpoin
   g_array_append_val(c->waiters, w);
 }
 
-gboolean ferry_gcs_container_has_exited(FerryGcsContainer *c)
+gboolean ferry_guest_container_has_exited(FerryGuestContainer *c)
 {
   return c->exited;
 }
 
-const char *ferry_gcs_container_exit_type(FerryGcsContainer *c)
+const char *ferry_guest_container_exit_type(FerryGuestContainer *c)
 {
   return c->exit_type;
 }
 
 typedef struct {
-  FerryGcsJsonFunc done;
+  FerryGuestJsonFunc done;
   gpointer user_data;
 } Props;
 
@@ -947,8 +953,8 @@ static void on_properties(json_t *response, const GError *error, gpointer ud)
   g_free(pr);
 }
 
-void ferry_gcs_container_properties(FerryGcsContainer *c, json_t *query, FerryGcsJsonFunc done,
-                                    gpointer user_data)
+void ferry_guest_container_properties(FerryGuestContainer *c, json_t *query,
+                                      FerryGuestJsonFunc done, gpointer user_data)
 {
   g_autoptr(GError) error = NULL;
   if (!usable(c->gc, "container", &error)) {
@@ -964,8 +970,8 @@ void ferry_gcs_container_properties(FerryGcsContainer *c, json_t *query, FerryGc
                  NULL, on_properties, pr);
 }
 
-void ferry_gcs_container_modify(FerryGcsContainer *c, json_t *request, FerryGcsDoneFunc done,
-                                gpointer user_data)
+void ferry_guest_container_modify(FerryGuestContainer *c, json_t *request, FerryGuestDoneFunc done,
+                                  gpointer user_data)
 {
   g_autoptr(json_t) extra = json_object();
   json_object_set(extra, "Request", request);
@@ -973,8 +979,8 @@ void ferry_gcs_container_modify(FerryGcsContainer *c, json_t *request, FerryGcsD
                  done, NULL, user_data);
 }
 
-void ferry_gcs_container_create_process(FerryGcsContainer *c, json_t *params,
-                                        FerryGcsProcessFunc done, gpointer user_data)
+void ferry_guest_container_create_process(FerryGuestContainer *c, json_t *params,
+                                          FerryGuestProcessFunc done, gpointer user_data)
 {
   g_autoptr(GError) error = NULL;
   if (!usable(c->gc, "container", &error)) {
@@ -984,10 +990,11 @@ void ferry_gcs_container_create_process(FerryGcsContainer *c, json_t *params,
   exec(c->gc, c->id, params, done, user_data);
 }
 
-FerryGcsProcess *ferry_gcs_container_open_process_with_io(FerryGcsContainer *c, guint32 pid,
-                                                          guint32 stdin_port, guint32 stdout_port,
-                                                          guint32 stderr_port, guint64 wait_call_id,
-                                                          GError **error)
+FerryGuestProcess *ferry_guest_container_open_process_with_io(FerryGuestContainer *c, guint32 pid,
+                                                              guint32 stdin_port,
+                                                              guint32 stdout_port,
+                                                              guint32 stderr_port,
+                                                              guint64 wait_call_id, GError **error)
 {
   if (!usable(c->gc, "container", error))
     return NULL;
@@ -999,14 +1006,14 @@ FerryGcsProcess *ferry_gcs_container_open_process_with_io(FerryGcsContainer *c, 
   guint32 ports[3] = { stdin_port, stdout_port, stderr_port };
   if (!listen_ports(c->gc, ports, error))
     return NULL;
-  FerryGcsProcess *p = process_new(c->gc, c->id, pid);
+  FerryGuestProcess *p = process_new(c->gc, c->id, pid);
   memcpy(p->ports, ports, sizeof(ports));
   p->wait_id = wait_call_id;
-  ferry_gcs_process_ref(p); /* held by the pending wait */
+  ferry_guest_process_ref(p); /* held by the pending wait */
   if (!ferry_bridge_preregister_rpc(c->gc->bridge, wait_call_id, FERRY_BRIDGE_RPC_WAIT_FOR_PROCESS,
                                     on_process_waited, p, error)) {
     p->refs--; /* the wait does not exist */
-    ferry_gcs_process_unref(p);
+    ferry_guest_process_unref(p);
     return NULL;
   }
   p->waits_pending++;
@@ -1017,7 +1024,7 @@ FerryGcsProcess *ferry_gcs_container_open_process_with_io(FerryGcsContainer *c, 
   return p;
 }
 
-void ferry_gcs_container_close(FerryGcsContainer *c)
+void ferry_guest_container_close(FerryGuestContainer *c)
 {
   g_autoptr(GError) closed =
       g_error_new(FERRY_ERROR, FERRY_ERROR_CANCELLED, "container %s closed", c->id);

@@ -45,10 +45,10 @@ struct FerryCmd {
   Token *token;          /* the process wait's */
   Token *start_token;    /* the start's, while it is in flight */
   FerryGuestConnection *gc;
-  FerryGcsContainer *container;
+  FerryGuestContainer *container;
   FerryStdioPorts *ports;
   json_t *params;
-  FerryGcsProcess *process;
+  FerryGuestProcess *process;
   Relay relays[3];
   guint copy_ms;
   gboolean exited;
@@ -59,7 +59,7 @@ struct FerryCmd {
   GError *finish_error;
   GArray *waiters;
   GList *deferred; /* DeferredWait: waits on a finished command, reported from an idle */
-  FerryGcsDoneFunc start_done;
+  FerryGuestDoneFunc start_done;
   gpointer start_data;
   gboolean detached;
 };
@@ -315,12 +315,12 @@ static FerryCmd *cmd_alloc(FerryStdioPorts *ports, FerryCmdIo io)
   return cmd;
 }
 
-FerryCmd *ferry_cmd_new(FerryGuestConnection *gc, FerryGcsContainer *container,
+FerryCmd *ferry_cmd_new(FerryGuestConnection *gc, FerryGuestContainer *container,
                         FerryStdioPorts *ports, json_t *params, FerryCmdIo io)
 {
   FerryCmd *cmd = cmd_alloc(ports, io);
   cmd->gc = gc;
-  cmd->container = container != NULL ? ferry_gcs_container_ref(container) : NULL;
+  cmd->container = container != NULL ? ferry_guest_container_ref(container) : NULL;
   cmd->params = json_deep_copy(json_is_object(params) ? params : json_object());
   if (cmd->params == NULL)
     cmd->params = json_object();
@@ -345,7 +345,7 @@ gboolean ferry_cmd_stream_done(FerryCmd *cmd, FerryCmdStream stream)
                      ferry_channel_unacked(r->channel) == 0);
 }
 
-FerryGcsProcess *ferry_cmd_get_process(FerryCmd *cmd)
+FerryGuestProcess *ferry_cmd_get_process(FerryCmd *cmd)
 {
   return cmd->process;
 }
@@ -406,7 +406,7 @@ static void on_process_exited(const GError *error, gpointer ud)
     return;
   cmd->exited = TRUE;
   g_autoptr(GError) local = NULL;
-  if (!ferry_gcs_process_exit_code(cmd->process, &cmd->exit_code, &local))
+  if (!ferry_guest_process_exit_code(cmd->process, &cmd->exit_code, &local))
     cmd->exit_error = g_steal_pointer(&local);
   maybe_finish(cmd);
   if (!cmd->finished && cmd->copy_timer == NULL)
@@ -415,7 +415,7 @@ static void on_process_exited(const GError *error, gpointer ud)
 
 static void bind_relays(FerryCmd *cmd)
 {
-  FerryGcsMigrationState ms = ferry_gcs_process_migration_state(cmd->process);
+  FerryGuestMigrationState ms = ferry_guest_process_migration_state(cmd->process);
   guint32 ports[3] = { ms.stdin_port, ms.stdout_port, ms.stderr_port };
   for (int i = 0; i < 3; i++) {
     Relay *r = &cmd->relays[i];
@@ -424,7 +424,7 @@ static void bind_relays(FerryCmd *cmd)
     if (ports[i] == 0) {
       g_autoptr(GError) error = g_error_new(FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION,
                                             "process %u has no stdio port for fd %d",
-                                            ferry_gcs_process_get_pid(cmd->process), r->fd);
+                                            ferry_guest_process_get_pid(cmd->process), r->fd);
       relay_fail(r, error);
       ferry_fd_clear(&r->fd);
       r->done = TRUE;
@@ -435,10 +435,10 @@ static void bind_relays(FerryCmd *cmd)
   }
   cmd->token = g_new0(Token, 1);
   cmd->token->cmd = cmd;
-  ferry_gcs_process_wait(cmd->process, on_process_exited, cmd->token);
+  ferry_guest_process_wait(cmd->process, on_process_exited, cmd->token);
 }
 
-static void on_started(FerryGcsProcess *process, const GError *error, gpointer ud)
+static void on_started(FerryGuestProcess *process, const GError *error, gpointer ud)
 {
   Token *token = ud;
   FerryCmd *cmd = token->cmd;
@@ -447,13 +447,13 @@ static void on_started(FerryGcsProcess *process, const GError *error, gpointer u
     /* Freed while starting: nobody relays, and the caller asked for no callback. The
      * process runs on in the guest as any freed command's does; its ports are released. */
     if (process != NULL) {
-      ferry_gcs_process_close(process);
-      ferry_gcs_process_unref(process);
+      ferry_guest_process_close(process);
+      ferry_guest_process_unref(process);
     }
     return;
   }
   cmd->start_token = NULL;
-  FerryGcsDoneFunc done = g_steal_pointer(&cmd->start_done);
+  FerryGuestDoneFunc done = g_steal_pointer(&cmd->start_done);
   if (error == NULL) {
     cmd->process = process;
     bind_relays(cmd);
@@ -461,7 +461,7 @@ static void on_started(FerryGcsProcess *process, const GError *error, gpointer u
   done(error, cmd->start_data);
 }
 
-void ferry_cmd_start(FerryCmd *cmd, FerryGcsDoneFunc done, gpointer user_data)
+void ferry_cmd_start(FerryCmd *cmd, FerryGuestDoneFunc done, gpointer user_data)
 {
   g_return_if_fail(cmd->start_token == NULL && cmd->process == NULL);
   cmd->start_done = done;
@@ -469,15 +469,15 @@ void ferry_cmd_start(FerryCmd *cmd, FerryGcsDoneFunc done, gpointer user_data)
   cmd->start_token = g_new0(Token, 1);
   cmd->start_token->cmd = cmd;
   if (cmd->container != NULL)
-    ferry_gcs_container_create_process(cmd->container, cmd->params, on_started, cmd->start_token);
+    ferry_guest_container_create_process(cmd->container, cmd->params, on_started, cmd->start_token);
   else
     ferry_guest_connection_create_process(cmd->gc, cmd->params, on_started, cmd->start_token);
 }
 
-FerryCmd *ferry_cmd_attach(FerryGcsProcess *process, FerryStdioPorts *ports, FerryCmdIo io)
+FerryCmd *ferry_cmd_attach(FerryGuestProcess *process, FerryStdioPorts *ports, FerryCmdIo io)
 {
   FerryCmd *cmd = cmd_alloc(ports, io);
-  cmd->process = ferry_gcs_process_ref(process);
+  cmd->process = ferry_guest_process_ref(process);
   bind_relays(cmd);
   return cmd;
 }
@@ -546,9 +546,9 @@ void ferry_cmd_free(FerryCmd *cmd)
   for (int i = 0; i < 3; i++)
     g_clear_error(&cmd->relays[i].error);
   if (cmd->process != NULL)
-    ferry_gcs_process_unref(cmd->process);
+    ferry_guest_process_unref(cmd->process);
   if (cmd->container != NULL)
-    ferry_gcs_container_unref(cmd->container);
+    ferry_guest_container_unref(cmd->container);
   if (cmd->params != NULL)
     json_decref(cmd->params);
   g_clear_error(&cmd->exit_error);

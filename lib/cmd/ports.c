@@ -145,9 +145,9 @@ static void hook_close_write(guint32 port, gpointer ud)
     ferry_channel_shutdown_write(p->channel);
 }
 
-static const FerryGcsPortHooks port_hooks = { hook_listen, hook_release, hook_close_write };
+static const FerryGuestPortHooks port_hooks = { hook_listen, hook_release, hook_close_write };
 
-const FerryGcsPortHooks *ferry_stdio_ports_hooks(void)
+const FerryGuestPortHooks *ferry_stdio_ports_hooks(void)
 {
   return &port_hooks;
 }

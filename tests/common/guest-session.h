@@ -4,8 +4,8 @@
  * (g_error / g_assert): these are test fixtures. */
 #pragma once
 
-#include "ferry/bridge-host.h"
 #include "ferry/cmd.h"
+#include "ferry/guest.h"
 #include "ferry/mux.h"
 
 typedef struct {

@@ -19,8 +19,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "ferry/bridge-host.h"
 #include "ferry/fd.h"
+#include "ferry/guest.h"
 #include "fuzz-loop.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -56,23 +56,23 @@ static void on_signal(gboolean delivered, const GError *error, gpointer ud)
   check(ud, error);
 }
 
-static void on_process(FerryGcsProcess *p, const GError *error, gpointer ud)
+static void on_process(FerryGuestProcess *p, const GError *error, gpointer ud)
 {
   Run *r = ud;
   check(r, error);
   if (p == NULL)
     return;
   g_ptr_array_add(r->processes, p);
-  (void)ferry_gcs_process_get_pid(p);
-  (void)ferry_gcs_process_migration_state(p);
+  (void)ferry_guest_process_get_pid(p);
+  (void)ferry_guest_process_migration_state(p);
   r->issued += 4;
-  ferry_gcs_process_wait(p, on_done, r);
-  ferry_gcs_process_signal(p, 15, on_signal, r);
-  ferry_gcs_process_kill(p, on_signal, r);
-  ferry_gcs_process_resize_console(p, 80, 25, on_done, r);
+  ferry_guest_process_wait(p, on_done, r);
+  ferry_guest_process_signal(p, 15, on_signal, r);
+  ferry_guest_process_kill(p, on_signal, r);
+  ferry_guest_process_resize_console(p, 80, 25, on_done, r);
   int code;
   g_autoptr(GError) error2 = NULL;
-  (void)ferry_gcs_process_exit_code(p, &code, &error2);
+  (void)ferry_guest_process_exit_code(p, &code, &error2);
 }
 
 static const guint32 rpcs[] = {
@@ -142,20 +142,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   FerryGuestConnection *gc = ferry_guest_connection_new(sp[0], NULL, NULL, NULL);
   if (gc == NULL)
     __builtin_trap();
-  Run r = { .processes = g_ptr_array_new_with_free_func((GDestroyNotify)ferry_gcs_process_unref) };
+  Run r = { .processes =
+                g_ptr_array_new_with_free_func((GDestroyNotify)ferry_guest_process_unref) };
   r.issued++;
   ferry_guest_connection_connect(gc, on_done, &r);
   json_t *config = json_pack("{s:s}", "OciBundlePath", "/run/c1");
   r.issued++;
-  FerryGcsContainer *c =
+  FerryGuestContainer *c =
       ferry_guest_connection_create_container(gc, "c1", config, on_done, &r, NULL);
   json_decref(config);
   if (c == NULL)
     __builtin_trap();
   r.issued += 9;
-  ferry_gcs_container_start(c, on_done, &r);
+  ferry_guest_container_start(c, on_done, &r);
   json_t *query = json_pack("{s:[s]}", "PropertyTypes", "ProcessList");
-  ferry_gcs_container_properties(c, query, on_json, &r);
+  ferry_guest_container_properties(c, query, on_json, &r);
   json_decref(query);
   json_t *request = json_pack("{s:s, s:s}", "ResourceType", "Network", "RequestType", "Add");
   ferry_guest_connection_modify(gc, NULL, request, on_done, &r);
@@ -163,11 +164,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   ferry_guest_connection_dump_stacks(gc, on_json, &r);
   json_t *params = json_pack("{s:[s], s:b}", "CommandArgs", "/bin/true", "CreateStdOutPipe", 0);
   ferry_guest_connection_create_process(gc, params, on_process, &r);
-  ferry_gcs_container_create_process(c, params, on_process, &r);
+  ferry_guest_container_create_process(c, params, on_process, &r);
   json_decref(params);
   ferry_guest_connection_delete_container_state(gc, "c2", on_done, &r);
-  ferry_gcs_container_shutdown(c, on_done, &r);
-  ferry_gcs_container_wait(c, on_done, &r);
+  ferry_guest_container_shutdown(c, on_done, &r);
+  ferry_guest_container_wait(c, on_done, &r);
   fuzz_loop_settle();
 
   g_autoptr(GByteArray) bytes = frames(data, size);
@@ -177,12 +178,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     guest = -1;
   }
   fuzz_loop_settle();
-  (void)ferry_gcs_container_has_exited(c);
-  (void)ferry_gcs_container_exit_type(c);
-  ferry_gcs_container_close(c);
-  ferry_gcs_container_unref(c);
+  (void)ferry_guest_container_has_exited(c);
+  (void)ferry_guest_container_exit_type(c);
+  ferry_guest_container_close(c);
+  ferry_guest_container_unref(c);
   for (guint i = 0; i < r.processes->len; i++)
-    ferry_gcs_process_close(r.processes->pdata[i]);
+    ferry_guest_process_close(r.processes->pdata[i]);
   ferry_guest_connection_free(gc);
   fuzz_loop_settle();
   g_ptr_array_unref(r.processes);

@@ -20,10 +20,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "ferry/bridge-host.h"
 #include "ferry/error.h"
 #include "ferry/fd.h"
 #include "ferry/gcs.h"
+#include "ferry/guest.h"
 #include "ferry/json.h"
 #include "ferry/log.h"
 #include "ferry/mux.h"
@@ -229,7 +229,7 @@ static void hook_close_write(guint32 port, gpointer ud)
   }
 }
 
-static const FerryGcsPortHooks port_hooks = { hook_listen, hook_release, hook_close_write };
+static const FerryGuestPortHooks port_hooks = { hook_listen, hook_release, hook_close_write };
 
 static void on_bridge_accept(FerryTransport *t, FerryChannel *ch, gpointer ud)
 {
@@ -280,7 +280,7 @@ static int host_take_bridge(Host *h)
 typedef struct {
   gboolean done;
   GError *error;
-  FerryGcsProcess *process;
+  FerryGuestProcess *process;
   json_t *json;
 } Result;
 
@@ -298,7 +298,7 @@ static void on_done(const GError *error, gpointer ud)
     r->error = g_error_copy(error);
 }
 
-static void on_process(FerryGcsProcess *p, const GError *error, gpointer ud)
+static void on_process(FerryGuestProcess *p, const GError *error, gpointer ud)
 {
   Result *r = ud;
   r->process = p;
@@ -370,14 +370,14 @@ static HostPort *host_port(Host *h, guint32 port)
   return hp;
 }
 
-static HostPort *stdout_of(Host *h, FerryGcsProcess *p)
+static HostPort *stdout_of(Host *h, FerryGuestProcess *p)
 {
-  return host_port(h, ferry_gcs_process_migration_state(p).stdout_port);
+  return host_port(h, ferry_guest_process_migration_state(p).stdout_port);
 }
 
-static HostPort *stdin_of(Host *h, FerryGcsProcess *p)
+static HostPort *stdin_of(Host *h, FerryGuestProcess *p)
 {
-  return host_port(h, ferry_gcs_process_migration_state(p).stdin_port);
+  return host_port(h, ferry_guest_process_migration_state(p).stdin_port);
 }
 
 static void port_write(HostPort *hp, const char *text)
@@ -429,24 +429,24 @@ static json_t *uvm_params(const char *const *argv, gboolean in, gboolean out, gb
 }
 
 /* Exec in the UVM; `params` is stolen. The process is guarded. */
-static FerryGcsProcess *exec_uvm(Host *h, json_t *params)
+static FerryGuestProcess *exec_uvm(Host *h, json_t *params)
 {
   Result r = { 0 };
   ferry_guest_connection_create_process(h->gc, params, on_process, &r);
   json_decref(params);
   wait_ok(&r);
-  guard((GPid)ferry_gcs_process_get_pid(r.process));
+  guard((GPid)ferry_guest_process_get_pid(r.process));
   return r.process;
 }
 
-static int wait_exit(FerryGcsProcess *p)
+static int wait_exit(FerryGuestProcess *p)
 {
   Result r = { 0 };
-  ferry_gcs_process_wait(p, on_done, &r);
+  ferry_guest_process_wait(p, on_done, &r);
   wait_ok(&r);
   int code = -1;
   g_autoptr(GError) error = NULL;
-  g_assert_true(ferry_gcs_process_exit_code(p, &code, &error));
+  g_assert_true(ferry_guest_process_exit_code(p, &code, &error));
   return code;
 }
 
@@ -542,7 +542,7 @@ static void test_echo_hello(void)
 {
   g_autoptr(Env) e = env_new();
   const char *argv[] = { "echo", "hello", NULL };
-  g_autoptr(FerryGcsProcess) p = exec_uvm(&e->host, uvm_params(argv, FALSE, TRUE, FALSE));
+  g_autoptr(FerryGuestProcess) p = exec_uvm(&e->host, uvm_params(argv, FALSE, TRUE, FALSE));
   HostPort *out = stdout_of(&e->host, p);
   g_assert_cmpint(wait_exit(p), ==, 0);
   /* The exit is answered only once stdout has drained into its channel. */
@@ -554,12 +554,12 @@ static void test_stdin_to_cat(void)
 {
   g_autoptr(Env) e = env_new();
   const char *argv[] = { "cat", NULL };
-  g_autoptr(FerryGcsProcess) p = exec_uvm(&e->host, uvm_params(argv, TRUE, TRUE, FALSE));
+  g_autoptr(FerryGuestProcess) p = exec_uvm(&e->host, uvm_params(argv, TRUE, TRUE, FALSE));
   HostPort *out = stdout_of(&e->host, p);
   port_write(stdin_of(&e->host, p), "one\ntwo\n");
   wait_port_text(out, "one\ntwo\n");
   g_assert_false(out->eof);
-  ferry_gcs_process_close_stdin(p);
+  ferry_guest_process_close_stdin(p);
   wait_port_eof(out);
   g_assert_cmpstr(out->data->str, ==, "one\ntwo\n");
   g_assert_cmpint(wait_exit(p), ==, 0);
@@ -569,9 +569,9 @@ static void test_stderr_separate(void)
 {
   g_autoptr(Env) e = env_new();
   const char *argv[] = { "sh", "-c", "echo out; echo err >&2", NULL };
-  g_autoptr(FerryGcsProcess) p = exec_uvm(&e->host, uvm_params(argv, FALSE, TRUE, TRUE));
+  g_autoptr(FerryGuestProcess) p = exec_uvm(&e->host, uvm_params(argv, FALSE, TRUE, TRUE));
   HostPort *out = stdout_of(&e->host, p);
-  HostPort *err = host_port(&e->host, ferry_gcs_process_migration_state(p).stderr_port);
+  HostPort *err = host_port(&e->host, ferry_guest_process_migration_state(p).stderr_port);
   g_assert_cmpint(wait_exit(p), ==, 0);
   wait_port_eof(out);
   wait_port_eof(err);
@@ -583,7 +583,7 @@ static void test_exit_code(void)
 {
   g_autoptr(Env) e = env_new();
   const char *argv[] = { "sh", "-c", "exit 7", NULL };
-  g_autoptr(FerryGcsProcess) p = exec_uvm(&e->host, uvm_params(argv, FALSE, FALSE, FALSE));
+  g_autoptr(FerryGuestProcess) p = exec_uvm(&e->host, uvm_params(argv, FALSE, FALSE, FALSE));
   g_assert_cmpint(wait_exit(p), ==, 7);
 }
 
@@ -594,7 +594,7 @@ static void test_background_child_holding_stdout(void)
 {
   g_autoptr(Env) e = env_new();
   const char *argv[] = { "sh", "-c", "sleep 30 & echo $!", NULL };
-  g_autoptr(FerryGcsProcess) p = exec_uvm(&e->host, uvm_params(argv, FALSE, TRUE, FALSE));
+  g_autoptr(FerryGuestProcess) p = exec_uvm(&e->host, uvm_params(argv, FALSE, TRUE, FALSE));
   HostPort *out = stdout_of(&e->host, p);
   wait_port_text(out, "\n");
   guint64 child = 0;
@@ -620,16 +620,16 @@ static void test_sigterm_is_143(void)
 {
   g_autoptr(Env) e = env_new();
   const char *argv[] = { "sleep", "100", NULL };
-  g_autoptr(FerryGcsProcess) p = exec_uvm(&e->host, uvm_params(argv, FALSE, FALSE, FALSE));
+  g_autoptr(FerryGuestProcess) p = exec_uvm(&e->host, uvm_params(argv, FALSE, FALSE, FALSE));
   Result r = { 0 };
-  ferry_gcs_process_signal(p, SIGTERM, on_signal_done, &r);
+  ferry_guest_process_signal(p, SIGTERM, on_signal_done, &r);
   wait_ok(&r);
   g_assert_true(json_is_true(r.json));
   result_clear(&r);
   g_assert_cmpint(wait_exit(p), ==, 143);
   /* Gone now: the guest answers "not found", which the host reads as not delivered. */
   Result again = { 0 };
-  ferry_gcs_process_signal(p, SIGTERM, on_signal_done, &again);
+  ferry_guest_process_signal(p, SIGTERM, on_signal_done, &again);
   wait_ok(&again);
   g_assert_true(json_is_false(again.json));
   result_clear(&again);
@@ -665,49 +665,49 @@ static void test_reused_pid_is_another_process(void)
 {
   g_autoptr(Env) e = env_new();
   const char *quick[] = { "true", NULL };
-  g_autoptr(FerryGcsProcess) a = exec_uvm(&e->host, uvm_params(quick, FALSE, FALSE, FALSE));
-  g_assert_cmpuint(ferry_gcs_process_get_serial(a), !=, 0);
+  g_autoptr(FerryGuestProcess) a = exec_uvm(&e->host, uvm_params(quick, FALSE, FALSE, FALSE));
+  g_assert_cmpuint(ferry_guest_process_get_serial(a), !=, 0);
   g_assert_cmpint(wait_exit(a), ==, 0);
-  guint32 pid = ferry_gcs_process_get_pid(a);
+  guint32 pid = ferry_guest_process_get_pid(a);
   const char *sleeper[] = { "sleep", "100", NULL };
-  g_autoptr(FerryGcsProcess) b = NULL;
+  g_autoptr(FerryGuestProcess) b = NULL;
   for (int attempt = 0; attempt < 20 && b == NULL; attempt++) {
     if (!next_pid_is(pid)) {
       g_test_skip("cannot write /proc/sys/kernel/ns_last_pid (needs root in the pid namespace)");
       return;
     }
-    FerryGcsProcess *p = exec_uvm(&e->host, uvm_params(sleeper, FALSE, FALSE, FALSE));
-    if (ferry_gcs_process_get_pid(p) == pid) {
+    FerryGuestProcess *p = exec_uvm(&e->host, uvm_params(sleeper, FALSE, FALSE, FALSE));
+    if (ferry_guest_process_get_pid(p) == pid) {
       b = p;
       continue;
     }
     Result k = { 0 };
-    ferry_gcs_process_kill(p, on_signal_done, &k);
+    ferry_guest_process_kill(p, on_signal_done, &k);
     wait_ok(&k);
     result_clear(&k);
     wait_exit(p);
-    ferry_gcs_process_unref(p);
+    ferry_guest_process_unref(p);
   }
   if (b == NULL) {
     g_test_skip("the kernel did not hand out the old pid again");
     return;
   }
-  g_assert_cmpuint(ferry_gcs_process_get_serial(b), !=, ferry_gcs_process_get_serial(a));
+  g_assert_cmpuint(ferry_guest_process_get_serial(b), !=, ferry_guest_process_get_serial(a));
   /* The old handle's signal is not delivered: the new process lives on. */
   Result s = { 0 };
-  ferry_gcs_process_signal(a, SIGKILL, on_signal_done, &s);
+  ferry_guest_process_signal(a, SIGKILL, on_signal_done, &s);
   wait_ok(&s);
   g_assert_true(json_is_false(s.json));
   result_clear(&s);
   /* A wait naming the old process: not found (not the new one's "still running"). */
   g_autoptr(GError) error = NULL;
   g_assert_null(host_rpc(&e->host, FERRY_BRIDGE_RPC_WAIT_FOR_PROCESS,
-                         wait_now_body(pid, ferry_gcs_process_get_serial(a)), &error));
+                         wait_now_body(pid, ferry_guest_process_get_serial(a)), &error));
   assert_hresult(error, FERRY_HR_NOT_FOUND);
   g_clear_error(&error);
   /* The new process, by its serial or by the pid alone (hcsshim's host), is running. */
   g_assert_null(host_rpc(&e->host, FERRY_BRIDGE_RPC_WAIT_FOR_PROCESS,
-                         wait_now_body(pid, ferry_gcs_process_get_serial(b)), &error));
+                         wait_now_body(pid, ferry_guest_process_get_serial(b)), &error));
   assert_hresult(error, FERRY_HR_TIMEOUT);
   g_clear_error(&error);
   g_assert_null(
@@ -715,7 +715,7 @@ static void test_reused_pid_is_another_process(void)
   assert_hresult(error, FERRY_HR_TIMEOUT);
   g_clear_error(&error);
   Result k = { 0 };
-  ferry_gcs_process_kill(b, on_signal_done, &k);
+  ferry_guest_process_kill(b, on_signal_done, &k);
   wait_ok(&k);
   g_assert_true(json_is_true(k.json));
   result_clear(&k);
@@ -732,18 +732,18 @@ static json_t *pty_params(const char *script, gboolean in)
 static void test_pty_size_and_resize(void)
 {
   g_autoptr(Env) e = env_new();
-  g_autoptr(FerryGcsProcess) p = exec_uvm(&e->host, pty_params("stty size", FALSE));
+  g_autoptr(FerryGuestProcess) p = exec_uvm(&e->host, pty_params("stty size", FALSE));
   HostPort *out = stdout_of(&e->host, p);
   g_assert_cmpint(wait_exit(p), ==, 0);
   wait_port_eof(out);
   g_assert_cmpstr(out->data->str, ==, "24 80\r\n");
 
-  g_autoptr(FerryGcsProcess) q =
+  g_autoptr(FerryGuestProcess) q =
       exec_uvm(&e->host, pty_params("echo ready; read x; stty size", TRUE));
   HostPort *qout = stdout_of(&e->host, q);
   wait_port_text(qout, "ready");
   Result r = { 0 };
-  ferry_gcs_process_resize_console(q, 100, 30, on_done, &r);
+  ferry_guest_process_resize_console(q, 100, 30, on_done, &r);
   wait_ok(&r);
   port_write(stdin_of(&e->host, q), "go\n");
   g_assert_cmpint(wait_exit(q), ==, 0);
@@ -752,14 +752,14 @@ static void test_pty_size_and_resize(void)
 
   /* No terminal, no resize: the runtime's FAILED_PRECONDITION as an HRESULT. */
   const char *argv[] = { "sleep", "100", NULL };
-  g_autoptr(FerryGcsProcess) s = exec_uvm(&e->host, uvm_params(argv, FALSE, FALSE, FALSE));
+  g_autoptr(FerryGuestProcess) s = exec_uvm(&e->host, uvm_params(argv, FALSE, FALSE, FALSE));
   Result bad = { 0 };
-  ferry_gcs_process_resize_console(s, 100, 30, on_done, &bad);
+  ferry_guest_process_resize_console(s, 100, 30, on_done, &bad);
   wait_result(&bad);
   assert_hresult(bad.error, FERRY_HR_INVALID_STATE);
   result_clear(&bad);
   Result k = { 0 };
-  ferry_gcs_process_kill(s, on_signal_done, &k);
+  ferry_guest_process_kill(s, on_signal_done, &k);
   wait_ok(&k);
   result_clear(&k);
   g_assert_cmpint(wait_exit(s), ==, 137);
@@ -769,7 +769,7 @@ static void test_pty_size_and_resize(void)
 #define BIG_OUTPUT (4u << 20)
 
 typedef struct {
-  FerryGcsProcess **procs;
+  FerryGuestProcess **procs;
   Result *waits;
   guint from, to;
 } ManyWait;
@@ -791,7 +791,7 @@ static void test_many_with_one_stalled_reader(void)
   g_autoptr(Env) e = env_new();
   Result execs[N_MANY] = { { 0 } };
   Result waits[N_MANY] = { { 0 } };
-  FerryGcsProcess *procs[N_MANY] = { NULL };
+  FerryGuestProcess *procs[N_MANY] = { NULL };
   g_autofree char *big = g_strdup_printf("head -c %u /dev/zero", BIG_OUTPUT);
   for (guint i = 0; i < N_MANY; i++) {
     g_autofree char *script = g_strdup_printf("echo line-%u", i);
@@ -803,8 +803,8 @@ static void test_many_with_one_stalled_reader(void)
   for (guint i = 0; i < N_MANY; i++) {
     wait_ok(&execs[i]);
     procs[i] = execs[i].process;
-    guard((GPid)ferry_gcs_process_get_pid(procs[i]));
-    ferry_gcs_process_wait(procs[i], on_done, &waits[i]);
+    guard((GPid)ferry_guest_process_get_pid(procs[i]));
+    ferry_guest_process_wait(procs[i], on_done, &waits[i]);
   }
   ManyWait others = { procs, waits, 1, N_MANY };
   g_assert_true(run_until(many_done, &others, WAIT_MS));
@@ -828,10 +828,10 @@ static void test_many_with_one_stalled_reader(void)
     if (stalled->data->str[i] != 0)
       g_error("byte %zu is not 0", i);
   int code = -1;
-  g_assert_true(ferry_gcs_process_exit_code(procs[0], &code, NULL));
+  g_assert_true(ferry_guest_process_exit_code(procs[0], &code, NULL));
   g_assert_cmpint(code, ==, 0);
   for (guint i = 0; i < N_MANY; i++)
-    ferry_gcs_process_unref(procs[i]);
+    ferry_guest_process_unref(procs[i]);
 }
 
 static json_t *wait_body(const char *cid, guint32 pid, guint32 timeout_ms)
@@ -846,8 +846,8 @@ static void test_wait_timeout_and_unknown_pid(void)
 {
   g_autoptr(Env) e = env_new();
   const char *argv[] = { "sleep", "100", NULL };
-  g_autoptr(FerryGcsProcess) p = exec_uvm(&e->host, uvm_params(argv, FALSE, FALSE, FALSE));
-  guint32 pid = ferry_gcs_process_get_pid(p);
+  g_autoptr(FerryGuestProcess) p = exec_uvm(&e->host, uvm_params(argv, FALSE, FALSE, FALSE));
+  guint32 pid = ferry_guest_process_get_pid(p);
   g_autoptr(GError) error = NULL;
   gint64 start = g_get_monotonic_time();
   g_assert_null(host_rpc(&e->host, FERRY_BRIDGE_RPC_WAIT_FOR_PROCESS,
@@ -868,7 +868,7 @@ static void test_wait_timeout_and_unknown_pid(void)
 
   /* The host's own (infinite) wait is still pending; a kill completes it. */
   Result k = { 0 };
-  ferry_gcs_process_kill(p, on_signal_done, &k);
+  ferry_guest_process_kill(p, on_signal_done, &k);
   wait_ok(&k);
   result_clear(&k);
   g_assert_cmpint(wait_exit(p), ==, 137);
@@ -896,13 +896,13 @@ static void test_errors_are_hresults(void)
   g_assert_cmpuint(ferry_gcs_process_count(e->guest.gcs), ==, 0);
 
   /* Exec in a container nobody created. */
-  g_autoptr(FerryGcsContainer) ghost =
+  g_autoptr(FerryGuestContainer) ghost =
       ferry_guest_connection_open_container(e->host.gc, "ghost", &error);
   g_assert_no_error(error);
   Result gr = { 0 };
   const char *sh[] = { "true", NULL };
   g_autoptr(json_t) ghost_params = uvm_params(sh, FALSE, FALSE, FALSE);
-  ferry_gcs_container_create_process(ghost, ghost_params, on_process, &gr);
+  ferry_guest_container_create_process(ghost, ghost_params, on_process, &gr);
   wait_result(&gr);
   assert_hresult(gr.error, FERRY_HR_SYSTEM_NOT_FOUND);
   result_clear(&gr);
@@ -921,23 +921,23 @@ static void test_errors_are_hresults(void)
   g_autoptr(json_t) old = json_pack("{s:{s:i,s:i}, s:s, s:{}}", "SchemaVersion", "Major", 2,
                                     "Minor", 0, "OciBundlePath", "/", "OciSpecification");
   Result c1 = { 0 };
-  g_autoptr(FerryGcsContainer) c =
+  g_autoptr(FerryGuestContainer) c =
       ferry_guest_connection_create_container(e->host.gc, "old", old, on_done, &c1, &error);
   g_assert_no_error(error);
   wait_result(&c1);
   assert_hresult(c1.error, FERRY_HR_INVALID_JSON);
-  g_assert_true(ferry_gcs_container_has_exited(c)); /* a failed Create reads as exited */
+  g_assert_true(ferry_guest_container_has_exited(c)); /* a failed Create reads as exited */
   result_clear(&c1);
   g_autoptr(json_t) nobundle =
       json_pack("{s:{s:i,s:i}, s:s, s:{}}", "SchemaVersion", "Major", 2, "Minor", 1,
                 "OciBundlePath", "/nonexistent", "OciSpecification");
   Result c2 = { 0 };
-  g_autoptr(FerryGcsContainer) c_nb =
+  g_autoptr(FerryGuestContainer) c_nb =
       ferry_guest_connection_create_container(e->host.gc, "nb", nobundle, on_done, &c2, &error);
   g_assert_no_error(error);
   wait_result(&c2);
   assert_hresult(c2.error, FERRY_HR_E_INVALIDARG);
-  g_assert_true(ferry_gcs_container_has_exited(c_nb));
+  g_assert_true(ferry_guest_container_has_exited(c_nb));
   result_clear(&c2);
 
   /* DeleteContainerState of an unknown container. */
@@ -984,18 +984,18 @@ static void test_errors_are_hresults(void)
 
   /* DumpStacks lists what runs. */
   const char *sleeper[] = { "sleep", "100", NULL };
-  g_autoptr(FerryGcsProcess) p = exec_uvm(&e->host, uvm_params(sleeper, FALSE, FALSE, FALSE));
+  g_autoptr(FerryGuestProcess) p = exec_uvm(&e->host, uvm_params(sleeper, FALSE, FALSE, FALSE));
   Result ds = { 0 };
   ferry_guest_connection_dump_stacks(e->host.gc, on_json, &ds);
   wait_ok(&ds);
   const char *stacks = json_string_value(json_object_get(ds.json, "GuestStacks"));
   g_assert_nonnull(stacks);
-  g_autofree char *line = g_strdup_printf("process %u: running", ferry_gcs_process_get_pid(p));
+  g_autofree char *line = g_strdup_printf("process %u: running", ferry_guest_process_get_pid(p));
   if (strstr(stacks, line) == NULL)
     g_error("DumpStacks does not list the sleeper: %s", stacks);
   result_clear(&ds);
   Result k = { 0 };
-  ferry_gcs_process_kill(p, on_signal_done, &k);
+  ferry_guest_process_kill(p, on_signal_done, &k);
   wait_ok(&k);
   result_clear(&k);
   g_assert_cmpint(wait_exit(p), ==, 137);
@@ -1033,7 +1033,7 @@ static void test_mux_break_mid_stream(void)
   g_autoptr(Env) e = env_new();
   g_autofree char *count = g_strdup_printf("%u", SEQ_N);
   const char *argv[] = { "seq", "1", count, NULL };
-  g_autoptr(FerryGcsProcess) p = exec_uvm(&e->host, uvm_params(argv, FALSE, TRUE, FALSE));
+  g_autoptr(FerryGuestProcess) p = exec_uvm(&e->host, uvm_params(argv, FALSE, TRUE, FALSE));
   HostPort *out = stdout_of(&e->host, p);
   g_autofree char *expected = seq_text(SEQ_N);
   gsize total = strlen(expected);
@@ -1076,9 +1076,9 @@ static void test_redial_after_host_closes(void)
 {
   g_autoptr(Env) e = env_new();
   const char *argv[] = { "sleep", "100", NULL };
-  g_autoptr(FerryGcsProcess) p = exec_uvm(&e->host, uvm_params(argv, FALSE, FALSE, FALSE));
-  guint32 pid = ferry_gcs_process_get_pid(p);
-  FerryGcsMigrationState ms = ferry_gcs_process_migration_state(p);
+  g_autoptr(FerryGuestProcess) p = exec_uvm(&e->host, uvm_params(argv, FALSE, FALSE, FALSE));
+  guint32 pid = ferry_guest_process_get_pid(p);
+  FerryGuestMigrationState ms = ferry_guest_process_migration_state(p);
   g_assert_cmpuint(ms.wait_call_id, !=, 0);
   guint64 next_id = ferry_guest_connection_next_id(e->host.gc);
   /* Let the wait reach the guest before the host goes. */
@@ -1113,7 +1113,7 @@ static void test_redial_after_host_closes(void)
 
   /* And the new connection runs new processes. */
   const char *echo[] = { "echo", "again", NULL };
-  g_autoptr(FerryGcsProcess) q = exec_uvm(&e->host, uvm_params(echo, FALSE, TRUE, FALSE));
+  g_autoptr(FerryGuestProcess) q = exec_uvm(&e->host, uvm_params(echo, FALSE, TRUE, FALSE));
   HostPort *out = stdout_of(&e->host, q);
   g_assert_cmpint(wait_exit(q), ==, 0);
   wait_port_eof(out);
@@ -1130,13 +1130,13 @@ static json_t *container_params(const char *script, gboolean out)
                    script, "env", "PATH=/bin", "cwd", "/", "terminal", 0, "CreateStdOutPipe", out);
 }
 
-static FerryGcsProcess *exec_container(FerryGcsContainer *c, json_t *params)
+static FerryGuestProcess *exec_container(FerryGuestContainer *c, json_t *params)
 {
   Result r = { 0 };
-  ferry_gcs_container_create_process(c, params, on_process, &r);
+  ferry_guest_container_create_process(c, params, on_process, &r);
   json_decref(params);
   wait_ok(&r);
-  guard((GPid)ferry_gcs_process_get_pid(r.process));
+  guard((GPid)ferry_guest_process_get_pid(r.process));
   return r.process;
 }
 
@@ -1162,19 +1162,19 @@ static void test_container_lifecycle(void)
                 bundle, "OciSpecification", test_busybox_oci_spec());
   g_autoptr(GError) error = NULL;
   Result created = { 0 };
-  g_autoptr(FerryGcsContainer) c =
+  g_autoptr(FerryGuestContainer) c =
       ferry_guest_connection_create_container(e->host.gc, "c1", config, on_done, &created, &error);
   g_assert_no_error(error);
   wait_ok(&created);
   Result started = { 0 };
-  ferry_gcs_container_start(c, on_done, &started);
+  ferry_guest_container_start(c, on_done, &started);
   wait_ok(&started);
 
-  g_autoptr(FerryGcsProcess) init = exec_container(c, container_params(INIT_SCRIPT, TRUE));
+  g_autoptr(FerryGuestProcess) init = exec_container(c, container_params(INIT_SCRIPT, TRUE));
   HostPort *init_out = stdout_of(&e->host, init);
   wait_port_text(init_out, "up\n");
 
-  g_autoptr(FerryGcsProcess) joined =
+  g_autoptr(FerryGuestProcess) joined =
       exec_container(c, container_params("hostname; cat /proc/1/cmdline", TRUE));
   HostPort *out = stdout_of(&e->host, joined);
   g_assert_cmpint(wait_exit(joined), ==, 0);
@@ -1184,20 +1184,20 @@ static void test_container_lifecycle(void)
 
   Result props = { 0 };
   g_autoptr(json_t) query = json_pack("{s:[s]}", "PropertyTypes", "ProcessList");
-  ferry_gcs_container_properties(c, query, on_json, &props);
+  ferry_guest_container_properties(c, query, on_json, &props);
   wait_ok(&props);
   json_t *list = json_object_get(props.json, "ProcessList");
   g_assert_cmpuint(json_array_size(list), ==, 1); /* the exec has exited */
   g_assert_cmpint(json_integer_value(json_object_get(json_array_get(list, 0), "ProcessId")), ==,
-                  ferry_gcs_process_get_pid(init));
+                  ferry_guest_process_get_pid(init));
   result_clear(&props);
 
   Result exited = { 0 }, terminated = { 0 };
-  ferry_gcs_container_wait(c, on_done, &exited);
-  ferry_gcs_container_terminate(c, on_done, &terminated);
+  ferry_guest_container_wait(c, on_done, &exited);
+  ferry_guest_container_terminate(c, on_done, &terminated);
   wait_ok(&terminated);
   wait_ok(&exited);
-  g_assert_cmpstr(ferry_gcs_container_exit_type(c), ==, "ForcedExit");
+  g_assert_cmpstr(ferry_guest_container_exit_type(c), ==, "ForcedExit");
   g_assert_cmpint(wait_exit(init), ==, 137);
   wait_port_eof(init_out);
   g_assert_cmpstr(init_out->data->str, ==, "up\n");
@@ -1369,7 +1369,7 @@ static void test_program_reconnect_and_shutdown(void)
     return;
   Host *h = &pg->host;
   const char *argv[] = { "echo", "hello", NULL };
-  g_autoptr(FerryGcsProcess) p = exec_uvm(h, uvm_params(argv, FALSE, TRUE, FALSE));
+  g_autoptr(FerryGuestProcess) p = exec_uvm(h, uvm_params(argv, FALSE, TRUE, FALSE));
   HostPort *out = stdout_of(h, p);
   g_assert_cmpint(wait_exit(p), ==, 0);
   wait_port_eof(out);
@@ -1377,7 +1377,7 @@ static void test_program_reconnect_and_shutdown(void)
 
   g_autofree char *count = g_strdup_printf("%u", SEQ_N);
   const char *seq[] = { "seq", "1", count, NULL };
-  g_autoptr(FerryGcsProcess) q = exec_uvm(h, uvm_params(seq, FALSE, TRUE, FALSE));
+  g_autoptr(FerryGuestProcess) q = exec_uvm(h, uvm_params(seq, FALSE, TRUE, FALSE));
   HostPort *qout = stdout_of(h, q);
   g_autofree char *expected = seq_text(SEQ_N);
   gsize total = strlen(expected);

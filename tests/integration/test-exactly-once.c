@@ -20,10 +20,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "ferry/bridge-host.h"
 #include "ferry/cmd.h"
 #include "ferry/error.h"
 #include "ferry/fd.h"
+#include "ferry/guest.h"
 #include "ferry/json.h"
 #include "ferry/mux.h"
 #include "test-util.h"
@@ -84,7 +84,7 @@ typedef struct {
   FerryMux *mux;
   FerryStdioPorts *ports;
   FerryGuestConnection *gc;
-  FerryGcsContainer *uvm;
+  FerryGuestContainer *uvm;
   FerryCmd *cmd;
   gboolean connected;
 } Host;
@@ -92,7 +92,7 @@ typedef struct {
 /* What survives a break: only data, as it would cross to another process. */
 typedef struct {
   guint32 pid;
-  FerryGcsMigrationState ms;
+  FerryGuestMigrationState ms;
   guint32 next_port;
   guint64 next_id;
   gboolean stream_done[3]; /* stdin, stdout, stderr: that relay finished, its channel gone */
@@ -188,11 +188,11 @@ static void on_bridge(FerryTransport *t, FerryChannel *ch, gpointer ud)
   ferry_guest_connection_seed_next_id(h->gc, x->next_id);
   h->uvm = ferry_guest_connection_open_container(h->gc, FERRY_NULL_CONTAINER_ID, &error);
   g_assert_no_error(error);
-  g_autoptr(FerryGcsProcess) p =
-      ferry_gcs_container_open_process_with_io(h->uvm, x->pid, x->ms.stdin_port, x->ms.stdout_port,
-                                               x->ms.stderr_port, x->ms.wait_call_id, &error);
+  g_autoptr(FerryGuestProcess) p = ferry_guest_container_open_process_with_io(
+      h->uvm, x->pid, x->ms.stdin_port, x->ms.stdout_port, x->ms.stderr_port, x->ms.wait_call_id,
+      &error);
   g_assert_no_error(error);
-  ferry_gcs_process_set_serial(p, x->ms.serial);
+  ferry_guest_process_set_serial(p, x->ms.serial);
   h->cmd = ferry_cmd_attach(p, h->ports, host_io(w, x));
   host_set_copy_after_exit(h);
   ferry_cmd_wait(h->cmd, on_cmd_done, w);
@@ -245,7 +245,7 @@ static void host_free(Host *h)
 {
   ferry_cmd_free(h->cmd);
   if (h->uvm != NULL)
-    ferry_gcs_container_unref(h->uvm);
+    ferry_guest_container_unref(h->uvm);
   ferry_guest_connection_free(h->gc);
   ferry_stdio_ports_free(h->ports);
   ferry_mux_free(h->mux);
@@ -265,10 +265,10 @@ static void host_break_and_export(World *w)
 {
   Host *h = w->host;
   ferry_mux_detach(h->mux); /* the agent sees the stream end and reconnects */
-  FerryGcsProcess *p = ferry_cmd_get_process(h->cmd);
+  FerryGuestProcess *p = ferry_cmd_get_process(h->cmd);
   Exported *x = g_new0(Exported, 1);
-  x->pid = ferry_gcs_process_get_pid(p);
-  x->ms = ferry_gcs_process_migration_state(p);
+  x->pid = ferry_guest_process_get_pid(p);
+  x->ms = ferry_guest_process_migration_state(p);
   x->next_port = ferry_guest_connection_next_port(h->gc);
   x->next_id = ferry_guest_connection_next_id(h->gc);
   x->channels = g_ptr_array_new_with_free_func((GDestroyNotify)g_bytes_unref);
@@ -398,7 +398,7 @@ static char *describe_streams(World *w)
   Host *h = w->host;
   if (h == NULL || h->cmd == NULL || ferry_cmd_get_process(h->cmd) == NULL)
     return g_string_free(s, FALSE);
-  FerryGcsMigrationState ms = ferry_gcs_process_migration_state(ferry_cmd_get_process(h->cmd));
+  FerryGuestMigrationState ms = ferry_guest_process_migration_state(ferry_cmd_get_process(h->cmd));
   guint32 ports[3] = { ms.stdin_port, ms.stdout_port, ms.stderr_port };
   for (int i = 0; i < 3; i++) {
     g_string_append_printf(s, "; stream %d port %u done %d", i, ports[i],
@@ -482,7 +482,7 @@ static void test_exactly_once(void)
     gboolean ready =
         w.host != NULL && w.host->connected && w.started && !w.waited &&
         ferry_cmd_get_process(w.host->cmd) != NULL &&
-        ferry_gcs_process_migration_state(ferry_cmd_get_process(w.host->cmd)).wait_call_id != 0;
+        ferry_guest_process_migration_state(ferry_cmd_get_process(w.host->cmd)).wait_call_id != 0;
     if (ready && progress(&w) >= next_break) {
       host_break_and_export(&w);
       w.host = host_new(&w);

@@ -18,10 +18,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "ferry/bridge-host.h"
 #include "ferry/cmd.h"
 #include "ferry/error.h"
 #include "ferry/fd.h"
+#include "ferry/guest.h"
 #include "ferry/json.h"
 #include "ferry/mux.h"
 #include "ferry/transport.h"
@@ -150,7 +150,7 @@ static void run_read(Run *r)
     g_string_append_len(r->out, buf, n);
 }
 
-static Run *run_start(Session *s, FerryGcsContainer *container, json_t *params)
+static Run *run_start(Session *s, FerryGuestContainer *container, json_t *params)
 {
   Run *r = g_new0(Run, 1);
   int p[2];
@@ -246,12 +246,12 @@ static void test_boot_uname_and_container(void)
                 "/run/bundles/c1", "OciSpecification", test_busybox_oci_spec());
   g_autoptr(GError) error = NULL;
   Done created = { 0 };
-  g_autoptr(FerryGcsContainer) c =
+  g_autoptr(FerryGuestContainer) c =
       ferry_guest_connection_create_container(s->gc, "c1", config, on_gcs_done, &created, &error);
   g_assert_no_error(error);
   wait_ok(&created, 30);
   Done started = { 0 };
-  ferry_gcs_container_start(c, on_gcs_done, &started);
+  ferry_guest_container_start(c, on_gcs_done, &started);
   wait_ok(&started, 30);
   g_autoptr(json_t) params = json_pack("{s:{s:[s,s,s], s:[s], s:s, s:b}}", "OciProcess", "args",
                                        "sh", "-c", "echo hello from $(hostname); exit 3", "env",
@@ -339,8 +339,8 @@ static void counter_advance(Mig *m, guint more)
       FerryVm *vm = ferry_vm_get_state(m->dst) == FERRY_VM_RUNNING ? m->dst : m->src;
       g_autofree char *console = NULL;
       g_file_get_contents(ferry_vm_console_path(vm), &console, NULL, NULL);
-      FerryGcsMigrationState ms =
-          ferry_gcs_process_migration_state(ferry_cmd_get_process(m->counter->cmd));
+      FerryGuestMigrationState ms =
+          ferry_guest_process_migration_state(ferry_cmd_get_process(m->counter->cmd));
       FerryChannel *ch = ferry_stdio_ports_get(m->s->ports, ms.stdout_port);
       FerryMuxChannelState st = { 0 };
       gboolean have = ch != NULL && ferry_mux_export_channel(m->s->mux, ch, &st, NULL);

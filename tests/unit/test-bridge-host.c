@@ -9,9 +9,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "ferry/bridge-host.h"
 #include "ferry/error.h"
 #include "ferry/fd.h"
+#include "ferry/guest.h"
 #include "ferry/json.h"
 #include "test-util.h"
 
@@ -138,7 +138,7 @@ typedef struct {
   gboolean done;
   GError *error;
   json_t *json;
-  FerryGcsProcess *process;
+  FerryGuestProcess *process;
   gboolean delivered;
   int calls;
 } Result;
@@ -147,7 +147,7 @@ static void result_clear(Result *r)
 {
   g_clear_error(&r->error);
   g_clear_pointer(&r->json, json_decref);
-  g_clear_pointer(&r->process, ferry_gcs_process_unref);
+  g_clear_pointer(&r->process, ferry_guest_process_unref);
   memset(r, 0, sizeof(*r));
 }
 
@@ -179,7 +179,7 @@ static void on_json(json_t *result, const GError *error, gpointer ud)
     r->json = json_incref(result);
 }
 
-static void on_process(FerryGcsProcess *p, const GError *error, gpointer ud)
+static void on_process(FerryGuestProcess *p, const GError *error, gpointer ud)
 {
   Result *r = ud;
   on_done(error, ud);
@@ -680,7 +680,7 @@ static void hook_close_write(guint32 port, gpointer ud)
   g_array_append_val(f->closed_write, port);
 }
 
-static const FerryGcsPortHooks hooks = { hook_listen, hook_release, hook_close_write };
+static const FerryGuestPortHooks hooks = { hook_listen, hook_release, hook_close_write };
 
 static void gc_answer_negotiate(GcFixture *f, guint32 version)
 {
@@ -756,7 +756,7 @@ static void test_gc_create_and_wait_container(GcFixture *f, gconstpointer data)
   g_autoptr(GError) error = NULL;
   g_autoptr(json_t) config = json_pack("{s:{s:i,s:i}, s:s}", "SchemaVersion", "Major", 2, "Minor",
                                        1, "OciBundlePath", "/run/c1");
-  g_autoptr(FerryGcsContainer) c =
+  g_autoptr(FerryGuestContainer) c =
       ferry_guest_connection_create_container(f->gc, "c1", config, on_done, &created, &error);
   g_assert_no_error(error);
   json_t *body;
@@ -777,20 +777,20 @@ static void test_gc_create_and_wait_container(GcFixture *f, gconstpointer data)
   g_assert_error(error, FERRY_ERROR, FERRY_ERROR_ALREADY_EXISTS);
   g_clear_error(&error);
 
-  ferry_gcs_container_wait(c, on_done, &waited);
+  ferry_guest_container_wait(c, on_done, &waited);
   Result term = { 0 };
-  ferry_gcs_container_terminate(c, on_done, &term);
+  ferry_guest_container_terminate(c, on_done, &term);
   id = guest_expect(&f->guest, RPC_TYPE(SHUTDOWN_FORCED), NULL);
   guest_notify_exit(&f->guest, "c1", "ForcedExit");
   guest_answer(&f->guest, RPC_TYPE(SHUTDOWN_FORCED), id, NULL);
   wait_for(&term);
   wait_for(&waited);
   g_assert_no_error(waited.error);
-  g_assert_true(ferry_gcs_container_has_exited(c));
-  g_assert_cmpstr(ferry_gcs_container_exit_type(c), ==, "ForcedExit");
+  g_assert_true(ferry_guest_container_has_exited(c));
+  g_assert_cmpstr(ferry_guest_container_exit_type(c), ==, "ForcedExit");
   /* Waiting again completes at once (from the loop). */
   Result again = { 0 };
-  ferry_gcs_container_wait(c, on_done, &again);
+  ferry_guest_container_wait(c, on_done, &again);
   g_assert_false(again.done);
   wait_for(&again);
   result_clear(&created);
@@ -801,9 +801,9 @@ static void test_gc_create_and_wait_container(GcFixture *f, gconstpointer data)
 static void test_gc_shutdown_tolerates_not_found(GcFixture *f, gconstpointer data)
 {
   g_autoptr(GError) error = NULL;
-  g_autoptr(FerryGcsContainer) c = ferry_guest_connection_open_container(f->gc, "c2", &error);
+  g_autoptr(FerryGuestContainer) c = ferry_guest_connection_open_container(f->gc, "c2", &error);
   Result r = { 0 };
-  ferry_gcs_container_shutdown(c, on_done, &r);
+  ferry_guest_container_shutdown(c, on_done, &r);
   guint64 id = guest_expect(&f->guest, RPC_TYPE(SHUTDOWN_GRACEFUL), NULL);
   guest_fail(&f->guest, RPC_TYPE(SHUTDOWN_GRACEFUL), id, FERRY_HR_SYSTEM_NOT_FOUND, "gone");
   wait_for(&r);
@@ -814,13 +814,13 @@ static void test_gc_shutdown_tolerates_not_found(GcFixture *f, gconstpointer dat
 static void test_gc_wait_container_bridge_terminated(GcFixture *f, gconstpointer data)
 {
   g_autoptr(GError) error = NULL;
-  g_autoptr(FerryGcsContainer) c = ferry_guest_connection_open_container(f->gc, "c3", &error);
+  g_autoptr(FerryGuestContainer) c = ferry_guest_connection_open_container(f->gc, "c3", &error);
   Result w = { 0 };
-  ferry_gcs_container_wait(c, on_done, &w);
+  ferry_guest_container_wait(c, on_done, &w);
   ferry_fd_clear(&f->guest.fd);
   wait_for(&w);
   g_assert_no_error(w.error);
-  g_assert_true(ferry_gcs_container_has_exited(c));
+  g_assert_true(ferry_guest_container_has_exited(c));
 }
 
 static void test_gc_notification_for_unknown_container_kills(GcFixture *f, gconstpointer data)
@@ -837,16 +837,16 @@ static void test_gc_notification_for_unknown_container_kills(GcFixture *f, gcons
 static void test_gc_close_container_fails_wait(GcFixture *f, gconstpointer data)
 {
   g_autoptr(GError) error = NULL;
-  g_autoptr(FerryGcsContainer) c = ferry_guest_connection_open_container(f->gc, "c4", &error);
+  g_autoptr(FerryGuestContainer) c = ferry_guest_connection_open_container(f->gc, "c4", &error);
   Result w = { 0 };
-  ferry_gcs_container_wait(c, on_done, &w);
-  ferry_gcs_container_close(c);
+  ferry_guest_container_wait(c, on_done, &w);
+  ferry_guest_container_close(c);
   wait_for(&w);
   g_assert_error(w.error, FERRY_ERROR, FERRY_ERROR_CANCELLED);
   g_assert_cmpstr(w.error->message, ==, "container c4 closed");
   /* Its notification is no longer expected: it would now kill the bridge, and the id
    * can be opened again. */
-  g_autoptr(FerryGcsContainer) again = ferry_guest_connection_open_container(f->gc, "c4", &error);
+  g_autoptr(FerryGuestContainer) again = ferry_guest_connection_open_container(f->gc, "c4", &error);
   g_assert_no_error(error);
   g_assert_true(again != c);
   result_clear(&w);
@@ -854,12 +854,12 @@ static void test_gc_close_container_fails_wait(GcFixture *f, gconstpointer data)
 
 /* Exec: ports allocated in stdin/stdout/stderr order for requested pipes only, the
  * ProcessParameters as a JSON string, then an async WaitForProcess with no timeout. */
-static FerryGcsProcess *exec_process(GcFixture *f, FerryGcsContainer *c, json_t *params,
-                                     guint32 pid, guint64 *wait_id, json_t **exec_body)
+static FerryGuestProcess *exec_process(GcFixture *f, FerryGuestContainer *c, json_t *params,
+                                       guint32 pid, guint64 *wait_id, json_t **exec_body)
 {
   Result r = { 0 };
   if (c != NULL)
-    ferry_gcs_container_create_process(c, params, on_process, &r);
+    ferry_guest_container_create_process(c, params, on_process, &r);
   else
     ferry_guest_connection_create_process(f->gc, params, on_process, &r);
   guint64 id = guest_expect(&f->guest, RPC_TYPE(EXECUTE_PROCESS), exec_body);
@@ -878,14 +878,14 @@ static FerryGcsProcess *exec_process(GcFixture *f, FerryGcsContainer *c, json_t 
 static void test_gc_exec_and_exit_code(GcFixture *f, gconstpointer data)
 {
   g_autoptr(GError) error = NULL;
-  g_autoptr(FerryGcsContainer) c = ferry_guest_connection_open_container(f->gc, "c5", &error);
+  g_autoptr(FerryGuestContainer) c = ferry_guest_connection_open_container(f->gc, "c5", &error);
   g_autoptr(json_t) params =
       json_pack("{s:[s], s:b, s:b, s:b}", "CommandArgs", "cat", "CreateStdInPipe", TRUE,
                 "CreateStdOutPipe", TRUE, "CreateStdErrPipe", FALSE);
   guint64 wait_id;
   json_t *body;
   g_assert_cmpuint(ferry_guest_connection_next_port(f->gc), ==, 0x40000001);
-  g_autoptr(FerryGcsProcess) p = exec_process(f, c, params, 42, &wait_id, &body);
+  g_autoptr(FerryGuestProcess) p = exec_process(f, c, params, 42, &wait_id, &body);
   json_t *settings = json_object_get(body, "Settings");
   g_assert_true(json_is_string(json_object_get(settings, "ProcessParameters")));
   json_t *relay = json_object_get(settings, "VsockStdioRelaySettings");
@@ -896,32 +896,32 @@ static void test_gc_exec_and_exit_code(GcFixture *f, gconstpointer data)
   g_assert_cmpuint(f->listened->len, ==, 2);
   g_assert_cmpuint(ferry_guest_connection_next_port(f->gc), ==, 0x40000003);
 
-  g_assert_cmpuint(ferry_gcs_process_get_pid(p), ==, 42);
-  FerryGcsMigrationState ms = ferry_gcs_process_migration_state(p);
+  g_assert_cmpuint(ferry_guest_process_get_pid(p), ==, 42);
+  FerryGuestMigrationState ms = ferry_guest_process_migration_state(p);
   g_assert_cmpuint(ms.stdin_port, ==, 0x40000001);
   g_assert_cmpuint(ms.stdout_port, ==, 0x40000002);
   g_assert_cmpuint(ms.stderr_port, ==, 0);
   g_assert_cmpuint(ms.wait_call_id, ==, wait_id);
 
   int code;
-  g_assert_false(ferry_gcs_process_exit_code(p, &code, &error));
+  g_assert_false(ferry_guest_process_exit_code(p, &code, &error));
   g_assert_error(error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION);
   g_clear_error(&error);
 
-  ferry_gcs_process_close_stdin(p);
+  ferry_guest_process_close_stdin(p);
   g_assert_cmpuint(f->closed_write->len, ==, 1);
   g_assert_cmpuint(g_array_index(f->closed_write, guint32, 0), ==, 0x40000001);
 
   Result w = { 0 };
-  ferry_gcs_process_wait(p, on_done, &w);
+  ferry_guest_process_wait(p, on_done, &w);
   guest_answer(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), wait_id, json_pack("{s:i}", "ExitCode", 7));
   wait_for(&w);
   g_assert_no_error(w.error);
-  g_assert_true(ferry_gcs_process_exit_code(p, &code, &error));
+  g_assert_true(ferry_guest_process_exit_code(p, &code, &error));
   g_assert_cmpint(code, ==, 7);
-  g_assert_cmpuint(ferry_gcs_process_migration_state(p).wait_call_id, ==, 0);
+  g_assert_cmpuint(ferry_guest_process_migration_state(p).wait_call_id, ==, 0);
 
-  ferry_gcs_process_close(p);
+  ferry_guest_process_close(p);
   g_assert_cmpuint(f->released->len, ==, 2);
 }
 
@@ -931,16 +931,16 @@ static void test_gc_exit_code_lost_on_not_found(GcFixture *f, gconstpointer data
 {
   g_autoptr(json_t) params = json_pack("{s:[s]}", "CommandArgs", "true");
   guint64 wait_id;
-  g_autoptr(FerryGcsProcess) p = exec_process(f, NULL, params, 5, &wait_id, NULL);
+  g_autoptr(FerryGuestProcess) p = exec_process(f, NULL, params, 5, &wait_id, NULL);
   Result w = { 0 };
-  ferry_gcs_process_wait(p, on_done, &w);
+  ferry_guest_process_wait(p, on_done, &w);
   guest_fail(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), wait_id, FERRY_HR_NOT_FOUND, "no pid 5");
   wait_for(&w);
   g_assert_error(w.error, FERRY_BRIDGE_ERROR, (gint)FERRY_HR_NOT_FOUND);
   int code = 12345;
   g_autoptr(GError) error = NULL;
-  g_assert_false(ferry_gcs_process_exit_code(p, &code, &error));
-  g_assert_error(error, FERRY_GCS_EXIT_ERROR, FERRY_GCS_EXIT_ERROR_LOST);
+  g_assert_false(ferry_guest_process_exit_code(p, &code, &error));
+  g_assert_error(error, FERRY_GUEST_EXIT_ERROR, FERRY_GUEST_EXIT_ERROR_LOST);
   g_assert_nonnull(strstr(error->message, "no pid 5"));
   g_assert_cmpint(ferry_error_to_status_code(error), ==, FERRY_ERROR_NOT_FOUND);
   g_assert_cmpint(code, ==, 12345); /* untouched */
@@ -948,24 +948,24 @@ static void test_gc_exit_code_lost_on_not_found(GcFixture *f, gconstpointer data
 }
 
 /* hcsshim's guest reports a UVM process killed by a signal as 4294967295, ferry's agent as
- * 128+n: both are accepted, the first as FERRY_GCS_EXIT_CODE_SIGNALED. */
+ * 128+n: both are accepted, the first as FERRY_GUEST_EXIT_CODE_SIGNALED. */
 static void test_gc_exit_code_signaled_forms(GcFixture *f, gconstpointer data)
 {
   g_autoptr(json_t) params = json_pack("{s:[s]}", "CommandArgs", "sleep");
   const json_int_t answers[2] = { 4294967295LL, 128 + SIGKILL };
-  const int codes[2] = { FERRY_GCS_EXIT_CODE_SIGNALED, 128 + SIGKILL };
+  const int codes[2] = { FERRY_GUEST_EXIT_CODE_SIGNALED, 128 + SIGKILL };
   for (int i = 0; i < 2; i++) {
     guint64 wait_id;
-    g_autoptr(FerryGcsProcess) p = exec_process(f, NULL, params, 20 + (guint32)i, &wait_id, NULL);
+    g_autoptr(FerryGuestProcess) p = exec_process(f, NULL, params, 20 + (guint32)i, &wait_id, NULL);
     Result w = { 0 };
-    ferry_gcs_process_wait(p, on_done, &w);
+    ferry_guest_process_wait(p, on_done, &w);
     guest_answer(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), wait_id,
                  json_pack("{s:I}", "ExitCode", answers[i]));
     wait_for(&w);
     g_assert_no_error(w.error);
     int code = 0;
     g_autoptr(GError) error = NULL;
-    g_assert_true(ferry_gcs_process_exit_code(p, &code, &error));
+    g_assert_true(ferry_guest_process_exit_code(p, &code, &error));
     g_assert_no_error(error);
     g_assert_cmpint(code, ==, codes[i]);
     result_clear(&w);
@@ -977,16 +977,16 @@ static void test_gc_wait_process_bridge_terminated(GcFixture *f, gconstpointer d
 {
   g_autoptr(json_t) params = json_pack("{s:[s]}", "CommandArgs", "sleep");
   guint64 wait_id;
-  g_autoptr(FerryGcsProcess) p = exec_process(f, NULL, params, 6, &wait_id, NULL);
+  g_autoptr(FerryGuestProcess) p = exec_process(f, NULL, params, 6, &wait_id, NULL);
   Result w = { 0 };
-  ferry_gcs_process_wait(p, on_done, &w);
+  ferry_guest_process_wait(p, on_done, &w);
   ferry_fd_clear(&f->guest.fd);
   wait_for(&w);
   g_assert_error(w.error, FERRY_BRIDGE_CLOSED_ERROR, FERRY_BRIDGE_CLOSED);
   g_assert_true(g_str_has_prefix(w.error->message, "bridge closed"));
   int code;
   g_autoptr(GError) error = NULL;
-  g_assert_false(ferry_gcs_process_exit_code(p, &code, &error));
+  g_assert_false(ferry_guest_process_exit_code(p, &code, &error));
   result_clear(&w);
 }
 
@@ -994,10 +994,10 @@ static void test_gc_signal_and_kill(GcFixture *f, gconstpointer data)
 {
   g_autoptr(json_t) params = json_pack("{s:[s]}", "CommandArgs", "sleep");
   guint64 wait_id;
-  g_autoptr(FerryGcsProcess) p = exec_process(f, NULL, params, 8, &wait_id, NULL);
+  g_autoptr(FerryGuestProcess) p = exec_process(f, NULL, params, 8, &wait_id, NULL);
 
   Result s = { 0 };
-  ferry_gcs_process_signal(p, SIGTERM, on_signal, &s);
+  ferry_guest_process_signal(p, SIGTERM, on_signal, &s);
   json_t *body;
   guint64 id = guest_expect(&f->guest, RPC_TYPE(SIGNAL_PROCESS), &body);
   g_assert_cmpint(json_integer_value(json_object_get(json_object_get(body, "Options"), "Signal")),
@@ -1008,7 +1008,7 @@ static void test_gc_signal_and_kill(GcFixture *f, gconstpointer data)
   g_assert_true(s.delivered);
 
   Result k = { 0 };
-  ferry_gcs_process_kill(p, on_signal, &k);
+  ferry_guest_process_kill(p, on_signal, &k);
   id = guest_expect(&f->guest, RPC_TYPE(SIGNAL_PROCESS), &body);
   g_assert_null(json_object_get(body, "Options")); /* the guest's default is SIGKILL */
   json_decref(body);
@@ -1018,7 +1018,7 @@ static void test_gc_signal_and_kill(GcFixture *f, gconstpointer data)
   g_assert_false(k.delivered);
 
   Result rs = { 0 };
-  ferry_gcs_process_resize_console(p, 80, 24, on_done, &rs);
+  ferry_guest_process_resize_console(p, 80, 24, on_done, &rs);
   id = guest_expect(&f->guest, RPC_TYPE(RESIZE_CONSOLE), &body);
   g_assert_cmpint(json_integer_value(json_object_get(body, "Width")), ==, 80);
   g_assert_cmpint(json_integer_value(json_object_get(body, "Height")), ==, 24);
@@ -1053,27 +1053,27 @@ static void test_gc_process_serial(GcFixture *f, gconstpointer data)
       json_pack("{s:i, s:I}", "ProcessId", 9, FERRY_BRIDGE_PROCESS_SERIAL, (json_int_t)77));
   wait_for(&r);
   g_assert_no_error(r.error);
-  g_autoptr(FerryGcsProcess) p = g_steal_pointer(&r.process);
-  g_assert_cmpuint(ferry_gcs_process_get_serial(p), ==, 77);
-  g_assert_cmpuint(ferry_gcs_process_migration_state(p).serial, ==, 77);
+  g_autoptr(FerryGuestProcess) p = g_steal_pointer(&r.process);
+  g_assert_cmpuint(ferry_guest_process_get_serial(p), ==, 77);
+  g_assert_cmpuint(ferry_guest_process_migration_state(p).serial, ==, 77);
   g_assert_cmpint(request_serial(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), &id), ==, 77);
   Result s = { 0 };
-  ferry_gcs_process_signal(p, SIGTERM, on_signal, &s);
+  ferry_guest_process_signal(p, SIGTERM, on_signal, &s);
   g_assert_cmpint(request_serial(&f->guest, RPC_TYPE(SIGNAL_PROCESS), &id), ==, 77);
   guest_answer(&f->guest, RPC_TYPE(SIGNAL_PROCESS), id, NULL);
   wait_for(&s);
   Result rs = { 0 };
-  ferry_gcs_process_resize_console(p, 80, 24, on_done, &rs);
+  ferry_guest_process_resize_console(p, 80, 24, on_done, &rs);
   g_assert_cmpint(request_serial(&f->guest, RPC_TYPE(RESIZE_CONSOLE), &id), ==, 77);
   guest_answer(&f->guest, RPC_TYPE(RESIZE_CONSOLE), id, NULL);
   wait_for(&rs);
   g_assert_no_error(rs.error);
 
   guint64 wait_id;
-  g_autoptr(FerryGcsProcess) q = exec_process(f, NULL, params, 10, &wait_id, NULL);
-  g_assert_cmpuint(ferry_gcs_process_get_serial(q), ==, 0);
+  g_autoptr(FerryGuestProcess) q = exec_process(f, NULL, params, 10, &wait_id, NULL);
+  g_assert_cmpuint(ferry_guest_process_get_serial(q), ==, 0);
   Result k = { 0 };
-  ferry_gcs_process_kill(q, on_signal, &k);
+  ferry_guest_process_kill(q, on_signal, &k);
   g_assert_cmpint(request_serial(&f->guest, RPC_TYPE(SIGNAL_PROCESS), &id), ==, -1);
   guest_answer(&f->guest, RPC_TYPE(SIGNAL_PROCESS), id, NULL);
   wait_for(&k);
@@ -1094,10 +1094,10 @@ static void test_gc_process_serial(GcFixture *f, gconstpointer data)
 static void test_gc_properties(GcFixture *f, gconstpointer data)
 {
   g_autoptr(GError) error = NULL;
-  g_autoptr(FerryGcsContainer) c = ferry_guest_connection_open_container(f->gc, "c6", &error);
+  g_autoptr(FerryGuestContainer) c = ferry_guest_connection_open_container(f->gc, "c6", &error);
   g_autoptr(json_t) query = json_pack("{s:[s]}", "PropertyTypes", "ProcessList");
   Result r = { 0 };
-  ferry_gcs_container_properties(c, query, on_json, &r);
+  ferry_guest_container_properties(c, query, on_json, &r);
   json_t *body;
   guint64 id = guest_expect(&f->guest, RPC_TYPE(GET_PROPERTIES), &body);
   g_assert_cmpstr(json_string_value(json_object_get(body, "Query")), ==,
@@ -1157,8 +1157,8 @@ static void test_gc_port_floor(GcFixture *f, gconstpointer data)
       json_pack("{s:[s], s:b}", "CommandArgs", "x", "CreateStdErrPipe", TRUE);
   guint64 wait_id;
   json_t *body;
-  g_autoptr(FerryGcsProcess) p = exec_process(f, NULL, params, 9, &wait_id, &body);
-  g_assert_cmpuint(ferry_gcs_process_migration_state(p).stderr_port, ==, 0x40000100);
+  g_autoptr(FerryGuestProcess) p = exec_process(f, NULL, params, 9, &wait_id, &body);
+  g_assert_cmpuint(ferry_guest_process_migration_state(p).stderr_port, ==, 0x40000100);
   json_t *relay = json_object_get(json_object_get(body, "Settings"), "VsockStdioRelaySettings");
   g_assert_cmpint(json_integer_value(json_object_get(relay, "StdErr")), ==, 0x40000100);
   json_decref(body);
@@ -1176,13 +1176,13 @@ static void test_gc_open_process_with_io(GcFixture *f, gconstpointer data)
   g_autoptr(GError) error = NULL;
   ferry_guest_connection_set_next_port(f->gc, 0x40000010);
   ferry_guest_connection_seed_next_id(f->gc, 77);
-  g_autoptr(FerryGcsContainer) c = ferry_guest_connection_open_container(f->gc, "c8", &error);
+  g_autoptr(FerryGuestContainer) c = ferry_guest_connection_open_container(f->gc, "c8", &error);
   g_assert_null(
-      ferry_gcs_container_open_process_with_io(c, 12, 0x40000004, 0x40000005, 0, 0, &error));
+      ferry_guest_container_open_process_with_io(c, 12, 0x40000004, 0x40000005, 0, 0, &error));
   g_assert_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT);
   g_clear_error(&error);
-  g_autoptr(FerryGcsProcess) p =
-      ferry_gcs_container_open_process_with_io(c, 12, 0x40000004, 0x40000005, 0, 33, &error);
+  g_autoptr(FerryGuestProcess) p =
+      ferry_guest_container_open_process_with_io(c, 12, 0x40000004, 0x40000005, 0, 33, &error);
   g_assert_no_error(error);
   /* Listens again on exactly its ports, allocating none. */
   g_assert_cmpuint(f->listened->len, ==, 2);
@@ -1198,26 +1198,26 @@ static void test_gc_open_process_with_io(GcFixture *f, gconstpointer data)
   g_assert_cmpint(json_integer_value(json_object_get(fresh, "ProcessId")), ==, 12);
   json_decref(fresh);
   g_assert_cmpuint(ferry_guest_connection_next_id(f->gc), ==, 78);
-  FerryGcsMigrationState ms = ferry_gcs_process_migration_state(p);
+  FerryGuestMigrationState ms = ferry_guest_process_migration_state(p);
   g_assert_cmpuint(ms.wait_call_id, ==, 77);
 
   /* The same wait id cannot be registered twice. */
-  g_assert_null(ferry_gcs_container_open_process_with_io(c, 12, 0, 0, 0, 33, &error));
+  g_assert_null(ferry_guest_container_open_process_with_io(c, 12, 0, 0, 0, 33, &error));
   g_assert_error(error, FERRY_ERROR, FERRY_ERROR_ALREADY_EXISTS);
   g_clear_error(&error);
 
   Result w = { 0 };
-  ferry_gcs_process_wait(p, on_done, &w);
+  ferry_guest_process_wait(p, on_done, &w);
   /* The old host's wait is answered first: it wins; the second answer changes nothing. */
   guest_answer(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), 33, json_pack("{s:i}", "ExitCode", 143));
   wait_for(&w);
   g_assert_no_error(w.error);
   int code;
-  g_assert_true(ferry_gcs_process_exit_code(p, &code, &error));
+  g_assert_true(ferry_guest_process_exit_code(p, &code, &error));
   g_assert_cmpint(code, ==, 143);
   guest_answer(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), 77, json_pack("{s:i}", "ExitCode", 1));
   settle();
-  g_assert_true(ferry_gcs_process_exit_code(p, &code, &error));
+  g_assert_true(ferry_guest_process_exit_code(p, &code, &error));
   g_assert_cmpint(code, ==, 143);
   g_assert_false(ferry_bridge_is_dead(ferry_guest_connection_get_bridge(f->gc)));
 }
@@ -1228,13 +1228,13 @@ static void test_gc_open_process_with_io(GcFixture *f, gconstpointer data)
 static void test_gc_reopened_process_fresh_wait(GcFixture *f, gconstpointer data)
 {
   g_autoptr(GError) error = NULL;
-  g_autoptr(FerryGcsContainer) c = ferry_guest_connection_open_container(f->gc, "c9", &error);
-  g_autoptr(FerryGcsProcess) p =
-      ferry_gcs_container_open_process_with_io(c, 13, 0, 0, 0, 5, &error);
+  g_autoptr(FerryGuestContainer) c = ferry_guest_connection_open_container(f->gc, "c9", &error);
+  g_autoptr(FerryGuestProcess) p =
+      ferry_guest_container_open_process_with_io(c, 13, 0, 0, 0, 5, &error);
   g_assert_no_error(error);
   guint64 fresh_id = guest_expect(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), NULL);
   Result w = { 0 };
-  ferry_gcs_process_wait(p, on_done, &w);
+  ferry_guest_process_wait(p, on_done, &w);
   guest_fail(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), fresh_id, FERRY_HR_E_FAIL, "hiccup");
   settle();
   g_assert_false(w.done); /* the pre-registered wait (id 5) may still answer */
@@ -1242,7 +1242,7 @@ static void test_gc_reopened_process_fresh_wait(GcFixture *f, gconstpointer data
   wait_for(&w);
   g_assert_no_error(w.error);
   int code;
-  g_assert_true(ferry_gcs_process_exit_code(p, &code, &error));
+  g_assert_true(ferry_guest_process_exit_code(p, &code, &error));
   g_assert_cmpint(code, ==, 4);
 }
 
@@ -1252,7 +1252,7 @@ static void test_gc_resume_on_conn(GcFixture *f, gconstpointer data)
 {
   g_autoptr(json_t) params = json_pack("{s:[s]}", "CommandArgs", "sleep");
   guint64 wait_id;
-  g_autoptr(FerryGcsProcess) p = exec_process(f, NULL, params, 11, &wait_id, NULL);
+  g_autoptr(FerryGuestProcess) p = exec_process(f, NULL, params, 11, &wait_id, NULL);
   ferry_guest_connection_set_migrating(f->gc, TRUE);
   ferry_fd_clear(&f->guest.fd);
   FerryBridge *b = ferry_guest_connection_get_bridge(f->gc);
@@ -1274,7 +1274,7 @@ static void test_gc_resume_on_conn(GcFixture *f, gconstpointer data)
   g_assert_false(ferry_bridge_is_migrating(b));
 
   Result w = { 0 };
-  ferry_gcs_process_wait(p, on_done, &w);
+  ferry_guest_process_wait(p, on_done, &w);
   guest_answer(&f->guest, RPC_TYPE(WAIT_FOR_PROCESS), wait_id, json_pack("{s:i}", "ExitCode", 1));
   wait_for(&w);
   g_assert_no_error(w.error);

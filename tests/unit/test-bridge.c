@@ -9,9 +9,9 @@
 #include <string.h>
 
 #include "ferry/bridge-guest.h"
-#include "ferry/bridge-host.h"
 #include "ferry/error.h"
 #include "ferry/fd.h"
+#include "ferry/guest.h"
 #include "ferry/json.h"
 #include "test-util.h"
 
@@ -213,7 +213,7 @@ static int guest_accept_new_connection(Guest *g)
 typedef struct {
   gboolean done;
   GError *error;
-  FerryGcsProcess *process;
+  FerryGuestProcess *process;
 } Result;
 
 static void on_done(const GError *error, gpointer ud)
@@ -224,7 +224,7 @@ static void on_done(const GError *error, gpointer ud)
     r->error = g_error_copy(error);
 }
 
-static void on_process(FerryGcsProcess *p, const GError *error, gpointer ud)
+static void on_process(FerryGuestProcess *p, const GError *error, gpointer ud)
 {
   Result *r = ud;
   on_done(error, ud);
@@ -255,24 +255,24 @@ static FerryGuestConnection *host_connect(int fd)
   return gc;
 }
 
-static FerryGcsContainer *host_create_container(FerryGuestConnection *gc, const char *cid)
+static FerryGuestContainer *host_create_container(FerryGuestConnection *gc, const char *cid)
 {
   g_autoptr(GError) error = NULL;
   g_autoptr(json_t) config = json_pack("{s:{s:i,s:i}, s:s}", "SchemaVersion", "Major", 2, "Minor",
                                        1, "OciBundlePath", "/run/gcs/c");
   Result r = { 0 };
-  FerryGcsContainer *c =
+  FerryGuestContainer *c =
       ferry_guest_connection_create_container(gc, cid, config, on_done, &r, &error);
   g_assert_no_error(error);
   wait_ok(&r);
   return c;
 }
 
-static FerryGcsProcess *host_exec(FerryGcsContainer *c)
+static FerryGuestProcess *host_exec(FerryGuestContainer *c)
 {
   g_autoptr(json_t) params = json_pack("{s:[s,s]}", "CommandArgs", "sleep", "inf");
   Result r = { 0 };
-  ferry_gcs_container_create_process(c, params, on_process, &r);
+  ferry_guest_container_create_process(c, params, on_process, &r);
   wait_ok(&r);
   return r.process;
 }
@@ -287,31 +287,31 @@ static void test_end_to_end(void)
   g_assert_cmpstr(ferry_guest_connection_os(gc), ==, "linux");
   g_assert_cmpuint(ferry_bridge_server_get_protocol_version(g.server), ==, 4);
 
-  g_autoptr(FerryGcsContainer) c = host_create_container(gc, "c1");
-  g_autoptr(FerryGcsProcess) p = host_exec(c);
-  g_assert_cmpuint(ferry_gcs_process_get_pid(p), ==, 100);
+  g_autoptr(FerryGuestContainer) c = host_create_container(gc, "c1");
+  g_autoptr(FerryGuestProcess) p = host_exec(c);
+  g_assert_cmpuint(ferry_guest_process_get_pid(p), ==, 100);
 
   Result sig = { 0 }, waited = { 0 };
-  ferry_gcs_process_wait(p, on_done, &waited);
-  ferry_gcs_process_signal(p, SIGTERM, on_signal, &sig);
+  ferry_guest_process_wait(p, on_done, &waited);
+  ferry_guest_process_signal(p, SIGTERM, on_signal, &sig);
   wait_ok(&sig);
   wait_ok(&waited);
   int code;
   g_autoptr(GError) error = NULL;
-  g_assert_true(ferry_gcs_process_exit_code(p, &code, &error));
+  g_assert_true(ferry_guest_process_exit_code(p, &code, &error));
   g_assert_cmpint(code, ==, 128 + SIGTERM);
 
   Result cw = { 0 }, term = { 0 };
-  ferry_gcs_container_wait(c, on_done, &cw);
-  ferry_gcs_container_terminate(c, on_done, &term);
+  ferry_guest_container_wait(c, on_done, &cw);
+  ferry_guest_container_terminate(c, on_done, &term);
   wait_ok(&term);
   wait_ok(&cw);
-  g_assert_cmpstr(ferry_gcs_container_exit_type(c), ==, "ForcedExit");
+  g_assert_cmpstr(ferry_guest_container_exit_type(c), ==, "ForcedExit");
 
   /* The guest's errors arrive as HRESULTs. */
   Result again = { 0 };
-  g_autoptr(FerryGcsContainer) gone = ferry_guest_connection_open_container(gc, "nope", &error);
-  ferry_gcs_container_terminate(gone, on_done, &again); /* "does not exist" tolerated */
+  g_autoptr(FerryGuestContainer) gone = ferry_guest_connection_open_container(gc, "nope", &error);
+  ferry_guest_container_terminate(gone, on_done, &again); /* "does not exist" tolerated */
   wait_ok(&again);
   ferry_guest_connection_free(g_steal_pointer(&gc));
   guest_clear(&g);
@@ -330,15 +330,15 @@ static void test_migration_to_a_new_host_object(void)
   Guest g;
   guest_init(&g);
   FerryGuestConnection *a = host_connect(guest_accept_new_connection(&g));
-  g_autoptr(FerryGcsContainer) ca = host_create_container(a, "c1");
-  g_autoptr(FerryGcsProcess) pa = host_exec(ca);
+  g_autoptr(FerryGuestContainer) ca = host_create_container(a, "c1");
+  g_autoptr(FerryGuestProcess) pa = host_exec(ca);
   Result lost = { 0 };
-  ferry_gcs_process_wait(pa, on_done, &lost);
+  ferry_guest_process_wait(pa, on_done, &lost);
 
   /* Export what the destination needs. */
-  FerryGcsMigrationState ms = ferry_gcs_process_migration_state(pa);
+  FerryGuestMigrationState ms = ferry_guest_process_migration_state(pa);
   g_assert_cmpuint(ms.wait_call_id, !=, 0);
-  guint32 pid = ferry_gcs_process_get_pid(pa);
+  guint32 pid = ferry_guest_process_get_pid(pa);
   guint32 next_port = ferry_guest_connection_next_port(a);
   guint64 next_id = ferry_guest_connection_next_id(a);
   guest_await_waits(&g, pid, 1);
@@ -360,23 +360,23 @@ static void test_migration_to_a_new_host_object(void)
   g_assert_no_error(error);
   ferry_guest_connection_set_next_port(b, next_port);
   ferry_guest_connection_seed_next_id(b, next_id);
-  g_autoptr(FerryGcsContainer) cb = ferry_guest_connection_open_container(b, "c1", &error);
-  g_autoptr(FerryGcsProcess) pb = ferry_gcs_container_open_process_with_io(
+  g_autoptr(FerryGuestContainer) cb = ferry_guest_connection_open_container(b, "c1", &error);
+  g_autoptr(FerryGuestProcess) pb = ferry_guest_container_open_process_with_io(
       cb, pid, ms.stdin_port, ms.stdout_port, ms.stderr_port, ms.wait_call_id, &error);
   g_assert_no_error(error);
-  ferry_gcs_process_set_serial(pb, ms.serial);
+  ferry_guest_process_set_serial(pb, ms.serial);
   Result waited = { 0 }, cwait = { 0 };
-  ferry_gcs_process_wait(pb, on_done, &waited);
-  ferry_gcs_container_wait(cb, on_done, &cwait);
+  ferry_guest_process_wait(pb, on_done, &waited);
+  ferry_guest_container_wait(cb, on_done, &cwait);
   Result connected = { 0 };
   ferry_guest_connection_connect(b, on_done, &connected);
   wait_ok(&connected);
   wait_ok(&waited);
   wait_ok(&cwait);
   int code;
-  g_assert_true(ferry_gcs_process_exit_code(pb, &code, &error));
+  g_assert_true(ferry_guest_process_exit_code(pb, &code, &error));
   g_assert_cmpint(code, ==, 3);
-  g_assert_cmpstr(ferry_gcs_container_exit_type(cb), ==, "UnexpectedExit");
+  g_assert_cmpstr(ferry_guest_container_exit_type(cb), ==, "UnexpectedExit");
   g_assert_cmpuint(ferry_bridge_server_backlog_length(g.server), ==, 0);
   g_assert_false(ferry_bridge_is_dead(ferry_guest_connection_get_bridge(b)));
   /* New requests on B take ids above everything A used. */
@@ -398,11 +398,11 @@ static void test_reconnect_same_host(void)
   Guest g;
   guest_init(&g);
   g_autoptr(FerryGuestConnection) gc = host_connect(guest_accept_new_connection(&g));
-  g_autoptr(FerryGcsContainer) c = host_create_container(gc, "c1");
-  g_autoptr(FerryGcsProcess) p = host_exec(c);
+  g_autoptr(FerryGuestContainer) c = host_create_container(gc, "c1");
+  g_autoptr(FerryGuestProcess) p = host_exec(c);
   Result waited = { 0 };
-  ferry_gcs_process_wait(p, on_done, &waited);
-  guest_await_waits(&g, ferry_gcs_process_get_pid(p), 1);
+  ferry_guest_process_wait(p, on_done, &waited);
+  guest_await_waits(&g, ferry_guest_process_get_pid(p), 1);
 
   ferry_guest_connection_set_migrating(gc, TRUE);
   ferry_bridge_server_disconnect(g.server);
@@ -417,11 +417,11 @@ static void test_reconnect_same_host(void)
   wait_ok(&resumed);
   g_assert_cmpuint(ferry_bridge_server_get_protocol_version(g.server), ==, 4);
   g_assert_false(waited.done);
-  guest_process_exit(&g, ferry_gcs_process_get_pid(p), 0);
+  guest_process_exit(&g, ferry_guest_process_get_pid(p), 0);
   wait_ok(&waited);
   /* And the connection is fully usable again. */
-  g_autoptr(FerryGcsProcess) p2 = host_exec(c);
-  g_assert_cmpuint(ferry_gcs_process_get_pid(p2), ==, 101);
+  g_autoptr(FerryGuestProcess) p2 = host_exec(c);
+  g_assert_cmpuint(ferry_guest_process_get_pid(p2), ==, 101);
   guest_clear(&g);
 }
 
@@ -435,13 +435,13 @@ static void test_reconnect_without_negotiation_is_refused(void)
   g_autoptr(GError) error = NULL;
   g_autoptr(FerryGuestConnection) b =
       ferry_guest_connection_new(guest_accept_new_connection(&g), NULL, NULL, &error);
-  g_autoptr(FerryGcsContainer) c = ferry_guest_connection_open_container(b, "c1", &error);
+  g_autoptr(FerryGuestContainer) c = ferry_guest_connection_open_container(b, "c1", &error);
   /* Serving b's connection ended a's. */
   g_assert_false(ferry_bridge_is_dead(ferry_guest_connection_get_bridge(b)));
   g_assert_nonnull(a);
   Result r = { 0 };
   g_autoptr(json_t) params = json_pack("{s:[s]}", "CommandArgs", "x");
-  ferry_gcs_container_create_process(c, params, on_process, &r);
+  ferry_guest_container_create_process(c, params, on_process, &r);
   g_assert_true(test_run_until(&r.done, 5000));
   g_assert_error(r.error, FERRY_BRIDGE_ERROR, (gint)FERRY_HR_E_NOTIMPL);
   g_clear_error(&r.error);

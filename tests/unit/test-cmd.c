@@ -395,7 +395,7 @@ static void test_attach_continues_exactly(Fixture *f, gconstpointer data)
   int out[2];
   g_assert_cmpint(pipe2(out, O_CLOEXEC), ==, 0);
   FerryCmd *cmd = start_cmd(f, (FerryCmdIo){ -1, dup(out[1]), -1 });
-  FerryGcsProcess *process = ferry_gcs_process_ref(ferry_cmd_get_process(cmd));
+  FerryGuestProcess *process = ferry_guest_process_ref(ferry_cmd_get_process(cmd));
   Writer w = { guest_dial(&f->guest, f->guest.ports[1]), 44, 2u << 20, 0, FALSE };
   ferry_channel_set_handlers(w.ch, &writer_handlers, &w);
   writer_fill(&w);
@@ -425,7 +425,7 @@ static void test_attach_continues_exactly(Fixture *f, gconstpointer data)
   g_assert_true(test_run_until(&wr.done, 5000));
   g_assert_no_error(wr.error);
   g_assert_cmpint(wr.code, ==, 9);
-  ferry_gcs_process_unref(process);
+  ferry_guest_process_unref(process);
   ferry_channel_unref(w.ch);
   close(out[0]);
   ferry_cmd_free(again);
@@ -478,7 +478,7 @@ static void test_port_released_before_dial(Fixture *f, gconstpointer data)
   ferry_cmd_wait(cmd, on_wait, &wr);
   for (int i = 0; i < 20; i++)
     g_main_context_iteration(NULL, FALSE);
-  ferry_gcs_process_close(ferry_cmd_get_process(cmd)); /* releases the ports */
+  ferry_guest_process_close(ferry_cmd_get_process(cmd)); /* releases the ports */
   guest_exit(&f->guest, 0);
   g_assert_true(test_run_until(&wr.done, 5000));
   g_assert_error(wr.error, FERRY_ERROR, FERRY_ERROR_CANCELLED);
@@ -614,14 +614,14 @@ static void test_pushed_context(void)
   g_assert_true(test_run_until(&again.done, 5000) /* ctx is thread-default */);
   g_clear_error(&again.error);
   /* And the guest manager's own idles: a wait on a process of a freed connection. */
-  FerryGcsProcess *process = ferry_gcs_process_ref(ferry_cmd_get_process(cmd));
+  FerryGuestProcess *process = ferry_guest_process_ref(ferry_cmd_get_process(cmd));
   ferry_cmd_free(cmd);
   ferry_guest_connection_free(gc);
   Done closed = { 0 };
-  ferry_gcs_process_wait(process, on_done_any, &closed);
+  ferry_guest_process_wait(process, on_done_any, &closed);
   g_assert_true(test_run_until(&closed.done, 5000) /* ctx is thread-default */);
   g_clear_error(&closed.error);
-  ferry_gcs_process_unref(process);
+  ferry_guest_process_unref(process);
 
   close(out[0]);
   if (guest.wait != NULL)
