@@ -212,7 +212,9 @@ int main(int argc, char **argv)
     fprintf(stderr, "ferry-gcs: --virtio-port takes a port name, not a path\n");
     return 2;
   }
-  if (log_level != NULL) {
+  if (log_level == NULL)
+    log_level = g_strdup(g_getenv("FERRY_LOG_LEVEL")); /* the library reads no environment */
+  if (log_level != NULL && *log_level != '\0') {
     FerryLogLevel level;
     if (!ferry_log_level_parse(log_level, &level)) {
       fprintf(stderr, "ferry-gcs: unknown log level %s\n", log_level);

@@ -36,8 +36,8 @@ char *ferry_log_format(FerryLogLevel level, gint64 time_usec, const char *msg,
  * removes the key. Keys keep their first insertion order. */
 void ferry_log_set_context(const char *key, const char *value);
 
-/* Lines below this level are dropped. The initial level comes from the environment
- * variable FERRY_LOG_LEVEL (debug, info, warning, error), else info. */
+/* Lines below this level are dropped; info until a program sets it (the library reads
+ * no environment: ferry-gcs takes --log-level, or FERRY_LOG_LEVEL itself). */
 void ferry_log_set_level(FerryLogLevel level);
 FerryLogLevel ferry_log_get_level(void);
 

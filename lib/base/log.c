@@ -41,9 +41,6 @@ static void ensure_initialized(void)
     return;
   log_state.initialized = TRUE;
   log_state.context = g_ptr_array_new_with_free_func(g_free);
-  FerryLogLevel level;
-  if (ferry_log_level_parse(g_getenv("FERRY_LOG_LEVEL"), &level))
-    log_state.level = level;
 }
 
 void ferry_log_set_level(FerryLogLevel level)
