@@ -72,6 +72,21 @@ static GError *check_options(FerryVm *vm, const FerryVmMigrationOptions *o)
   return NULL;
 }
 
+/* Check the migration options (NULL: all defaults) and keep them; FALSE when they are
+ * refused, the operation then failing from the main loop. */
+static gboolean take_options(FerryVm *vm, const FerryVmMigrationOptions *options,
+                             FerryVmDoneFunc done, gpointer user_data)
+{
+  FerryVmMigrationOptions none = { 0 };
+  GError *e = check_options(vm, options != NULL ? options : &none);
+  if (e != NULL) {
+    vm_op_finish_later(vm, done, user_data, e);
+    return FALSE;
+  }
+  vm->mopts = options != NULL ? *options : none;
+  return TRUE;
+}
+
 void ferry_vm_start_incoming(FerryVm *vm, const FerryVmMigrationOptions *options,
                              FerryVmDoneFunc done, gpointer user_data)
 {
@@ -80,13 +95,8 @@ void ferry_vm_start_incoming(FerryVm *vm, const FerryVmMigrationOptions *options
                        vm_precondition(vm, "start incoming", "it was started before"));
     return;
   }
-  FerryVmMigrationOptions none = { 0 };
-  GError *e = check_options(vm, options != NULL ? options : &none);
-  if (e != NULL) {
-    vm_op_finish_later(vm, done, user_data, e);
+  if (!take_options(vm, options, done, user_data))
     return;
-  }
-  vm->mopts = options != NULL ? *options : none;
   vm->origin = FERRY_VM_ORIGIN_DESTINATION;
   vm->mig = MIG_READY;
   vm->start_running = FALSE;
@@ -112,13 +122,8 @@ void ferry_vm_migration_initialize(FerryVm *vm, const FerryVmMigrationOptions *o
                        vm_precondition(vm, "initialize migration", "a migration is in progress"));
     return;
   }
-  FerryVmMigrationOptions none = { 0 };
-  GError *e = check_options(vm, options != NULL ? options : &none);
-  if (e != NULL) {
-    vm_op_finish_later(vm, done, user_data, e);
+  if (!take_options(vm, options, done, user_data))
     return;
-  }
-  vm->mopts = options != NULL ? *options : none;
   vm->origin = FERRY_VM_ORIGIN_SOURCE;
   vm->mig = MIG_NONE; /* READY once QEMU took the settings */
   vm->setup_done_sent = vm->blackout_sent = vm->postcopy_requested = vm->postcopy_active = FALSE;
