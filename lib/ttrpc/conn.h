@@ -41,9 +41,8 @@ gboolean ttrpc_conn_send_message(TtrpcConn *conn, guint32 sid, FerryTtrpcType ty
 void ttrpc_conn_close(TtrpcConn *conn, const GError *error);
 
 /* A ttrpc timeout (nanoseconds, > 0, up to INT64_MAX from the peer) as a timer
- * interval: rounded up so the timer never fires early, at most G_MAXUINT ms (49 days:
- * the server re-arms its deadline timer for the rest, a client's call times out then).
- * No arithmetic on it overflows. */
+ * interval for the client's call timer: rounded up so the timer never fires early, at
+ * most G_MAXUINT ms (49 days: the call times out then). No arithmetic on it overflows. */
 static inline guint ttrpc_timeout_ms(gint64 ns)
 {
   gint64 ms = ns / 1000000 + (ns % 1000000 != 0);

@@ -304,18 +304,29 @@ static void call_cancel(FerryTtrpcCall *call)
     func(call, call->cancel_data);
 }
 
+static gboolean on_deadline(gpointer p);
+
+/* Time the call's deadline, or what is left of it: one timer reaches 49 days (G_MAXUINT
+ * ms), a deadline further off is timed again when that one fires. Rounded up, so the
+ * timer never fires before the deadline. */
+static void arm_deadline(FerryTtrpcCall *call, GMainContext *context)
+{
+  gint64 left_us = call->deadline - g_get_monotonic_time();
+  gint64 ms = left_us <= 0 ? 0 : left_us / 1000 + (left_us % 1000 != 0);
+  call->deadline_source =
+      ferry_timeout_new(context, ms > (gint64)G_MAXUINT ? G_MAXUINT : (guint)ms, on_deadline, call);
+}
+
 static gboolean on_deadline(gpointer p)
 {
   FerryTtrpcCall *call = p;
   ferry_source_clear(&call->deadline_source);
-  gint64 left_us = call->deadline - g_get_monotonic_time();
-  if (left_us > 0) {
-    /* A deadline further off than one timer reaches (49 days): wait on. */
-    call->deadline_source = ferry_timeout_new(call->sc->server->context,
-                                              ttrpc_timeout_ms(left_us * 1000), on_deadline, call);
+  gboolean live = call->sc != NULL && !call->cancelled;
+  if (live && g_get_monotonic_time() < call->deadline) {
+    arm_deadline(call, call->sc->server->context);
     return G_SOURCE_REMOVE;
   }
-  if (call->sc != NULL && !call->cancelled && ttrpc_conn_is_open(call->sc->conn))
+  if (live && ttrpc_conn_is_open(call->sc->conn))
     send_status(call->sc->conn, call->sid, FERRY_ERROR_DEADLINE_EXCEEDED,
                 "context deadline exceeded");
   call_cancel(call);
@@ -391,8 +402,7 @@ static void dispatch_request(ServerConn *sc, const FerryTtrpcHeader *h, const gu
     gint64 now = g_get_monotonic_time();
     gint64 usec = env->timeout_nano / 1000 + (env->timeout_nano % 1000 != 0);
     call->deadline = usec > G_MAXINT64 - now ? G_MAXINT64 : now + usec;
-    call->deadline_source = ferry_timeout_new(
-        sc->server->context, ttrpc_timeout_ms(env->timeout_nano), on_deadline, call);
+    arm_deadline(call, sc->server->context);
   }
   g_hash_table_insert(sc->calls, GUINT_TO_POINTER(call->sid), call);
   method->impl->handler(call, request, service->user_data);
