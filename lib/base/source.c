@@ -15,8 +15,7 @@ GSource *ferry_timeout_new(GMainContext *context, guint ms, GSourceFunc func, gp
 
 GSource *ferry_idle_new(GMainContext *context, GSourceFunc func, gpointer data)
 {
-  GSource *source = g_idle_source_new();
-  return attach(source, context, func, data);
+  return attach(g_idle_source_new(), context, func, data);
 }
 
 void ferry_source_clear(GSource **source)

@@ -10,6 +10,7 @@
 
 #include "ferry/fd.h"
 #include "ferry/log.h"
+#include "ferry/source.h"
 #include "gcs-impl.h"
 
 /* One read of a process's output. */
@@ -42,26 +43,10 @@ struct GcsRelay {
   guint linger_ms;
 };
 
-static void clear_source(GSource **source)
-{
-  if (*source == NULL)
-    return;
-  g_source_destroy(*source);
-  g_clear_pointer(source, g_source_unref);
-}
-
 static GSource *add_fd_watch(int fd, GIOCondition cond, GUnixFDSourceFunc func, gpointer data)
 {
   GSource *source = g_unix_fd_source_new(fd, cond);
   g_source_set_callback(source, G_SOURCE_FUNC(func), data, NULL);
-  g_source_attach(source, g_main_context_get_thread_default());
-  return source;
-}
-
-static GSource *add_timeout(guint ms, GSourceFunc func, gpointer data)
-{
-  GSource *source = g_timeout_source_new(ms);
-  g_source_set_callback(source, func, data, NULL);
   g_source_attach(source, g_main_context_get_thread_default());
   return source;
 }
@@ -71,9 +56,9 @@ void gcs_relay_free(GcsRelay *relay)
   if (relay == NULL)
     return;
   g_hash_table_steal(relay->gcs->relays, relay);
-  clear_source(&relay->watch);
-  clear_source(&relay->grace);
-  clear_source(&relay->linger);
+  ferry_source_clear(&relay->watch);
+  ferry_source_clear(&relay->grace);
+  ferry_source_clear(&relay->linger);
   ferry_fd_clear(&relay->fd);
   if (relay->channel != NULL) {
     ferry_channel_set_handlers(relay->channel, NULL, NULL);
@@ -114,7 +99,8 @@ static void output_linger(GcsRelay *relay)
     return;
   relay->linger_ms =
       relay->linger_ms == 0 ? LINGER_FIRST_MS : MIN(relay->linger_ms * 2, LINGER_MAX_MS);
-  relay->linger = add_timeout(relay->linger_ms, on_linger, relay);
+  relay->linger =
+      ferry_timeout_new(g_main_context_get_thread_default(), relay->linger_ms, on_linger, relay);
 }
 
 static gboolean on_linger(gpointer user_data)
@@ -129,8 +115,8 @@ static gboolean on_linger(gpointer user_data)
  * The relay may be freed on return. */
 static void output_end(GcsRelay *relay)
 {
-  clear_source(&relay->watch);
-  clear_source(&relay->grace);
+  ferry_source_clear(&relay->watch);
+  ferry_source_clear(&relay->grace);
   ferry_fd_clear(&relay->fd);
   if (relay->channel != NULL)
     ferry_channel_shutdown_write(relay->channel);
@@ -166,7 +152,8 @@ static gboolean on_grace(gpointer user_data)
 static void output_quiet(GcsRelay *relay)
 {
   if (relay->process_exited && relay->grace == NULL)
-    relay->grace = add_timeout(relay->gcs->opts.drain_grace_ms, on_grace, relay);
+    relay->grace = ferry_timeout_new(g_main_context_get_thread_default(),
+                                     relay->gcs->opts.drain_grace_ms, on_grace, relay);
 }
 
 static gboolean on_output_ready(gint fd, GIOCondition condition, gpointer user_data)
@@ -190,7 +177,7 @@ static gboolean on_output_ready(gint fd, GIOCondition condition, gpointer user_d
     }
     ssize_t n = read(relay->fd, buf, want);
     if (n > 0) {
-      clear_source(&relay->grace);
+      ferry_source_clear(&relay->grace);
       if (relay->channel == NULL)
         continue;
       gsize took = ferry_channel_write(relay->channel, buf, (gsize)n);

@@ -20,6 +20,7 @@
 #include "channel-impl.h"
 #include "ferry/error.h"
 #include "ferry/fd.h"
+#include "ferry/source.h"
 #include "ferry/stream.h"
 
 /* Unwritten bytes the adapter queues for the local reader before it stops consuming the
@@ -185,7 +186,7 @@ static void on_local_closed(FerryStream *stream, const GError *error, gpointer u
 static gboolean on_linger(gpointer ud)
 {
   ChannelFd *a = hold(ud);
-  g_clear_pointer(&a->linger, g_source_unref);
+  ferry_source_clear(&a->linger);
   release(a);
   return G_SOURCE_REMOVE;
 }
@@ -216,16 +217,11 @@ static void release(ChannelFd *a)
       ferry_channel_unacked(a->channel) > 0) {
     if (a->linger == NULL) {
       a->linger_ms = a->linger_ms == 0 ? LINGER_FIRST_MS : MIN(a->linger_ms * 2, LINGER_MAX_MS);
-      a->linger = g_timeout_source_new(a->linger_ms);
-      g_source_set_callback(a->linger, on_linger, a, NULL);
-      g_source_attach(a->linger, a->context);
+      a->linger = ferry_timeout_new(a->context, a->linger_ms, on_linger, a);
     }
     return;
   }
-  if (a->linger != NULL) {
-    g_source_destroy(a->linger);
-    g_clear_pointer(&a->linger, g_source_unref);
-  }
+  ferry_source_clear(&a->linger);
   adapter_free(a);
 }
 

@@ -425,8 +425,6 @@ static gboolean mc_has_output(MuxChannel *mc)
 
 static void pump_full(FerryMux *mux, gboolean from_idle);
 
-static void pump_full(FerryMux *mux, gboolean from_idle);
-
 static gboolean on_pump_idle(gpointer p)
 {
   FerryMux *mux = p;

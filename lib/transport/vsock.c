@@ -18,6 +18,7 @@
 #include "channel-impl.h"
 #include "ferry/error.h"
 #include "ferry/fd.h"
+#include "ferry/source.h"
 #include "ferry/stream.h"
 
 /* How long a listener rests after accept(2) ran out of fds or memory, instead of
@@ -47,14 +48,6 @@ static GSource *attach_source(GSource *source, GSourceFunc func, gpointer data)
   g_source_set_callback(source, func, data, NULL);
   g_source_attach(source, g_main_context_get_thread_default());
   return source;
-}
-
-static void clear_source(GSource **source)
-{
-  if (*source == NULL)
-    return;
-  g_source_destroy(*source);
-  g_clear_pointer(source, g_source_unref);
 }
 
 /* ------------------------------------------------------------- addresses -- */
@@ -146,7 +139,7 @@ static void deliver(VsockChannel *vc, const guint8 *data, gsize len)
     /* An offer scheduled before this short consume (for new handlers) must not call
      * again; one the handler asked for during the call may. */
     if (resumes == vc->resumes && vc->close_error == NULL)
-      clear_source(&vc->offer);
+      ferry_source_clear(&vc->offer);
   }
 }
 
@@ -239,7 +232,7 @@ static void on_sock_closed(FerryStream *stream, const GError *error, gpointer ud
     vc->close_error = g_error_copy(error);
   else
     vc->close_error = g_error_new(FERRY_ERROR, FERRY_ERROR_UNAVAILABLE, "vsock connection closed");
-  clear_source(&vc->offer); /* a pending offer may have been scheduled for data */
+  ferry_source_clear(&vc->offer); /* a pending offer may have been scheduled for data */
   schedule_offer(vc);
 }
 
@@ -311,7 +304,7 @@ static void vsock_close(FerryChannel *channel)
   }
   g_byte_array_set_size(vc->held, 0);
   g_clear_error(&vc->close_error);
-  clear_source(&vc->offer);
+  ferry_source_clear(&vc->offer);
 }
 
 static void vsock_handlers_changed(FerryChannel *channel)
@@ -375,8 +368,8 @@ typedef struct {
 static void listener_free(gpointer p)
 {
   Listener *l = p;
-  clear_source(&l->watch);
-  clear_source(&l->backoff);
+  ferry_source_clear(&l->watch);
+  ferry_source_clear(&l->backoff);
   ferry_fd_clear(&l->fd);
   g_free(l);
 }

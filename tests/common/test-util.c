@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "ferry/error.h"
+#include "ferry/source.h"
 
 GByteArray *test_hex(const char *hex)
 {
@@ -49,13 +50,10 @@ gboolean test_run_until(const gboolean *flag, guint timeout_ms)
 {
   gboolean expired = FALSE;
   g_autoptr(GMainContext) ctx = g_main_context_ref_thread_default();
-  GSource *timer = g_timeout_source_new(timeout_ms);
-  g_source_set_callback(timer, on_timeout, &expired, NULL);
-  g_source_attach(timer, ctx);
+  GSource *timer = ferry_timeout_new(ctx, timeout_ms, on_timeout, &expired);
   while (!*flag && !expired)
     g_main_context_iteration(ctx, TRUE);
-  g_source_destroy(timer);
-  g_source_unref(timer);
+  ferry_source_clear(&timer);
   return *flag;
 }
 
