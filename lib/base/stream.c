@@ -320,13 +320,19 @@ static void flush(FerryStream *s)
   update_watch(s);
 }
 
+/* Why a closed stream takes nothing: the failure not yet reported, if any. */
+static void set_closed_error(FerryStream *s, GError **error)
+{
+  if (s->failure != NULL)
+    g_propagate_error(error, g_error_copy(s->failure));
+  else
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE, "%s connection closed", s->name);
+}
+
 static guint8 *reserve(FerryStream *s, gsize len, GError **error)
 {
   if (!s->open) {
-    if (s->failure != NULL)
-      g_propagate_error(error, g_error_copy(s->failure));
-    else
-      g_set_error(error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE, "%s connection closed", s->name);
+    set_closed_error(s, error);
     return NULL;
   }
   if (s->shut_wanted) {
@@ -373,10 +379,7 @@ static gboolean commit_checked(FerryStream *s, GError **error)
     flush(s);
   if (s->open)
     return TRUE;
-  if (s->failure != NULL)
-    g_propagate_error(error, g_error_copy(s->failure));
-  else
-    g_set_error(error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE, "%s connection closed", s->name);
+  set_closed_error(s, error);
   return FALSE;
 }
 
