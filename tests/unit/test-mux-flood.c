@@ -38,6 +38,7 @@ static gboolean write_some(int fd, const guint8 *buf, gsize len, guint64 *sent)
 }
 
 static FerryMux *host_with_guest_channel(int *guest, FerryChannel **ch, int *lost);
+static void guest_send(int guest, MuxType type, const void *payload, guint32 len);
 static const FerryChannelHandlers count_handlers;
 
 static gboolean on_tick(gpointer data)
@@ -115,9 +116,7 @@ static void test_unknown_channel_flood_back_pressure(void)
   FerryMux *other_host = host_with_guest_channel(&other_guest, &other, NULL);
   gsize got = 0;
   ferry_channel_set_handlers(other, &count_handlers, &got);
-  g_autoptr(GByteArray) hi = g_byte_array_new();
-  mux_frame_append(hi, MUX_DATA, 5, 0, (const guint8 *)"still here", 10);
-  g_assert_cmpint(write(other_guest, hi->data, hi->len), ==, (gssize)hi->len);
+  guest_send(other_guest, MUX_DATA, "still here", 10);
   while (got < 10)
     g_main_context_iteration(NULL, TRUE);
   ferry_channel_unref(other);
@@ -144,6 +143,14 @@ static const FerryChannelHandlers count_handlers = { .data = on_channel_data };
 static void on_lost(FerryMux *mux, const GError *error, gpointer ud)
 {
   (*(int *)ud)++;
+}
+
+/* The raw guest sends one frame of `type` on channel 5 (offset 0). */
+static void guest_send(int guest, MuxType type, const void *payload, guint32 len)
+{
+  g_autoptr(GByteArray) frame = g_byte_array_new();
+  mux_frame_append(frame, type, 5, 0, payload, len);
+  g_assert_cmpint(write(guest, frame->data, frame->len), ==, (gssize)frame->len);
 }
 
 /* A host mux on a socketpair whose guest end (*guest, raw) has sent its HELLO and an
@@ -184,9 +191,7 @@ static void channel_write_after_peer_closed(void)
   /* Data from the guest reaches the channel (delivered from the mux's idle). */
   gsize got = 0;
   ferry_channel_set_handlers(ch, &count_handlers, &got);
-  g_autoptr(GByteArray) data = g_byte_array_new();
-  mux_frame_append(data, MUX_DATA, 5, 0, (const guint8 *)"hello", 5);
-  g_assert_cmpint(write(guest, data->data, data->len), ==, (gssize)data->len);
+  guest_send(guest, MUX_DATA, "hello", 5);
   gint64 until = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
   while (got < 5) {
     g_assert_cmpint(g_get_monotonic_time(), <, until);
@@ -240,9 +245,7 @@ static void test_close_inside_eof_handler(void)
   FerryMux *host = host_with_guest_channel(&guest, &ch, NULL);
   int eofs = 0;
   ferry_channel_set_handlers(ch, &close_on_eof_handlers, &eofs);
-  g_autoptr(GByteArray) shut = g_byte_array_new();
-  mux_frame_append(shut, MUX_SHUTDOWN, 5, 0, NULL, 0);
-  g_assert_cmpint(write(guest, shut->data, shut->len), ==, (gssize)shut->len);
+  guest_send(guest, MUX_SHUTDOWN, NULL, 0);
   while (eofs == 0)
     g_main_context_iteration(NULL, TRUE);
   for (int i = 0; i < 50; i++)
