@@ -48,6 +48,20 @@ int ferry_error_to_status_code(const GError *error);
 typedef int (*FerryErrorStatusFunc)(int code);
 void ferry_error_register_domain(GQuark domain, FerryErrorStatusFunc to_status);
 
+/* Define `GQuark func(void)`, the quark of the domain called `name`, which registers
+ * `to_status` the first time it runs. */
+#define FERRY_DEFINE_ERROR_DOMAIN(func, name, to_status)                                           \
+  GQuark func(void)                                                                                \
+  {                                                                                                \
+    static gsize once;                                                                             \
+    if (g_once_init_enter(&once)) {                                                                \
+      GQuark q = g_quark_from_static_string(name);                                                 \
+      ferry_error_register_domain(q, to_status);                                                   \
+      g_once_init_leave(&once, q);                                                                 \
+    }                                                                                              \
+    return (GQuark)once;                                                                           \
+  }
+
 /* The google.rpc name of a code ("NOT_FOUND"), or "UNKNOWN_CODE" for an unknown one.
  * The result is static; it never returns NULL. */
 const char *ferry_status_code_name(int code);

@@ -63,16 +63,8 @@ static int exit_error_to_status(int code)
   return FERRY_ERROR_NOT_FOUND;
 }
 
-GQuark ferry_guest_exit_error_quark(void)
-{
-  static gsize once;
-  if (g_once_init_enter(&once)) {
-    GQuark q = g_quark_from_static_string("ferry-guest-exit-error-quark");
-    ferry_error_register_domain(q, exit_error_to_status);
-    g_once_init_leave(&once, q);
-  }
-  return (GQuark)once;
-}
+FERRY_DEFINE_ERROR_DOMAIN(ferry_guest_exit_error_quark, "ferry-guest-exit-error-quark",
+                          exit_error_to_status)
 
 /* Report a failure (or a done without result) from the main loop: the API never
  * calls back from inside the call that started the operation. Exactly one of the

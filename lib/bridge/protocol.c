@@ -44,27 +44,11 @@ static int bridge_closed_to_status(int code)
   return FERRY_ERROR_UNAVAILABLE;
 }
 
-GQuark ferry_bridge_closed_error_quark(void)
-{
-  static gsize once;
-  if (g_once_init_enter(&once)) {
-    GQuark q = g_quark_from_static_string("ferry-bridge-closed-error-quark");
-    ferry_error_register_domain(q, bridge_closed_to_status);
-    g_once_init_leave(&once, q);
-  }
-  return (GQuark)once;
-}
+FERRY_DEFINE_ERROR_DOMAIN(ferry_bridge_closed_error_quark, "ferry-bridge-closed-error-quark",
+                          bridge_closed_to_status)
 
-GQuark ferry_bridge_error_quark(void)
-{
-  static gsize once;
-  if (g_once_init_enter(&once)) {
-    GQuark q = g_quark_from_static_string("ferry-bridge-error-quark");
-    ferry_error_register_domain(q, bridge_error_to_status);
-    g_once_init_leave(&once, q);
-  }
-  return (GQuark)once;
-}
+FERRY_DEFINE_ERROR_DOMAIN(ferry_bridge_error_quark, "ferry-bridge-error-quark",
+                          bridge_error_to_status)
 
 guint32 ferry_bridge_error_hresult(const GError *error)
 {
