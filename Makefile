@@ -8,7 +8,7 @@ MESON_OPTS ?=
 all: build
 
 deps:
-	@bash scripts/install-deps.sh build interop vm
+	@bash scripts/install-deps.sh build interop vm shim
 
 $(BUILD)/build.ninja:
 	meson setup $(BUILD) $(MESON_OPTS)
