@@ -36,6 +36,7 @@ HEADER_MODULE = {
     "vm-builder": "vm",
     "transport": "transport",
     "transport-vsock": "transport",
+    "relay": "transport",
     "runtime": "runtime",
     "gcs": "gcs",
 }

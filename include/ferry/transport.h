@@ -35,6 +35,10 @@ typedef struct {
   /* The channel is gone: reset by the peer (error says so) or closed locally (NULL).
    * Once; no other handler runs after it. */
   void (*closed)(FerryChannel *channel, const GError *error, gpointer user_data);
+  /* Every byte written so far was acknowledged by the peer's consumer:
+   * ferry_channel_unacked() fell to 0. From the main loop, not from inside a write; may
+   * also come when nothing was pending, so check ferry_channel_unacked(). */
+  void (*acked)(FerryChannel *channel, gpointer user_data);
 } FerryChannelHandlers;
 
 FerryChannel *ferry_channel_ref(FerryChannel *channel);

@@ -6,10 +6,8 @@
 #include "ferry/cmd.h"
 #include "ferry/error.h"
 #include "ferry/fd.h"
+#include "ferry/relay.h"
 #include "ferry/source.h"
-
-/* Bytes a stdin relay reads at a time (never more than the channel takes). */
-#define STDIN_CHUNK (64u * 1024u)
 
 enum {
   STDIN_RELAY = FERRY_CMD_STDIN,
@@ -20,12 +18,10 @@ enum {
 typedef struct {
   FerryCmd *cmd;
   int which;
-  guint32 port;          /* 0 until known */
-  int fd;                /* the host end; -1 when none or closed */
-  FerryChannel *channel; /* a reference once bound */
-  GSource *fd_watch;
-  GSource *release; /* stdout/stderr after EOF: closes the channel from the loop */
-  gboolean done;    /* stdout/stderr: EOF written through (or given up) */
+  guint32 port;      /* 0 until known */
+  int fd;            /* the host end until a relay takes it; -1 when none */
+  FerryRelay *relay; /* once bound, until finished */
+  gboolean done;     /* stdout/stderr: EOF written through; stdin: EOF passed and consumed */
   GError *error;
 } Relay;
 
@@ -69,53 +65,13 @@ static void maybe_finish(FerryCmd *cmd);
 
 /* ---------------------------------------------------------------- relays -- */
 
-static void relay_unwatch(Relay *r)
-{
-  ferry_source_clear(&r->fd_watch);
-}
-
-static GSource *relay_watch(Relay *r, GIOCondition cond, GUnixFDSourceFunc func)
-{
-  GSource *source = g_unix_fd_source_new(r->fd, cond);
-  g_source_set_callback(source, G_SOURCE_FUNC(func), r, NULL);
-  g_source_attach(source, r->cmd->context);
-  return source;
-}
-
-static gboolean close_channel_idle(gpointer ud)
-{
-  FerryChannel *channel = ud;
-  ferry_channel_close(channel);
-  return G_SOURCE_REMOVE;
-}
-
-/* Close `channel` from the main loop: the transport may still be inside one of its
- * handlers. The idle holds a reference to the channel and nothing of ours. */
-static void close_channel_later(GMainContext *context, FerryChannel *channel)
-{
-  GSource *source = g_idle_source_new();
-  g_source_set_callback(source, close_channel_idle, ferry_channel_ref(channel),
-                        (GDestroyNotify)ferry_channel_unref);
-  g_source_attach(source, context);
-  g_source_unref(source);
-}
-
-/* Stop a relay: its fd is closed, its channel forgotten (not closed), except an output
- * whose EOF was consumed: that one is closed, as it would have been. */
+/* Stop a relay: its fd is closed and its channel let go of. */
 static void relay_stop(Relay *r)
 {
   if (r->port != 0)
     ferry_stdio_ports_cancel(r->cmd->ports, r->port);
-  relay_unwatch(r);
   ferry_fd_clear(&r->fd);
-  if (r->release != NULL) {
-    ferry_source_clear(&r->release);
-    close_channel_later(r->cmd->context, r->channel);
-  }
-  if (r->channel != NULL) {
-    ferry_channel_set_handlers(r->channel, &(FerryChannelHandlers){ 0 }, NULL);
-    g_clear_pointer(&r->channel, ferry_channel_unref);
-  }
+  g_clear_pointer(&r->relay, ferry_relay_free);
 }
 
 static void relay_fail(Relay *r, const GError *error)
@@ -124,161 +80,44 @@ static void relay_fail(Relay *r, const GError *error)
     r->error = g_error_copy(error);
 }
 
-/* stdout/stderr: the guest's bytes go straight into the host fd; only what write(2)
- * accepted counts as consumed. */
-static gboolean on_out_writable(int fd, GIOCondition cond, gpointer ud)
+static void on_side_done(FerryRelay *relay, const GError *error, gpointer ud)
 {
-  Relay *r = ud;
-  ferry_source_clear(&r->fd_watch);
-  if (r->channel != NULL)
-    ferry_channel_resume_reading(r->channel);
-  return G_SOURCE_REMOVE;
+  relay_fail(ud, error);
 }
 
-static gsize out_data(FerryChannel *ch, const guint8 *data, gsize len, gpointer ud)
-{
-  Relay *r = ud;
-  if (r->fd < 0)
-    return len; /* the host end is gone: the bytes have nowhere to go */
-  gsize done = 0;
-  while (done < len) {
-    ssize_t n = write(r->fd, data + done, len - done);
-    if (n > 0) {
-      done += (gsize)n;
-      continue;
-    }
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      if (r->fd_watch == NULL)
-        r->fd_watch = relay_watch(r, G_IO_OUT | G_IO_ERR | G_IO_HUP, on_out_writable);
-      return done;
-    }
-    /* The reader went away (EPIPE): keep draining so the guest is not blocked. */
-    g_autoptr(GError) error = NULL;
-    ferry_error_set_errno(&error, errno, "write process output to the host");
-    relay_fail(r, error);
-    ferry_fd_clear(&r->fd);
-    return len;
-  }
-  return done;
-}
-
-/* Every byte is in the host fd: let go of the channel at once, as hcsshim's host closes each
+/* Every byte is through: let go of the channel at once, as hcsshim's host closes each
  * output when its copy ends. hcsshim's guest answers WaitForProcess only after the host
  * closed every output channel, so keeping it until the process is closed would hold the
- * exit back for ever. */
-static gboolean on_release(gpointer ud)
+ * exit back for ever. For stdin, finished means the guest took every byte and the EOF. */
+static void on_relay_finished(FerryRelay *relay, gpointer ud)
 {
   Relay *r = ud;
-  ferry_source_clear(&r->release);
-  ferry_channel_close(r->channel);
-  g_clear_pointer(&r->channel, ferry_channel_unref);
-  return G_SOURCE_REMOVE;
-}
-
-static void out_eof(FerryChannel *ch, gpointer ud)
-{
-  Relay *r = ud;
-  relay_unwatch(r);
-  ferry_fd_clear(&r->fd);
-  r->done = TRUE;
-  /* Not from inside the channel's own handler: from the loop, on an idle we own. */
-  ferry_channel_set_handlers(r->channel, &(FerryChannelHandlers){ 0 }, NULL);
-  r->release = ferry_idle_new(r->cmd->context, on_release, r);
-  maybe_finish(r->cmd);
-}
-
-static void out_closed(FerryChannel *ch, const GError *error, gpointer ud)
-{
-  Relay *r = ud;
-  relay_unwatch(r);
-  ferry_fd_clear(&r->fd);
-  relay_fail(r, error);
+  if (r->which != STDIN_RELAY)
+    ferry_relay_abort(relay); /* closed, not only let go: the guest waits for that */
+  g_clear_pointer(&r->relay, ferry_relay_free);
   r->done = TRUE;
   maybe_finish(r->cmd);
 }
 
-static const FerryChannelHandlers out_handlers = { out_data, out_eof, NULL, out_closed };
+static const FerryRelayHandlers relay_handlers = {
+  .read_done = on_side_done,
+  .write_done = on_side_done,
+  .finished = on_relay_finished,
+};
 
-/* stdin: read the host fd only as far as the channel has room, so no byte is held here. */
-static gboolean on_in_readable(int fd, GIOCondition cond, gpointer ud);
-
-static void in_watch(Relay *r)
-{
-  if (r->fd_watch == NULL && r->fd >= 0)
-    r->fd_watch = relay_watch(r, G_IO_IN | G_IO_HUP | G_IO_ERR, on_in_readable);
-}
-
-static void in_finish(Relay *r)
-{
-  relay_unwatch(r);
-  ferry_fd_clear(&r->fd);
-  if (r->channel != NULL)
-    ferry_channel_shutdown_write(r->channel);
-  r->done = TRUE;
-}
-
-static gboolean on_in_readable(int fd, GIOCondition cond, gpointer ud)
-{
-  Relay *r = ud;
-  gsize room = r->channel != NULL ? ferry_channel_write_room(r->channel) : 0;
-  if (room == 0) {
-    ferry_source_clear(&r->fd_watch); /* resumed by the channel's writable */
-    return G_SOURCE_REMOVE;
-  }
-  guint8 buf[STDIN_CHUNK];
-  ssize_t n = read(fd, buf, MIN(room, sizeof(buf)));
-  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-    return G_SOURCE_CONTINUE;
-  if (n <= 0) {
-    if (n < 0) {
-      g_autoptr(GError) error = NULL;
-      ferry_error_set_errno(&error, errno, "read host stdin");
-      relay_fail(r, error);
-    }
-    in_finish(r); /* clears the watch */
-    return G_SOURCE_REMOVE;
-  }
-  gsize took = ferry_channel_write(r->channel, buf, (gsize)n);
-  if (took < (gsize)n) {
-    /* Cannot happen: we read no more than the room. Treat as a broken channel. */
-    g_autoptr(GError) error =
-        g_error_new(FERRY_ERROR, FERRY_ERROR_INTERNAL, "stdin channel took less than its room");
-    relay_fail(r, error);
-    in_finish(r); /* clears the watch */
-    return G_SOURCE_REMOVE;
-  }
-  return G_SOURCE_CONTINUE;
-}
-
-static void in_writable(FerryChannel *ch, gpointer ud)
-{
-  in_watch(ud);
-}
-
-static void in_closed(FerryChannel *ch, const GError *error, gpointer ud)
-{
-  Relay *r = ud;
-  relay_unwatch(r);
-  ferry_fd_clear(&r->fd);
-  relay_fail(r, error);
-  r->done = TRUE;
-}
-
-static const FerryChannelHandlers in_handlers = { NULL, NULL, in_writable, in_closed };
-
+/* stdout/stderr: the guest's bytes go straight into the host fd, and only what write(2)
+ * accepted counts as consumed; a host reader that went away (EPIPE) is reported at the
+ * end while the rest is drained, so the guest is not blocked. stdin: the host fd is
+ * read only as far as the channel has room, so no byte is held here. */
 static void relay_bind(Relay *r, FerryChannel *channel)
 {
-  r->channel = ferry_channel_ref(channel);
-  if (r->which == STDIN_RELAY) {
-    ferry_channel_set_handlers(channel, &in_handlers, r);
-    ferry_fd_set_nonblocking(r->fd, TRUE, NULL);
-    in_watch(r);
-  } else {
-    ferry_fd_set_nonblocking(r->fd, TRUE, NULL);
-    ferry_channel_set_handlers(channel, &out_handlers, r);
-  }
+  gboolean in = r->which == STDIN_RELAY;
+  FerryRelayOptions options = {
+    .read_fd = in ? ferry_fd_steal(&r->fd) : -1,
+    .write_fd = in ? -1 : ferry_fd_steal(&r->fd),
+    .drop_after_write_error = TRUE,
+  };
+  r->relay = ferry_relay_new(channel, &options, &relay_handlers, r);
 }
 
 static void on_port_ready(guint32 port, FerryChannel *channel, const GError *error, gpointer ud)
@@ -338,11 +177,9 @@ void ferry_cmd_set_copy_after_exit(FerryCmd *cmd, guint ms)
 gboolean ferry_cmd_stream_done(FerryCmd *cmd, FerryCmdStream stream)
 {
   g_return_val_if_fail(stream <= FERRY_CMD_STDERR, FALSE);
-  Relay *r = &cmd->relays[stream];
   /* stdin is done when its EOF was passed on and the guest took every byte: until then
    * the channel still carries unacknowledged input that a new host must resend. */
-  return r->done && (r->channel == NULL || !ferry_channel_is_open(r->channel) ||
-                     ferry_channel_unacked(r->channel) == 0);
+  return cmd->relays[stream].done;
 }
 
 FerryGuestProcess *ferry_cmd_get_process(FerryCmd *cmd)

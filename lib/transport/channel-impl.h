@@ -38,6 +38,7 @@ gsize ferry_channel_emit_data(FerryChannel *channel, const guint8 *data, gsize l
 void ferry_channel_emit_eof(FerryChannel *channel);
 void ferry_channel_emit_writable(FerryChannel *channel);
 void ferry_channel_emit_closed(FerryChannel *channel, const GError *error);
+void ferry_channel_emit_acked(FerryChannel *channel);
 
 typedef struct {
   gboolean (*listen)(FerryTransport *transport, guint32 port, FerryAcceptFunc accept,

@@ -144,6 +144,15 @@ void ferry_channel_emit_writable(FerryChannel *channel)
   ferry_channel_unref(channel);
 }
 
+void ferry_channel_emit_acked(FerryChannel *channel)
+{
+  if (!channel->open || channel->handlers.acked == NULL)
+    return;
+  ferry_channel_ref(channel);
+  channel->handlers.acked(channel, channel->user_data);
+  ferry_channel_unref(channel);
+}
+
 void ferry_channel_emit_closed(FerryChannel *channel, const GError *error)
 {
   if (!channel->open)

@@ -189,6 +189,32 @@ static void mc_maybe_ack(MuxChannel *mc)
     mc->ack_due = TRUE;
 }
 
+/* Run writable or acked on mc's application, if any. FALSE when the handler closed the
+ * channel, which frees mc. */
+static gboolean mc_emit(MuxChannel *mc, void (*emit)(FerryChannel *channel))
+{
+  MuxHandle *h = mc->handle;
+  if (h == NULL)
+    return TRUE;
+  ferry_channel_ref(&h->base);
+  emit(&h->base);
+  gboolean gone = h->mc != mc;
+  ferry_channel_unref(&h->base);
+  return !gone;
+}
+
+/* The peer acknowledged bytes: room again, and perhaps nothing left unacknowledged.
+ * FALSE when a handler closed the channel (mc is freed). */
+static gboolean mc_send_progress(MuxChannel *mc, gboolean all_acked)
+{
+  if (mc->want_writable && mc_room(mc) > 0 && mc->handle != NULL) {
+    mc->want_writable = FALSE;
+    if (!mc_emit(mc, ferry_channel_emit_writable))
+      return FALSE;
+  }
+  return !all_acked || mc_emit(mc, ferry_channel_emit_acked);
+}
+
 /* Offer buffered data to the consumer (or, with no application, consume it). */
 static void mc_deliver(MuxChannel *mc)
 {
@@ -591,6 +617,7 @@ static void on_hello(FerryMux *mux, const MuxFrame *f)
       g_list_free(ids);
       return;
     }
+    gboolean all_acked = e->consumed > mc->send_acked && e->consumed == mc->send_total;
     g_byte_array_remove_range(mc->send_buf, 0, (guint)(e->consumed - mc->send_acked));
     mc->send_acked = e->consumed;
     mc->send_next = mc->send_acked;
@@ -604,10 +631,7 @@ static void on_hello(FerryMux *mux, const MuxFrame *f)
     }
     /* Tell the peer where we are: it resends from our consumed offset. */
     mc->last_ack = mc->recv_consumed;
-    if (mc->want_writable && mc_room(mc) > 0 && mc->handle != NULL) {
-      mc->want_writable = FALSE;
-      ferry_channel_emit_writable(&mc->handle->base);
-    }
+    mc_send_progress(mc, all_acked);
   }
   g_list_free(ids);
   if (mux->synced_func != NULL)
@@ -672,16 +696,16 @@ static void on_ack(FerryMux *mux, MuxChannel *mc, const MuxFrame *f)
     return;
   }
   mc->peer_window = window;
+  gboolean all_acked = FALSE;
   if (f->offset > mc->send_acked) {
     g_byte_array_remove_range(mc->send_buf, 0, (guint)(f->offset - mc->send_acked));
     mc->send_acked = f->offset;
     if (mc->send_next < mc->send_acked)
       mc->send_next = mc->send_acked;
+    all_acked = mc->send_acked == mc->send_total;
   }
-  if (mc->want_writable && mc_room(mc) > 0 && mc->handle != NULL) {
-    mc->want_writable = FALSE;
-    ferry_channel_emit_writable(&mc->handle->base);
-  }
+  if (!mc_send_progress(mc, all_acked))
+    return; /* closed from inside a handler: mc is gone */
   if (mc->handle == NULL && mc_finished(mc))
     mc_reset(mc, MUX_RESET_FINISHED, NULL);
 }

@@ -210,13 +210,17 @@ static void on_sock_eof(FerryStream *stream, gpointer ud)
   ferry_channel_unref(channel);
 }
 
+/* Everything queued went to the kernel: unacked (the stream's pending output) is 0. */
 static void on_sock_drained(FerryStream *stream, gpointer ud)
 {
   VsockChannel *vc = ud;
+  FerryChannel *channel = ferry_channel_ref(&vc->base);
   if (vc->short_write) {
     vc->short_write = FALSE;
-    ferry_channel_emit_writable(&vc->base);
+    ferry_channel_emit_writable(channel);
   }
+  ferry_channel_emit_acked(channel);
+  ferry_channel_unref(channel);
 }
 
 /* The socket failed (read or write error, or the peer reset it). Reported from the main
