@@ -38,7 +38,8 @@ typedef struct {
   int read_fd;
   /* The channel's bytes are written here; -1: the channel's bytes are dropped and the
    * write side counts as done from the start. Taken. May equal read_fd: one socket
-   * carrying both directions, closed once both are done. */
+   * carrying both directions, closed once both are done. A socket's closed reader is
+   * an error (EPIPE); a pipe's raises SIGPIPE, which programs ignore. */
   int write_fd;
   /* After write_fd fails (EPIPE: the reader went away), go on consuming the channel and
    * drop its bytes, so the peer is not blocked; the failure is reported at the end.

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <glib-unix.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "ferry/error.h"
@@ -37,6 +38,7 @@ struct FerryRelay {
   GSource *write_watch; /* write_fd writable: offer the channel's data again */
   gboolean write_ended;
   gboolean write_failed; /* write_fd failed: drop what comes (drop_after_write_error) */
+  gboolean write_is_socket; /* send(MSG_NOSIGNAL): a closed peer is an error, not SIGPIPE */
   GError *write_error;
 
   gboolean no_read_side;  /* read_fd was -1: the channel's write side is not ours */
@@ -253,7 +255,9 @@ static gsize on_channel_data(FerryChannel *channel, const guint8 *data, gsize le
     return len; /* nowhere to go: dropped, so the peer is not blocked */
   gsize done = 0;
   while (done < len) {
-    ssize_t n = write(r->opts.write_fd, data + done, len - done);
+    ssize_t n = r->write_is_socket
+                    ? send(r->opts.write_fd, data + done, len - done, MSG_NOSIGNAL)
+                    : write(r->opts.write_fd, data + done, len - done);
     if (n > 0) {
       done += (gsize)n;
       continue;
@@ -362,6 +366,9 @@ FerryRelay *ferry_relay_new(FerryChannel *channel, const FerryRelayOptions *opti
       ferry_fd_set_nonblocking(fd, TRUE, NULL);
   }
   /* A side without an fd is over from the start, and is not reported. */
+  struct stat st;
+  r->write_is_socket =
+      r->opts.write_fd >= 0 && fstat(r->opts.write_fd, &st) == 0 && S_ISSOCK(st.st_mode);
   r->no_read_side = r->opts.read_fd < 0;
   r->reported[EVENT_READ_DONE] = r->no_read_side;
   r->reported[EVENT_WRITE_DONE] = r->opts.write_fd < 0 || channel == NULL;

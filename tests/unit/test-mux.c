@@ -297,6 +297,93 @@ static void test_dial_before_attach(void)
   pair_clear(&p);
 }
 
+/* acked comes once the peer's consumer took every byte written, not before. */
+typedef struct {
+  guint acked;
+  gsize unacked_at_acked;
+  gboolean closed;
+} AckWatch;
+
+static void ack_watch_acked(FerryChannel *ch, gpointer ud)
+{
+  AckWatch *w = ud;
+  w->acked++;
+  w->unacked_at_acked = ferry_channel_unacked(ch);
+}
+
+static void ack_watch_writable(FerryChannel *ch, gpointer ud)
+{
+  /* Closing from inside writable frees the mux's record of the channel. */
+  ferry_channel_close(ch);
+}
+
+static void ack_watch_closed(FerryChannel *ch, const GError *error, gpointer ud)
+{
+  AckWatch *w = ud;
+  w->closed = TRUE;
+}
+
+static void test_acked_after_peer_consumed(void)
+{
+  Pair p;
+  pair_init(&p);
+  FerryChannel *g, *h;
+  pair_open(&p, &g, &h);
+  AckWatch w = { 0 };
+  const FerryChannelHandlers watch = { .acked = ack_watch_acked, .closed = ack_watch_closed };
+  ferry_channel_set_handlers(h, &watch, &w);
+  g_assert_cmpuint(ferry_channel_write(h, "0123456789", 10), ==, 10);
+  /* The guest end has no data handler: the bytes wait there, unconsumed. */
+  gboolean never = FALSE;
+  g_assert_false(test_run_until(&never, 100));
+  g_assert_cmpuint(w.acked, ==, 0);
+  g_assert_cmpuint(ferry_channel_unacked(h), ==, 10);
+  End ge = { .recv_seed = 0 };
+  ge.ch = g;
+  const FerryChannelHandlers take_all = { .data = end_data };
+  ge.mismatches = 0;
+  ferry_channel_set_handlers(g, &take_all, &ge);
+  gint64 until = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
+  while (w.acked == 0 && g_get_monotonic_time() < until)
+    g_main_context_iteration(NULL, TRUE);
+  g_assert_cmpuint(w.acked, ==, 1);
+  g_assert_cmpuint(w.unacked_at_acked, ==, 0);
+  g_assert_cmpuint(ge.received, ==, 10);
+  ferry_channel_set_handlers(g, NULL, NULL);
+  ferry_channel_unref(g);
+  ferry_channel_set_handlers(h, NULL, NULL);
+  ferry_channel_unref(h);
+  pair_clear(&p);
+}
+
+/* A writable handler may close its channel: the mux must not look at the channel's
+ * freed record afterwards (ASan catches it). */
+static void test_writable_handler_may_close(void)
+{
+  Pair p;
+  pair_init(&p);
+  FerryChannel *g, *h;
+  pair_open(&p, &g, &h);
+  AckWatch w = { 0 };
+  const FerryChannelHandlers watch = { .writable = ack_watch_writable,
+                                       .closed = ack_watch_closed,
+                                       .acked = ack_watch_acked };
+  ferry_channel_set_handlers(h, &watch, &w);
+  g_autofree guint8 *big = g_malloc0(8u << 20);
+  gsize took = ferry_channel_write(h, big, 8u << 20);
+  g_assert_cmpuint(took, <, 8u << 20); /* short: writable is armed */
+  End ge = { 0 };
+  ge.ch = g;
+  const FerryChannelHandlers take_all = { .data = end_data };
+  ferry_channel_set_handlers(g, &take_all, &ge);
+  g_assert_true(test_run_until(&w.closed, 5000));
+  g_assert_cmpuint(ferry_mux_channel_count(p.host), ==, 0);
+  ferry_channel_set_handlers(g, NULL, NULL);
+  ferry_channel_unref(g);
+  ferry_channel_unref(h);
+  pair_clear(&p);
+}
+
 /* One consumer that stops reading stalls only its own channel. */
 static void test_stalled_reader_does_not_block_others(void)
 {
@@ -843,6 +930,8 @@ int main(int argc, char **argv)
   g_timeout_add(100, tick, NULL);
   g_test_add_func("/mux/open-and-exchange", test_open_and_exchange);
   g_test_add_func("/mux/dial-refused", test_dial_refused);
+  g_test_add_func("/mux/acked-after-peer-consumed", test_acked_after_peer_consumed);
+  g_test_add_func("/mux/writable-handler-may-close", test_writable_handler_may_close);
   g_test_add_func("/mux/dial-before-attach", test_dial_before_attach);
   g_test_add_func("/mux/stalled-reader-does-not-block-others",
                   test_stalled_reader_does_not_block_others);

@@ -19,6 +19,7 @@
 #include "../../lib/transport/channel-impl.h"
 #include "ferry/error.h"
 #include "ferry/fd.h"
+#include "ferry/relay.h"
 #include "ferry/transport-vsock.h"
 #include "ferry/transport.h"
 #include "test-util.h"
@@ -1635,6 +1636,287 @@ static void test_vsock_live_loopback(void)
   rec_clear(&ra);
 }
 
+/* ----------------------------------------------------------- FerryRelay -- */
+
+/* What a relay reported, in order. */
+typedef struct {
+  GString *order; /* "r" read_done, "w" write_done, "f" finished */
+  GError *read_error, *write_error;
+  gboolean finished;
+  gboolean in_call; /* set around calls into the relay: no handler may run then */
+  guint handlers_inside_calls;
+  FerryRelay *relay; /* freed in finished when free_in_finished */
+  gboolean free_in_finished;
+} RelayLog;
+
+static void log_read_done(FerryRelay *relay, const GError *error, gpointer ud)
+{
+  RelayLog *l = ud;
+  l->handlers_inside_calls += l->in_call;
+  g_string_append_c(l->order, 'r');
+  if (error != NULL)
+    l->read_error = g_error_copy(error);
+}
+
+static void log_write_done(FerryRelay *relay, const GError *error, gpointer ud)
+{
+  RelayLog *l = ud;
+  l->handlers_inside_calls += l->in_call;
+  g_string_append_c(l->order, 'w');
+  if (error != NULL)
+    l->write_error = g_error_copy(error);
+}
+
+static void log_finished(FerryRelay *relay, gpointer ud)
+{
+  RelayLog *l = ud;
+  l->handlers_inside_calls += l->in_call;
+  g_string_append_c(l->order, 'f');
+  l->finished = TRUE;
+  if (l->free_in_finished)
+    g_clear_pointer(&l->relay, ferry_relay_free);
+}
+
+static const FerryRelayHandlers log_handlers = {
+  .read_done = log_read_done,
+  .write_done = log_write_done,
+  .finished = log_finished,
+};
+
+typedef struct {
+  FerryChannel *near, *far; /* the relay holds near; the test drives far */
+  Recorder rfar;
+  int in[2];  /* the test writes in[1]; the relay reads in[0] */
+  int out[2]; /* the relay writes out[1]; the test reads out[0] */
+  RelayLog log;
+} RelayRig;
+
+static void rig_open(RelayRig *g, gboolean with_read, gboolean with_write, gboolean drop)
+{
+  memset(g, 0, sizeof(*g));
+  g->log.order = g_string_new("");
+  pipe_pair(1u << 20, &g->near, &g->far);
+  rec_init(&g->rfar, g->far);
+  g->in[0] = g->in[1] = g->out[0] = g->out[1] = -1;
+  if (with_read)
+    g_assert_cmpint(pipe2(g->in, O_CLOEXEC), ==, 0);
+  if (with_write)
+    g_assert_cmpint(pipe2(g->out, O_CLOEXEC | O_NONBLOCK), ==, 0);
+  FerryRelayOptions options = { .read_fd = g->in[0],
+                                .write_fd = g->out[1],
+                                .drop_after_write_error = drop };
+  g->log.in_call = TRUE;
+  g->log.relay = ferry_relay_new(g->near, &options, &log_handlers, &g->log);
+  g->log.in_call = FALSE;
+  ferry_channel_unref(g->near); /* the relay keeps its own */
+}
+
+static void rig_close(RelayRig *g)
+{
+  g_assert_cmpuint(g->log.handlers_inside_calls, ==, 0);
+  ferry_relay_free(g->log.relay);
+  ferry_fd_clear(&g->in[1]);
+  ferry_fd_clear(&g->out[0]);
+  ferry_channel_unref(g->far);
+  spin();
+  rec_clear(&g->rfar);
+  g_string_free(g->log.order, TRUE);
+  g_clear_error(&g->log.read_error);
+  g_clear_error(&g->log.write_error);
+}
+
+static void rig_run_until_finished(RelayRig *g)
+{
+  g_assert_true(test_run_until(&g->log.finished, 10000));
+}
+
+static void test_relay_both_ways_then_finished(void)
+{
+  RelayRig g;
+  rig_open(&g, TRUE, TRUE, FALSE);
+  gsize total = 1u << 20;
+  g_autofree guint8 *up = pattern(total, 5);
+  g_autofree guint8 *down = pattern(total, 6);
+  g_autofree guint8 *back = g_malloc(total);
+  g_assert_true(ferry_fd_set_nonblocking(g.in[1], TRUE, NULL));
+  gsize wrote = 0, sent = 0, got = 0;
+  gint64 deadline = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
+  while (wrote < total || sent < total || got < total || g.rfar.got->len < total) {
+    g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+    if (wrote < total) {
+      ssize_t n = write(g.in[1], up + wrote, MIN(total - wrote, 65536));
+      if (n > 0)
+        wrote += (gsize)n;
+      if (wrote == total)
+        ferry_fd_clear(&g.in[1]); /* the writer's end of file */
+    }
+    if (sent < total) {
+      sent += ferry_channel_write(g.far, down + sent, total - sent);
+      if (sent == total)
+        ferry_channel_shutdown_write(g.far);
+    }
+    ssize_t n = read(g.out[0], back + got, total - got);
+    if (n > 0)
+      got += (gsize)n;
+    g_main_context_iteration(NULL, FALSE);
+  }
+  g_assert_cmpmem(g.rfar.got->data, g.rfar.got->len, up, total);
+  g_assert_cmpmem(back, total, down, total);
+  rig_run_until_finished(&g);
+  g_assert_true(g.rfar.eof); /* the read fd's end of file became the channel's */
+  guint8 c;
+  g_assert_cmpint(read(g.out[0], &c, 1), ==, 0); /* the channel's EOF closed the write fd */
+  g_assert_true(strchr(g.log.order->str, 'r') != NULL && strchr(g.log.order->str, 'w') != NULL);
+  g_assert_cmpint(g.log.order->str[2], ==, 'f');
+  g_assert_no_error(g.log.read_error);
+  g_assert_no_error(g.log.write_error);
+  rig_close(&g);
+}
+
+/* Finished waits until the peer consumed every byte, on the channel's acked event: no
+ * polling while it waits. */
+static void test_relay_finished_waits_for_acked(void)
+{
+  RelayRig g;
+  rig_open(&g, TRUE, FALSE, FALSE);
+  g.rfar.stall = TRUE;
+  g_assert_cmpint(write(g.in[1], "last", 4), ==, 4);
+  ferry_fd_clear(&g.in[1]);
+  gboolean never = FALSE;
+  g_assert_false(test_run_until(&never, 100));
+  guint asks = pipe_unacked_asks;
+  g_assert_false(test_run_until(&never, 200));
+  g_assert_cmpuint(pipe_unacked_asks, ==, asks);
+  g_assert_cmpstr(g.log.order->str, ==, "r");
+  g_assert_false(g.log.finished);
+  g.rfar.stall = FALSE;
+  ferry_channel_resume_reading(g.far);
+  rig_run_until_finished(&g);
+  g_assert_cmpmem(g.rfar.got->data, g.rfar.got->len, "last", 4);
+  g_assert_true(g.rfar.eof);
+  g_assert_cmpstr(g.log.order->str, ==, "rf");
+  rig_close(&g);
+}
+
+/* A pipe another process keeps open ends once it stays empty for the quiet period. */
+static void test_relay_quiet_read_ends(void)
+{
+  RelayRig g;
+  rig_open(&g, TRUE, FALSE, FALSE);
+  g_assert_cmpint(write(g.in[1], "tail", 4), ==, 4);
+  run_until_got(&g.rfar, 4);
+  g.log.in_call = TRUE;
+  ferry_relay_end_read_when_quiet(g.log.relay, 20);
+  g.log.in_call = FALSE;
+  rig_run_until_finished(&g);
+  g_assert_true(g.rfar.eof);
+  g_assert_cmpstr(g.log.order->str, ==, "rf");
+  g_assert_cmpint(write(g.in[1], "x", 1), ==, -1); /* the relay closed its end */
+  g_assert_cmpint(errno, ==, EPIPE);
+  rig_close(&g);
+}
+
+/* The write fd's reader went away: by default that closes the channel ... */
+static void test_relay_write_error_closes_channel(void)
+{
+  RelayRig g;
+  rig_open(&g, FALSE, TRUE, FALSE);
+  ferry_fd_clear(&g.out[0]);
+  g_assert_cmpuint(ferry_channel_write(g.far, "lost", 4), ==, 4);
+  rig_run_until_finished(&g);
+  g_assert_true(g.rfar.closed);
+  g_assert_cmpstr(g.log.order->str, ==, "wf");
+  g_assert_error(g.log.write_error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE);
+  rig_close(&g);
+}
+
+/* ... or, asked to, drops what follows so the peer is not blocked, and reports the
+ * failure at the end. */
+static void test_relay_write_error_drops(void)
+{
+  RelayRig g;
+  rig_open(&g, FALSE, TRUE, TRUE);
+  ferry_fd_clear(&g.out[0]);
+  gsize total = 3u << 20; /* more than the pipe's window */
+  g_autofree guint8 *data = pattern(total, 7);
+  gsize sent = 0;
+  gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+  while (sent < total) {
+    g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+    sent += ferry_channel_write(g.far, data + sent, total - sent);
+    g_main_context_iteration(NULL, FALSE);
+  }
+  ferry_channel_shutdown_write(g.far);
+  rig_run_until_finished(&g);
+  g_assert_false(g.rfar.closed);
+  g_assert_cmpuint(ferry_channel_unacked(g.far), ==, 0);
+  g_assert_cmpstr(g.log.order->str, ==, "wf");
+  g_assert_error(g.log.write_error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE);
+  rig_close(&g);
+}
+
+/* The channel reset by the peer ends both sides with its error and closes the fds: the
+ * writer of the read fd gets EPIPE. */
+static void test_relay_channel_reset_closes_fds(void)
+{
+  RelayRig g;
+  rig_open(&g, TRUE, TRUE, FALSE);
+  ferry_channel_close(g.far);
+  rig_run_until_finished(&g);
+  g_assert_cmpstr(g.log.order->str, ==, "rwf");
+  g_assert_error(g.log.read_error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE);
+  g_assert_error(g.log.write_error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE);
+  g_assert_cmpint(write(g.in[1], "x", 1), ==, -1);
+  g_assert_cmpint(errno, ==, EPIPE);
+  guint8 c;
+  g_assert_cmpint(read(g.out[0], &c, 1), ==, 0);
+  rig_close(&g);
+}
+
+/* No channel: what is read is dropped (a terminal nobody listens to). */
+static void test_relay_without_channel_drops(void)
+{
+  RelayLog log = { .order = g_string_new("") };
+  int in[2];
+  g_assert_cmpint(pipe2(in, O_CLOEXEC), ==, 0);
+  FerryRelayOptions options = { .read_fd = in[0], .write_fd = -1 };
+  log.relay = ferry_relay_new(NULL, &options, &log_handlers, &log);
+  log.free_in_finished = TRUE;
+  g_autofree guint8 *data = pattern(1u << 20, 8);
+  gsize wrote = 0;
+  g_assert_true(ferry_fd_set_nonblocking(in[1], TRUE, NULL));
+  gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+  while (wrote < (1u << 20)) {
+    g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+    ssize_t n = write(in[1], data + wrote, (1u << 20) - wrote);
+    if (n > 0)
+      wrote += (gsize)n;
+    g_main_context_iteration(NULL, FALSE);
+  }
+  close(in[1]);
+  g_assert_true(test_run_until(&log.finished, 10000));
+  g_assert_null(log.relay); /* freed inside finished */
+  g_assert_cmpstr(log.order->str, ==, "rf");
+  g_string_free(log.order, TRUE);
+}
+
+/* Abort runs no handler inside the call; they follow from the loop. */
+static void test_relay_abort_reports_later(void)
+{
+  RelayRig g;
+  rig_open(&g, TRUE, TRUE, FALSE);
+  g.log.in_call = TRUE;
+  ferry_relay_abort(g.log.relay);
+  g.log.in_call = FALSE;
+  g_assert_cmpstr(g.log.order->str, ==, "");
+  rig_run_until_finished(&g);
+  g_assert_cmpstr(g.log.order->str, ==, "rwf");
+  g_assert_no_error(g.log.read_error); /* a local close is no error */
+  spin();
+  g_assert_true(g.rfar.closed);
+  rig_close(&g);
+}
+
 int main(int argc, char **argv)
 {
   g_test_init(&argc, &argv, NULL);
@@ -1644,6 +1926,14 @@ int main(int argc, char **argv)
     g_test_message("live vsock tests skip: %s", loopback_unavailable);
 
   g_test_add_func("/transport/channel/delivers-both-ways", test_channel_delivers_both_ways);
+  g_test_add_func("/relay/both-ways-then-finished", test_relay_both_ways_then_finished);
+  g_test_add_func("/relay/finished-waits-for-acked", test_relay_finished_waits_for_acked);
+  g_test_add_func("/relay/quiet-read-ends", test_relay_quiet_read_ends);
+  g_test_add_func("/relay/write-error-closes-channel", test_relay_write_error_closes_channel);
+  g_test_add_func("/relay/write-error-drops", test_relay_write_error_drops);
+  g_test_add_func("/relay/channel-reset-closes-fds", test_relay_channel_reset_closes_fds);
+  g_test_add_func("/relay/without-channel-drops", test_relay_without_channel_drops);
+  g_test_add_func("/relay/abort-reports-later", test_relay_abort_reports_later);
   g_test_add_func("/transport/channel/short-consume-waits-for-resume",
                   test_channel_short_consume_waits_for_resume);
   g_test_add_func("/transport/channel/data-waits-for-handlers",
