@@ -1,6 +1,6 @@
 /* A mux channel's exported state (ferry/mux.h, FerryMuxChannelState): clearing it and
  * its serialization, a pure codec (fuzzed by tests/fuzz/fuzz-mux-frame.c). Exporting
- * and importing a live channel is mux.c's: they need the channel's insides. */
+ * and importing a live channel is mux-export.c's: they need the channel's insides. */
 #include <string.h>
 
 #include "ferry/error.h"

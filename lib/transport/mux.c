@@ -1,12 +1,13 @@
-/* The ferry channel mux (docs/mux.md): channel state, flow control, resume. */
+/* The ferry channel mux (docs/mux.md): channel state, flow control, resume. Moving a
+ * live channel to another mux (export/import) is mux-export.c's. */
 #include "ferry/mux.h"
 
 #include <string.h>
 
-#include "channel-impl.h"
 #include "ferry/error.h"
 #include "ferry/source.h"
 #include "ferry/stream.h"
+#include "mux-private.h"
 #include "mux-wire.h"
 
 /* Stop producing frames while this much is waiting to be written. */
@@ -19,76 +20,11 @@
 #define INPUT_STOP_WATER (1u << 20)
 #define INPUT_RESUME_WATER (512u * 1024u)
 #define CONTROL_MAX (8u << 20)
-#define HOST_ID_BIT 0x80000000u
-
-typedef struct MuxChannel MuxChannel;
 
 /* The application's handle; the state lives in MuxChannel and may outlive it. */
-typedef struct {
+struct MuxHandle {
   FerryChannel base;
   MuxChannel *mc; /* NULL once the mux dropped the state */
-} MuxHandle;
-
-typedef enum {
-  MC_OPENING, /* we sent (or must send) OPEN; waiting for ACCEPT */
-  MC_ESTABLISHED,
-} McState;
-
-struct MuxChannel {
-  FerryMux *mux;
-  guint32 id;
-  guint32 port;
-  McState state;
-  MuxHandle *handle; /* the application's object, or NULL once it let go */
-  FerryDialFunc dial_done;
-  gpointer dial_data;
-  /* The peer's direction. */
-  guint64 recv_consumed;
-  GByteArray *recv_buf; /* bytes [recv_consumed, recv_consumed + len) */
-  guint32 recv_window;
-  guint64 last_ack;
-  gboolean ack_due;
-  gboolean peer_shut;
-  guint64 peer_final;
-  gboolean eof_emitted;
-  gboolean paused; /* the consumer took less than offered */
-  /* This side's direction. */
-  guint64 send_acked;
-  guint64 send_total;
-  guint64 send_next;    /* next offset to put on the current stream */
-  GByteArray *send_buf; /* bytes [send_acked, send_total) */
-  guint32 peer_window;
-  gboolean shut;
-  gboolean shutdown_sent; /* on the current stream */
-  gboolean want_writable;
-  /* Control frames owed on the current stream. */
-  gboolean open_due;
-  gboolean accept_due;
-};
-
-struct FerryMux {
-  FerryTransport base;
-  FerryMuxRole role;
-  FerryStream *stream;
-  MuxParser *parser;
-  gboolean synced;       /* the peer's HELLO arrived on the current stream */
-  GHashTable *channels;  /* id -> MuxChannel */
-  GHashTable *listeners; /* port -> Listener */
-  GByteArray *control;   /* REFUSE/RESET frames owed on the current stream */
-  guint32 next_id;
-  guint32 window;
-  gsize send_buffer;
-  GList *rr;             /* round-robin position: ids in creation order */
-  GMainContext *context; /* thread-default at creation: streams and idles go there */
-  GSource *deliver_source;
-  GSource *pump_source;
-  gboolean freeing;
-  gboolean quiet;         /* nothing goes out until ferry_mux_set_quiet(FALSE) */
-  gboolean input_stopped; /* back-pressure: the stream does not read, frames wait parsed */
-  FerryMuxLostFunc lost_func;
-  gpointer lost_data;
-  FerryMuxSyncedFunc synced_func;
-  gpointer synced_data;
 };
 
 typedef struct {
@@ -107,7 +43,7 @@ static gsize owed_output(FerryMux *mux);
 
 /* ------------------------------------------------------------ channels -- */
 
-static MuxChannel *mc_new(FerryMux *mux, guint32 id, guint32 port, McState state)
+MuxChannel *mux_channel_new(FerryMux *mux, guint32 id, guint32 port, McState state)
 {
   MuxChannel *mc = g_new0(MuxChannel, 1);
   mc->mux = mux;
@@ -122,7 +58,7 @@ static MuxChannel *mc_new(FerryMux *mux, guint32 id, guint32 port, McState state
   return mc;
 }
 
-static FerryChannel *mc_handle(MuxChannel *mc)
+FerryChannel *mux_channel_handle(MuxChannel *mc)
 {
   MuxHandle *h = g_new0(MuxHandle, 1);
   ferry_channel_init(&h->base, &mux_channel_class, mc->port);
@@ -290,6 +226,11 @@ static void schedule_deliver(FerryMux *mux)
 static MuxChannel *handle_mc(FerryChannel *ch)
 {
   return ((MuxHandle *)ch)->mc;
+}
+
+MuxChannel *mux_channel_of(FerryChannel *channel)
+{
+  return channel->klass == &mux_channel_class ? handle_mc(channel) : NULL;
 }
 
 static gsize mch_write(FerryChannel *ch, const void *data, gsize len)
@@ -553,9 +494,9 @@ static void protocol_error(FerryMux *mux, const char *fmt, ...)
   drop_stream(mux, error);
 }
 
-static gboolean id_is_peers(FerryMux *mux, guint32 id)
+gboolean mux_id_is_peers(FerryMux *mux, guint32 id)
 {
-  gboolean host_id = (id & HOST_ID_BIT) != 0;
+  gboolean host_id = (id & MUX_HOST_ID_BIT) != 0;
   return mux->role == FERRY_MUX_HOST ? !host_id : host_id;
 }
 
@@ -627,7 +568,7 @@ static void on_hello(FerryMux *mux, const MuxFrame *f)
       mc->state = MC_ESTABLISHED;
       FerryDialFunc done = g_steal_pointer(&mc->dial_done);
       if (done != NULL)
-        done(&mux->base, mc_handle(mc), NULL, mc->dial_data);
+        done(&mux->base, mux_channel_handle(mc), NULL, mc->dial_data);
     }
     /* Tell the peer where we are: it resends from our consumed offset. */
     mc->last_ack = mc->recv_consumed;
@@ -644,7 +585,7 @@ static void on_open(FerryMux *mux, const MuxFrame *f)
 {
   guint32 port = mux_get32(f->payload);
   guint32 window = mux_get32(f->payload + 4);
-  if (!id_is_peers(mux, f->channel) || window > FERRY_MUX_MAX_WINDOW) {
+  if (!mux_id_is_peers(mux, f->channel) || window > FERRY_MUX_MAX_WINDOW) {
     protocol_error(mux, "OPEN of channel %u with window %u", f->channel, window);
     return;
   }
@@ -659,10 +600,10 @@ static void on_open(FerryMux *mux, const MuxFrame *f)
     mux_frame_append(mux->control, MUX_REFUSE, f->channel, 0, NULL, 0);
     return;
   }
-  mc = mc_new(mux, f->channel, port, MC_ESTABLISHED);
+  mc = mux_channel_new(mux, f->channel, port, MC_ESTABLISHED);
   mc->peer_window = window;
   mc->accept_due = TRUE;
-  FerryChannel *ch = mc_handle(mc);
+  FerryChannel *ch = mux_channel_handle(mc);
   l->accept(&mux->base, ch, l->user_data);
 }
 
@@ -743,7 +684,7 @@ static void on_frame(FerryMux *mux, const MuxFrame *f)
     mc->peer_window = window;
     FerryDialFunc done = g_steal_pointer(&mc->dial_done);
     if (done != NULL)
-      done(&mux->base, mc_handle(mc), NULL, mc->dial_data);
+      done(&mux->base, mux_channel_handle(mc), NULL, mc->dial_data);
     break;
   }
   case MUX_REFUSE: {
@@ -999,8 +940,8 @@ static void mux_dial(FerryTransport *t, guint32 port, FerryDialFunc done, gpoint
     g_source_unref(ferry_idle_new(mux->context, on_dial_failure, d)); /* frees itself */
     return;
   }
-  guint32 id = mux->next_id++ | (mux->role == FERRY_MUX_HOST ? HOST_ID_BIT : 0);
-  MuxChannel *mc = mc_new(mux, id, port, MC_OPENING);
+  guint32 id = mux->next_id++ | (mux->role == FERRY_MUX_HOST ? MUX_HOST_ID_BIT : 0);
+  MuxChannel *mc = mux_channel_new(mux, id, port, MC_OPENING);
   mc->dial_done = done;
   mc->dial_data = user_data;
   mc->open_due = TRUE;
@@ -1113,79 +1054,4 @@ void ferry_mux_set_window(FerryMux *mux, guint32 window)
 void ferry_mux_set_send_buffer(FerryMux *mux, gsize bytes)
 {
   mux->send_buffer = MAX(bytes, (gsize)4096);
-}
-
-/* --------------------------------------------------------- export/import -- */
-
-/* The state's serialization and clearing are a pure codec: mux-state.c. */
-
-gboolean ferry_mux_export_channel(FerryMux *mux, FerryChannel *channel, FerryMuxChannelState *out,
-                                  GError **error)
-{
-  MuxChannel *mc = channel->klass == &mux_channel_class ? handle_mc(channel) : NULL;
-  if (mc == NULL || mc->mux != mux) {
-    g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND,
-                "mux: channel on port %u is not an open channel of this mux", channel->port);
-    return FALSE;
-  }
-  memset(out, 0, sizeof(*out));
-  out->id = mc->id;
-  out->port = mc->port;
-  out->established = mc->state == MC_ESTABLISHED;
-  out->recv_consumed = mc->recv_consumed;
-  out->recv_window = mc->recv_window;
-  out->peer_shut = mc->peer_shut;
-  out->peer_final = mc->peer_final;
-  out->eof_emitted = mc->eof_emitted;
-  out->send_acked = mc->send_acked;
-  out->send_total = mc->send_total;
-  out->unacked = g_bytes_new(mc->send_buf->data, mc->send_buf->len);
-  out->peer_window = mc->peer_window;
-  out->shut = mc->shut;
-  return TRUE;
-}
-
-FerryChannel *ferry_mux_import_channel(FerryMux *mux, const FerryMuxChannelState *s, GError **error)
-{
-  const char *why = NULL;
-  gsize unacked = s->unacked != NULL ? g_bytes_get_size(s->unacked) : 0;
-  if (mux->stream != NULL)
-    why = "the mux is already attached";
-  else if (s->id == 0 || g_hash_table_contains(mux->channels, GUINT_TO_POINTER(s->id)))
-    why = "channel id 0 or already in use";
-  else if (!s->established)
-    why = "channel was never established";
-  else if (s->send_acked > s->send_total || s->send_total - s->send_acked != unacked)
-    why = "unacknowledged bytes do not match the offsets";
-  else if (s->peer_shut && s->peer_final < s->recv_consumed)
-    why = "peer's final length is below what was consumed";
-  else if (s->recv_window > FERRY_MUX_MAX_WINDOW || s->peer_window > FERRY_MUX_MAX_WINDOW)
-    why = "window out of range";
-  else if (g_hash_table_size(mux->channels) >= FERRY_MUX_MAX_CHANNELS)
-    why = "too many channels";
-  if (why != NULL) {
-    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
-                "mux: import of channel %u (port %u): %s", s->id, s->port, why);
-    return NULL;
-  }
-  MuxChannel *mc = mc_new(mux, s->id, s->port, MC_ESTABLISHED);
-  mc->recv_consumed = s->recv_consumed;
-  mc->last_ack = s->recv_consumed;
-  mc->recv_window = s->recv_window != 0 ? s->recv_window : mux->window;
-  mc->peer_shut = s->peer_shut;
-  mc->peer_final = s->peer_final;
-  /* The application of this object has not been told yet, whatever the old one was. */
-  mc->eof_emitted = FALSE;
-  mc->send_acked = s->send_acked;
-  mc->send_total = s->send_total;
-  mc->send_next = s->send_acked;
-  if (unacked > 0)
-    g_byte_array_append(mc->send_buf, g_bytes_get_data(s->unacked, NULL), (guint)unacked);
-  mc->peer_window = s->peer_window;
-  mc->shut = s->shut;
-  /* Our own ids must not collide with imported ones. */
-  guint32 plain = s->id & ~HOST_ID_BIT;
-  if (!id_is_peers(mux, s->id) && plain >= mux->next_id)
-    mux->next_id = plain + 1;
-  return mc_handle(mc);
 }
