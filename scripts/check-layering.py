@@ -14,7 +14,7 @@ import re
 import sys
 
 RANK = {"base": 0, "ttrpc": 1, "bridge": 1, "transport": 1, "runtime": 1, "gcs": 2, "vm": 2,
-        "cmd": 2, "migration": 3}
+        "cmd": 2, "migration": 3, "sandbox": 3}
 
 # Which module each public header belongs to. A new header must be added here.
 HEADER_MODULE = {
@@ -37,6 +37,7 @@ HEADER_MODULE = {
     "transport": "transport",
     "transport-vsock": "transport",
     "relay": "transport",
+    "sandbox": "sandbox",
     "runtime": "runtime",
     "gcs": "gcs",
 }

@@ -1,0 +1,101 @@
+/*
+ * The host side of one sandbox: a utility VM (vm.h), the channel mux on its
+ * virtio-serial port (mux.h), the GCS bridge and guest manager on the mux (guest.h),
+ * the stdio ports the guest dials (cmd.h), and the table of the sandbox's containers.
+ * One lifecycle: boot (QEMU up, the agent dialed the bridge and negotiated, within a
+ * bounded wait), the agent's re-dial of the bridge, VM death, teardown. The shim, the
+ * CLI and the migration controller are thin layers over it.
+ *
+ * Everything is asynchronous on the thread-default GMainContext at creation; a
+ * callback never runs inside the call that started it.
+ */
+#pragma once
+
+#include <glib.h>
+#include <jansson.h>
+
+#include "ferry/cmd.h"
+#include "ferry/guest.h"
+#include "ferry/vm.h"
+
+G_BEGIN_DECLS
+
+typedef struct FerrySandbox FerrySandbox;
+
+/* The virtio-serial port the agent's mux runs on (image/init starts ferry-gcs there). */
+#define FERRY_SANDBOX_AGENT_PORT "org.ferry.gcs"
+/* How long boot may take by default, QEMU start to the agent's negotiation. TCG boots
+ * the guest image in a few seconds on these machines (docs/image.md). */
+#define FERRY_SANDBOX_DEFAULT_BOOT_TIMEOUT_MS 90000
+
+typedef struct {
+  const char *id;          /* the sandbox id (names the VM); required */
+  const char *state_dir;   /* QEMU's sockets and logs; created; required */
+  const char *kernel;      /* the guest image's vmlinux; required */
+  const char *initrd;      /* its initramfs.cpio; required */
+  const char *kernel_args; /* NULL: "console=ttyS0 loglevel=4 panic=-1" */
+  guint memory_mb;         /* 0: FERRY_VM_DEFAULT_MEMORY_MB */
+  guint cpus;              /* 0: 1 */
+  guint boot_timeout_ms;   /* 0: FERRY_SANDBOX_DEFAULT_BOOT_TIMEOUT_MS */
+  FerryVmOptions vm;       /* QEMU binary, accelerator */
+} FerrySandboxConfig;
+
+typedef struct {
+  /* The VM is gone without ferry_sandbox_stop(): QEMU crashed or the guest powered
+   * off (error says which). Every container reads as exited. Once. */
+  void (*vm_exited)(FerrySandbox *sandbox, const GError *error, gpointer user_data);
+} FerrySandboxHandlers;
+
+typedef void (*FerrySandboxDoneFunc)(FerrySandbox *sandbox, const GError *error,
+                                     gpointer user_data);
+
+/*
+ * A sandbox from `config` (copied; checked here: INVALID_ARGUMENT naming the field, or
+ * NOT_FOUND for a kernel or initrd that is not there). Nothing runs until
+ * ferry_sandbox_start(). `handlers` is copied and may be NULL.
+ */
+FerrySandbox *ferry_sandbox_new(const FerrySandboxConfig *config,
+                                const FerrySandboxHandlers *handlers, gpointer user_data,
+                                GError **error);
+/* Stops everything without callbacks: QEMU is killed by its pid if it still runs. */
+void ferry_sandbox_free(FerrySandbox *sandbox);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(FerrySandbox, ferry_sandbox_free)
+
+/*
+ * Boot: start QEMU, attach the mux, wait for the agent to dial the bridge and
+ * negotiate. `done` runs once: error NULL when the guest connection is ready, else why
+ * (QEMU's own message when it failed to start; DEADLINE_EXCEEDED naming the console
+ * log when the agent did not come up in time; the VM is then terminated).
+ */
+void ferry_sandbox_start(FerrySandbox *sandbox, FerrySandboxDoneFunc done, gpointer user_data);
+
+/* Stop: terminate the VM (QEMU quits, or is killed by pid after a few seconds); `done`
+ * runs once it is gone. No vm_exited follows. */
+void ferry_sandbox_stop(FerrySandbox *sandbox, FerrySandboxDoneFunc done, gpointer user_data);
+
+const char *ferry_sandbox_get_id(FerrySandbox *sandbox);
+/* Borrowed; valid while the sandbox lives. The guest connection is NULL before the
+ * start succeeded. */
+FerryVm *ferry_sandbox_get_vm(FerrySandbox *sandbox);
+FerryGuestConnection *ferry_sandbox_get_guest(FerrySandbox *sandbox);
+FerryStdioPorts *ferry_sandbox_get_ports(FerrySandbox *sandbox);
+/* TRUE between a successful start and stop or the VM's death. */
+gboolean ferry_sandbox_is_running(FerrySandbox *sandbox);
+
+/*
+ * Create container `id` in the guest with `config` (borrowed; the bridge's
+ * ContainerConfig) and keep it in the sandbox's table. `done` reports the guest's
+ * answer; on failure the container leaves the table. ALREADY_EXISTS (from `done`) for
+ * an id in the table, FAILED_PRECONDITION when the sandbox does not run.
+ */
+void ferry_sandbox_create_container(FerrySandbox *sandbox, const char *id, json_t *config,
+                                    FerrySandboxDoneFunc done, gpointer user_data);
+/* The container `id`, borrowed, or NULL. */
+FerryGuestContainer *ferry_sandbox_get_container(FerrySandbox *sandbox, const char *id);
+/* Take `id` out of the table and close the host's side of it (the guest's container is
+ * not touched: delete it first). */
+void ferry_sandbox_forget_container(FerrySandbox *sandbox, const char *id);
+/* Ids in the table, sorted; free with g_strfreev. */
+GStrv ferry_sandbox_list_containers(FerrySandbox *sandbox);
+
+G_END_DECLS
