@@ -1,0 +1,303 @@
+/*
+ * FerrySandbox against real QEMU (TCG here) and the guest image: boot to a negotiated
+ * guest connection, a command in the UVM, stop; and its failure paths: a bad config, a
+ * QEMU that does not start, an agent that does not come up in time, QEMU dying under a
+ * running sandbox, container calls out of order.
+ *
+ * Needs qemu-system-x86_64 and the image (`make image`: FERRY_IMAGE_DIR, default
+ * $FERRY_BUILD_ROOT/image); the cases that boot skip with the reason otherwise.
+ */
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "ferry/cmd.h"
+#include "ferry/error.h"
+#include "ferry/json.h"
+#include "ferry/sandbox.h"
+#include "test-util.h"
+
+static char *skip_reason;
+static char *kernel_path, *initrd_path, *qemu_path;
+
+typedef struct {
+  gboolean done;
+  GError *error;
+  gboolean vm_exited;
+  GError *exit_error;
+} Done;
+
+static void on_done(FerrySandbox *sandbox, const GError *error, gpointer ud)
+{
+  Done *d = ud;
+  g_assert_false(d->done);
+  d->done = TRUE;
+  if (error != NULL)
+    d->error = g_error_copy(error);
+}
+
+static void on_vm_exited(FerrySandbox *sandbox, const GError *error, gpointer ud)
+{
+  Done *d = ud;
+  d->vm_exited = TRUE;
+  if (error != NULL)
+    d->exit_error = g_error_copy(error);
+}
+
+static const FerrySandboxHandlers handlers = { .vm_exited = on_vm_exited };
+
+static void done_clear(Done *d)
+{
+  g_clear_error(&d->error);
+  g_clear_error(&d->exit_error);
+  *d = (Done){ 0 };
+}
+
+static FerrySandboxConfig config_for(const char *dir)
+{
+  return (FerrySandboxConfig){
+    .id = "sb-test",
+    .state_dir = dir,
+    .kernel = kernel_path,
+    .initrd = initrd_path,
+    .memory_mb = 256,
+    .vm = { .qemu_binary = qemu_path },
+  };
+}
+
+static gboolean pid_alive(GPid pid)
+{
+  return pid > 0 && kill(pid, 0) == 0;
+}
+
+/* Run a shell command in the UVM through the sandbox's guest connection. */
+typedef struct {
+  gboolean started, waited;
+  int code;
+  GError *error;
+} Run;
+
+static void on_started(const GError *error, gpointer ud)
+{
+  Run *r = ud;
+  g_assert_no_error(error);
+  r->started = TRUE;
+}
+
+static void on_waited(int code, const GError *error, gpointer ud)
+{
+  Run *r = ud;
+  r->waited = TRUE;
+  r->code = code;
+  if (error != NULL)
+    r->error = g_error_copy(error);
+}
+
+static char *uvm_sh(FerrySandbox *sb, const char *script, int *code)
+{
+  int p[2];
+  g_assert_cmpint(pipe2(p, O_CLOEXEC), ==, 0);
+  g_autoptr(json_t) params = json_pack("{s:[s,s,s], s:{s:s}}", "CommandArgs", "sh", "-c", script,
+                                       "Environment", "PATH", "/bin:/sbin:/usr/bin:/usr/sbin");
+  FerryCmd *cmd = ferry_cmd_new(ferry_sandbox_get_guest(sb), NULL, ferry_sandbox_get_ports(sb),
+                                params, (FerryCmdIo){ -1, p[1], -1 });
+  Run r = { 0 };
+  ferry_cmd_start(cmd, on_started, &r);
+  g_assert_true(test_run_until(&r.started, 30000));
+  ferry_cmd_wait(cmd, on_waited, &r);
+  g_assert_true(test_run_until(&r.waited, 60000));
+  g_assert_no_error(r.error);
+  ferry_cmd_free(cmd);
+  *code = r.code;
+  GString *out = g_string_new("");
+  char buf[512];
+  ssize_t n;
+  while ((n = read(p[0], buf, sizeof(buf))) > 0)
+    g_string_append_len(out, buf, n);
+  close(p[0]);
+  return g_string_free(out, FALSE);
+}
+
+/* ---------------------------------------------------------------- tests -- */
+
+static void test_bad_config(void)
+{
+  g_autoptr(GError) error = NULL;
+  FerrySandboxConfig c = { .id = "x",
+                           .state_dir = "/tmp/x",
+                           .kernel = "/nonexistent/vmlinux",
+                           .initrd = "/nonexistent/initrd" };
+  g_assert_null(ferry_sandbox_new(&c, NULL, NULL, &error));
+  g_assert_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND);
+  g_assert_nonnull(strstr(error->message, "/nonexistent/vmlinux"));
+  g_clear_error(&error);
+  c.id = NULL;
+  g_assert_null(ferry_sandbox_new(&c, NULL, NULL, &error));
+  g_assert_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT);
+  g_assert_nonnull(strstr(error->message, "id"));
+}
+
+static void test_boot_run_stop(void)
+{
+  if (skip_reason != NULL) {
+    g_test_skip(skip_reason);
+    return;
+  }
+  g_autofree char *dir = test_make_tmpdir();
+  FerrySandboxConfig c = config_for(dir);
+  Done d = { 0 };
+  g_autoptr(GError) error = NULL;
+  FerrySandbox *sb = ferry_sandbox_new(&c, &handlers, &d, &error);
+  g_assert_no_error(error);
+  g_assert_false(ferry_sandbox_is_running(sb));
+  g_assert_null(ferry_sandbox_get_guest(sb));
+  ferry_sandbox_start(sb, on_done, &d);
+  g_assert_false(d.done); /* never inside the call */
+  g_assert_true(test_run_until(&d.done, 120000));
+  g_assert_no_error(d.error);
+  g_assert_true(ferry_sandbox_is_running(sb));
+  g_assert_nonnull(ferry_sandbox_get_guest(sb));
+  int code;
+  g_autofree char *out = uvm_sh(sb, "echo hello from $(uname -s); exit 4", &code);
+  g_assert_cmpstr(out, ==, "hello from Linux\n");
+  g_assert_cmpint(code, ==, 4);
+  /* A second start is refused. */
+  done_clear(&d);
+  ferry_sandbox_start(sb, on_done, &d);
+  g_assert_true(test_run_until(&d.done, 5000));
+  g_assert_error(d.error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION);
+  GPid pid = ferry_vm_get_pid(ferry_sandbox_get_vm(sb));
+  g_assert_true(pid_alive(pid));
+  done_clear(&d);
+  ferry_sandbox_stop(sb, on_done, &d);
+  g_assert_true(test_run_until(&d.done, 30000));
+  g_assert_no_error(d.error);
+  g_assert_false(pid_alive(pid));
+  g_assert_false(d.vm_exited); /* asked for: not a death */
+  ferry_sandbox_free(sb);
+  done_clear(&d);
+  test_rm_rf(dir);
+}
+
+/* An agent that does not come up in time: DEADLINE_EXCEEDED naming the console log,
+ * and no QEMU left behind. */
+static void test_boot_timeout(void)
+{
+  if (skip_reason != NULL) {
+    g_test_skip(skip_reason);
+    return;
+  }
+  g_autofree char *dir = test_make_tmpdir();
+  FerrySandboxConfig c = config_for(dir);
+  c.boot_timeout_ms = 200; /* the guest cannot boot that fast under TCG */
+  Done d = { 0 };
+  g_autoptr(GError) error = NULL;
+  FerrySandbox *sb = ferry_sandbox_new(&c, &handlers, &d, &error);
+  g_assert_no_error(error);
+  ferry_sandbox_start(sb, on_done, &d);
+  g_assert_true(test_run_until(&d.done, 60000));
+  g_assert_error(d.error, FERRY_ERROR, FERRY_ERROR_DEADLINE_EXCEEDED);
+  g_assert_nonnull(strstr(d.error->message, "console"));
+  g_assert_nonnull(strstr(d.error->message, dir));
+  GPid pid = ferry_vm_get_pid(ferry_sandbox_get_vm(sb));
+  g_assert_false(pid_alive(pid));
+  g_assert_false(ferry_sandbox_is_running(sb));
+  g_assert_false(d.vm_exited);
+  ferry_sandbox_free(sb);
+  done_clear(&d);
+  test_rm_rf(dir);
+}
+
+/* A QEMU that exits at once: the start fails with what QEMU said. */
+static void test_qemu_fails(void)
+{
+  if (skip_reason != NULL) {
+    g_test_skip(skip_reason);
+    return;
+  }
+  g_autofree char *dir = test_make_tmpdir();
+  g_autofree char *fake = g_build_filename(dir, "qemu-fails", NULL);
+  g_assert_true(g_file_set_contents(
+      fake, "#!/bin/sh\necho 'qemu: this machine is not for you' >&2\nexit 1\n", -1, NULL));
+  g_assert_cmpint(chmod(fake, 0755), ==, 0);
+  g_autofree char *state = g_build_filename(dir, "state", NULL);
+  FerrySandboxConfig c = config_for(state);
+  c.vm.qemu_binary = fake;
+  Done d = { 0 };
+  g_autoptr(GError) error = NULL;
+  FerrySandbox *sb = ferry_sandbox_new(&c, &handlers, &d, &error);
+  g_assert_no_error(error);
+  ferry_sandbox_start(sb, on_done, &d);
+  g_assert_true(test_run_until(&d.done, 30000));
+  g_assert_nonnull(d.error);
+  g_assert_nonnull(strstr(d.error->message, "not for you"));
+  g_assert_false(ferry_sandbox_is_running(sb));
+  ferry_sandbox_free(sb);
+  done_clear(&d);
+  test_rm_rf(dir);
+}
+
+/* QEMU killed under a running sandbox: vm_exited, and container calls are refused. */
+static void test_vm_death(void)
+{
+  if (skip_reason != NULL) {
+    g_test_skip(skip_reason);
+    return;
+  }
+  g_autofree char *dir = test_make_tmpdir();
+  FerrySandboxConfig c = config_for(dir);
+  Done d = { 0 };
+  g_autoptr(GError) error = NULL;
+  FerrySandbox *sb = ferry_sandbox_new(&c, &handlers, &d, &error);
+  g_assert_no_error(error);
+  /* Before the start: out of order. */
+  g_autoptr(json_t) config = json_object();
+  ferry_sandbox_create_container(sb, "c1", config, on_done, &d);
+  g_assert_true(test_run_until(&d.done, 5000));
+  g_assert_error(d.error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION);
+  done_clear(&d);
+  ferry_sandbox_start(sb, on_done, &d);
+  g_assert_true(test_run_until(&d.done, 120000));
+  g_assert_no_error(d.error);
+  GPid pid = ferry_vm_get_pid(ferry_sandbox_get_vm(sb));
+  g_assert_cmpint(kill(pid, SIGKILL), ==, 0);
+  g_assert_true(test_run_until(&d.vm_exited, 30000));
+  g_assert_false(ferry_sandbox_is_running(sb));
+  g_assert_null(ferry_sandbox_get_guest(sb));
+  done_clear(&d);
+  ferry_sandbox_create_container(sb, "c1", config, on_done, &d);
+  g_assert_true(test_run_until(&d.done, 5000));
+  g_assert_error(d.error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION);
+  ferry_sandbox_free(sb);
+  done_clear(&d);
+  test_rm_rf(dir);
+}
+
+int main(int argc, char **argv)
+{
+  g_test_init(&argc, &argv, NULL);
+  signal(SIGPIPE, SIG_IGN);
+  const char *image = g_getenv("FERRY_IMAGE_DIR");
+  const char *build = g_getenv("FERRY_BUILD_ROOT");
+  g_autofree char *image_dir = image != NULL
+                                   ? g_strdup(image)
+                                   : g_build_filename(build != NULL ? build : ".", "image", NULL);
+  kernel_path = g_build_filename(image_dir, "vmlinux", NULL);
+  initrd_path = g_build_filename(image_dir, "initramfs.cpio", NULL);
+  qemu_path = g_find_program_in_path(g_getenv("FERRY_QEMU") != NULL ? g_getenv("FERRY_QEMU")
+                                                                    : "qemu-system-x86_64");
+  if (qemu_path == NULL)
+    skip_reason = g_strdup("qemu-system-x86_64 is not installed (scripts/install-deps.sh vm)");
+  else if (!g_file_test(kernel_path, G_FILE_TEST_EXISTS) ||
+           !g_file_test(initrd_path, G_FILE_TEST_EXISTS))
+    skip_reason = g_strdup_printf("no guest image in %s (make image)", image_dir);
+  g_test_add_func("/sandbox/bad-config", test_bad_config);
+  g_test_add_func("/sandbox/boot-run-stop", test_boot_run_stop);
+  g_test_add_func("/sandbox/boot-timeout", test_boot_timeout);
+  g_test_add_func("/sandbox/qemu-fails", test_qemu_fails);
+  g_test_add_func("/sandbox/vm-death", test_vm_death);
+  return g_test_run();
+}
