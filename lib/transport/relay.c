@@ -37,11 +37,11 @@ struct FerryRelay {
   /* write side: channel -> write_fd */
   GSource *write_watch; /* write_fd writable: offer the channel's data again */
   gboolean write_ended;
-  gboolean write_failed; /* write_fd failed: drop what comes (drop_after_write_error) */
+  gboolean write_failed;    /* write_fd failed: drop what comes (drop_after_write_error) */
   gboolean write_is_socket; /* send(MSG_NOSIGNAL): a closed peer is an error, not SIGPIPE */
   GError *write_error;
 
-  gboolean no_read_side;  /* read_fd was -1: the channel's write side is not ours */
+  gboolean no_read_side; /* read_fd was -1: the channel's write side is not ours */
   gboolean channel_gone; /* closed or reset */
   gboolean due[EVENT_COUNT];
   gboolean reported[EVENT_COUNT];
@@ -255,9 +255,8 @@ static gsize on_channel_data(FerryChannel *channel, const guint8 *data, gsize le
     return len; /* nowhere to go: dropped, so the peer is not blocked */
   gsize done = 0;
   while (done < len) {
-    ssize_t n = r->write_is_socket
-                    ? send(r->opts.write_fd, data + done, len - done, MSG_NOSIGNAL)
-                    : write(r->opts.write_fd, data + done, len - done);
+    ssize_t n = r->write_is_socket ? send(r->opts.write_fd, data + done, len - done, MSG_NOSIGNAL)
+                                   : write(r->opts.write_fd, data + done, len - done);
     if (n > 0) {
       done += (gsize)n;
       continue;

@@ -8,9 +8,9 @@
  * $FERRY_BUILD_ROOT/image); the cases that boot skip with the reason otherwise.
  */
 #include <fcntl.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
