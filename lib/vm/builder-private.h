@@ -99,3 +99,22 @@ gboolean vmdoc_validate(json_t *root, GArray *nodes, GError **error);
 json_t *vmdoc_mux_ports(const FerryVmDoc *doc);
 
 json_t *vmdoc_shares_of(const FerryVmDoc *doc);
+
+/* ------------------------------------------ SCSI disks (builder-render.c) -- */
+
+/* The throttle group every disk joins when StorageQoS sets a limit. */
+#define FERRY_VM_STORAGE_QOS_GROUP "storage-qos"
+
+/* The position of SCSI controller `controller` in the rendered order (its QEMU id is
+ * scsi<index>); FALSE when the document has no such controller. */
+gboolean vmdoc_scsi_controller_index(const FerryVmDoc *doc, const char *controller, guint *index);
+/* "disk<c>-<lun>": the scsi-hd's QEMU id, the prefix of its block nodes' names. */
+char *vmdoc_scsi_disk_id(guint c, const char *lun);
+/* The block nodes of attachment `disk` (LUN `lun`, controller position `c`), bottom
+ * first, as blockdev-add arguments: the file (or host_device) node "<id>-file", with
+ * StorageQoS a throttle node "<id>-qos", and the format node "<id>-format" the device
+ * uses. New reference. */
+json_t *vmdoc_scsi_disk_nodes(const FerryVmDoc *doc, guint c, const char *lun, json_t *disk);
+/* The scsi-hd as device_add arguments (id "<id>", on bus scsi<c>.0, channel 0, target 0,
+ * the LUN). New reference. */
+json_t *vmdoc_scsi_disk_device(guint c, const char *lun);

@@ -282,22 +282,123 @@ static void render_mux_ports(const FerryVmDoc *doc, const char *state_dir, const
   }
 }
 
+/* ------------------------------------------------------------------ SCSI disks -- */
+
+gboolean vmdoc_scsi_controller_index(const FerryVmDoc *doc, const char *controller, guint *index)
+{
+  json_t *scsi = vmdoc_lookup(doc->root, "VirtualMachine", "Devices", "Scsi", NULL);
+  if (!json_is_object(scsi) || controller == NULL)
+    return FALSE;
+  g_autoptr(GPtrArray) keys = vmdoc_sorted_keys(scsi);
+  for (guint c = 0; c < keys->len; c++)
+    if (strcmp(keys->pdata[c], controller) == 0) {
+      *index = c;
+      return TRUE;
+    }
+  return FALSE;
+}
+
+char *vmdoc_scsi_disk_id(guint c, const char *lun)
+{
+  return g_strdup_printf("disk%u-%s", c, lun);
+}
+
+/* HCS's StorageQoS limits the VM's storage as a whole: one throttle group for every disk. */
+static gboolean storage_qos_of(const FerryVmDoc *doc, gint64 *iops, gint64 *bps)
+{
+  json_t *qos = vmdoc_lookup(doc->root, "VirtualMachine", "StorageQoS", NULL);
+  *iops = vmdoc_int_of(json_object_get(qos, "IopsMaximum"));
+  *bps = vmdoc_int_of(json_object_get(qos, "BandwidthMaximum"));
+  return *iops > 0 || *bps > 0;
+}
+
+json_t *vmdoc_scsi_disk_nodes(const FerryVmDoc *doc, guint c, const char *lun, json_t *disk)
+{
+  g_autofree char *id = vmdoc_scsi_disk_id(c, lun);
+  g_autofree char *file = g_strdup_printf("%s-file", id);
+  g_autofree char *qos = g_strdup_printf("%s-qos", id);
+  g_autofree char *format_node = g_strdup_printf("%s-format", id);
+  const char *type = json_string_value(json_object_get(disk, "Type"));
+  const char *format = json_string_value(json_object_get(disk, "Format"));
+  gboolean ro = json_is_true(json_object_get(disk, "ReadOnly"));
+  gint64 iops, bps;
+  json_t *nodes = json_array();
+  /* A host block device needs host_device: QEMU's file driver refuses one. */
+  json_array_append_new(
+      nodes, json_pack("{s:s, s:s, s:s, s:b}", "driver",
+                       type != NULL && strcmp(type, "PassThru") == 0 ? "host_device" : "file",
+                       "node-name", file, "filename",
+                       json_string_value(json_object_get(disk, "Path")), "read-only", ro));
+  const char *below = file;
+  if (storage_qos_of(doc, &iops, &bps)) {
+    json_array_append_new(nodes,
+                          json_pack("{s:s, s:s, s:s, s:s, s:b}", "driver", "throttle", "node-name",
+                                    qos, "throttle-group", FERRY_VM_STORAGE_QOS_GROUP, "file", file,
+                                    "read-only", ro));
+    below = qos;
+  }
+  json_array_append_new(nodes,
+                        json_pack("{s:s, s:s, s:s, s:b}", "driver", format != NULL ? format : "raw",
+                                  "node-name", format_node, "file", below, "read-only", ro));
+  return nodes;
+}
+
+json_t *vmdoc_scsi_disk_device(guint c, const char *lun)
+{
+  g_autofree char *id = vmdoc_scsi_disk_id(c, lun);
+  g_autofree char *bus = g_strdup_printf("scsi%u.0", c);
+  g_autofree char *drive = g_strdup_printf("%s-format", id);
+  return json_pack("{s:s, s:s, s:i, s:i, s:I, s:s, s:s}", "driver", "scsi-hd", "bus", bus,
+                   "channel", 0, "scsi-id", 0, "lun", (json_int_t)strtol(lun, NULL, 10), "drive",
+                   drive, "id", id);
+}
+
+/* QMP arguments as QEMU's "key=value,..." options (in the object's order); -device's
+ * driver comes first without its key, as usual. */
+static char *keyval_of(json_t *args, gboolean implied_driver)
+{
+  GString *s = g_string_new(NULL);
+  const char *key;
+  json_t *value;
+  json_object_foreach(args, key, value)
+  {
+    if (s->len > 0)
+      g_string_append_c(s, ',');
+    if (!implied_driver || strcmp(key, "driver") != 0)
+      g_string_append_printf(s, "%s=", key);
+    if (json_is_string(value)) {
+      g_autofree char *esc = opt_escape(json_string_value(value));
+      g_string_append(s, esc);
+    } else if (json_is_boolean(value)) {
+      g_string_append(s, json_is_true(value) ? "on" : "off");
+    } else {
+      g_string_append_printf(s, "%" JSON_INTEGER_FORMAT, json_integer_value(value));
+    }
+  }
+  return g_string_free(s, FALSE);
+}
+
+/*
+ * Disks are block nodes (-blockdev) and a scsi-hd with an id, exactly what the VM manager
+ * hot-adds (blockdev-add, device_add) from the same functions: a disk hot-added on a
+ * migration's source and one the destination renders from the document are the same
+ * objects with the same names.
+ */
 static void render_scsi(const FerryVmDoc *doc, const char *variant, GPtrArray *argv)
 {
   json_t *scsi = vmdoc_lookup(doc->root, "VirtualMachine", "Devices", "Scsi", NULL);
-  json_t *qos = vmdoc_lookup(doc->root, "VirtualMachine", "StorageQoS", NULL);
-  gint64 iops = vmdoc_int_of(json_object_get(qos, "IopsMaximum"));
-  gint64 bps = vmdoc_int_of(json_object_get(qos, "BandwidthMaximum"));
-  g_autoptr(GString) throttle = g_string_new(NULL);
-  /* HCS's StorageQoS limits the VM as a whole: one throttle group for every drive. */
-  if (iops > 0)
-    g_string_append_printf(throttle, ",throttling.iops-total=%" G_GINT64_FORMAT, iops);
-  if (bps > 0)
-    g_string_append_printf(throttle, ",throttling.bps-total=%" G_GINT64_FORMAT, bps);
-  if (throttle->len > 0)
-    g_string_append(throttle, ",throttling.group=storage-qos");
   if (!json_is_object(scsi))
     return;
+  gint64 iops, bps;
+  if (storage_qos_of(doc, &iops, &bps)) {
+    g_autoptr(GString) group = g_string_new("throttle-group,id=" FERRY_VM_STORAGE_QOS_GROUP);
+    if (iops > 0)
+      g_string_append_printf(group, ",x-iops-total=%" G_GINT64_FORMAT, iops);
+    if (bps > 0)
+      g_string_append_printf(group, ",x-bps-total=%" G_GINT64_FORMAT, bps);
+    add(argv, "-object");
+    add(argv, group->str);
+  }
   g_autoptr(GPtrArray) controllers = vmdoc_sorted_keys(scsi);
   for (guint c = 0; c < controllers->len; c++) {
     json_t *attachments = vmdoc_lookup(scsi, controllers->pdata[c], "Attachments", NULL);
@@ -307,16 +408,20 @@ static void render_scsi(const FerryVmDoc *doc, const char *variant, GPtrArray *a
       continue;
     g_autoptr(GPtrArray) luns = vmdoc_sorted_keys(attachments);
     for (guint l = 0; l < luns->len; l++) {
-      json_t *disk = json_object_get(attachments, luns->pdata[l]);
-      const char *format = json_string_value(json_object_get(disk, "Format"));
-      g_autofree char *file = opt_escape(json_string_value(json_object_get(disk, "Path")));
-      gboolean ro = json_is_true(json_object_get(disk, "ReadOnly"));
       const char *lun = luns->pdata[l];
-      add(argv, "-drive");
-      addf(argv, "file=%s,if=none,id=disk%u-%s,format=%s%s%s", file, c, lun,
-           format != NULL ? format : "raw", ro ? ",readonly=on" : "", throttle->str);
+      json_t *nodes = vmdoc_scsi_disk_nodes(doc, c, lun, json_object_get(attachments, lun));
+      gsize i;
+      json_t *node;
+      json_array_foreach(nodes, i, node)
+      {
+        add(argv, "-blockdev");
+        g_ptr_array_add(argv, keyval_of(node, FALSE));
+      }
+      json_decref(nodes);
+      json_t *device = vmdoc_scsi_disk_device(c, lun);
       add(argv, "-device");
-      addf(argv, "scsi-hd,bus=scsi%u.0,channel=0,scsi-id=0,lun=%s,drive=disk%u-%s", c, lun, c, lun);
+      g_ptr_array_add(argv, keyval_of(device, TRUE));
+      json_decref(device);
     }
   }
 }

@@ -811,8 +811,9 @@ static void test_render_microvm(void)
     "-chardev", "socket,id=port1,path=/run/ferry/vm1/port-1.sock,server=on,wait=off",
     "-device", "virtserialport,bus=vs0.0,chardev=port1,name=ferry.log",
     "-device", "virtio-scsi-device,id=scsi0",
-    "-drive", "file=/d/scratch.img,if=none,id=disk0-1,format=raw",
-    "-device", "scsi-hd,bus=scsi0.0,channel=0,scsi-id=0,lun=1,drive=disk0-1",
+    "-blockdev", "driver=file,node-name=disk0-1-file,filename=/d/scratch.img,read-only=off",
+    "-blockdev", "driver=raw,node-name=disk0-1-format,file=disk0-1-file,read-only=off",
+    "-device", "scsi-hd,bus=scsi0.0,channel=0,scsi-id=0,lun=1,drive=disk0-1-format,id=disk0-1",
     "-fsdev", "local,id=fs0,path=/srv/rootfs,security_model=none,readonly=on",
     "-device", "virtio-9p-device,fsdev=fs0,mount_tag=rootfs",
     "-netdev", "user,id=net0",
@@ -864,8 +865,9 @@ static void test_render_q35(void)
     "-chardev", "socket,id=port0,path=/run/ferry/vm1/port-0.sock,server=on,wait=off",
     "-device", "virtserialport,bus=vs0.0,chardev=port0,name=ferry.mux",
     "-device", "virtio-scsi-pci,id=scsi0",
-    "-drive", "file=/d/a.img,if=none,id=disk0-0,format=raw,readonly=on",
-    "-device", "scsi-hd,bus=scsi0.0,channel=0,scsi-id=0,lun=0,drive=disk0-0",
+    "-blockdev", "driver=file,node-name=disk0-0-file,filename=/d/a.img,read-only=on",
+    "-blockdev", "driver=raw,node-name=disk0-0-format,file=disk0-0-file,read-only=on",
+    "-device", "scsi-hd,bus=scsi0.0,channel=0,scsi-id=0,lun=0,drive=disk0-0-format,id=disk0-0",
     "-fsdev", "local,id=fs0,path=/srv/rootfs,security_model=none",
     "-device", "virtio-9p-pci,fsdev=fs0,mount_tag=rootfs",
     "-netdev", "user,id=net0",
@@ -1053,7 +1055,8 @@ static void test_render_escapes_commas(void)
                          "wait=off"));
   g_assert_true(has_pair(argv, "-chardev", "file,id=console,path=/run/x,,y/console.log"));
   g_assert_true(has_pair(argv, "-fsdev", "local,id=fs0,path=/srv/x,,y,security_model=none"));
-  g_assert_true(has_pair(argv, "-drive", "file=/d/a,,b.img,if=none,id=disk0-0,format=raw"));
+  g_assert_true(has_pair(argv, "-blockdev",
+                         "driver=file,node-name=disk0-0-file,filename=/d/a,,b.img,read-only=off"));
   /* -kernel and -append take their argument whole. */
   g_assert_cmpstr(opt_value(argv, "-kernel"), ==, "/k,1/vmlinux");
   g_assert_cmpstr(opt_value(argv, "-append"), ==, "a=1,2 tsc_early_khz=2596150");
@@ -1068,24 +1071,31 @@ static void test_render_storage_qos(void)
   g_assert_true(ferry_vm_doc_add_scsi_disk(doc, "0", 1, "/d/b.img", TRUE, &error));
   FerryVmRenderOptions o = tcg_options();
   g_auto(GStrv) none = render_ok(doc, &o);
-  g_assert_true(has_pair(none, "-drive", "file=/d/a.img,if=none,id=disk0-0,format=raw"));
+  g_assert_true(has_pair(none, "-blockdev",
+                         "driver=raw,node-name=disk0-0-format,file=disk0-0-file,read-only=off"));
+  g_assert_false(has_pair(none, "-object", "throttle-group,id=storage-qos"));
   g_autoptr(json_t) qos = J("{\"IopsMaximum\": 300, \"BandwidthMaximum\": 10485760}");
   ferry_vm_doc_set_storage_qos(doc, qos);
   g_auto(GStrv) limited = render_ok(doc, &o);
-  /* One group: the limit is for the VM as a whole, as in HCS. */
-  g_assert_true(has_pair(limited, "-drive",
-                         "file=/d/a.img,if=none,id=disk0-0,format=raw,throttling.iops-total=300,"
-                         "throttling.bps-total=10485760,throttling.group=storage-qos"));
-  g_assert_true(has_pair(limited, "-drive",
-                         "file=/d/b.img,if=none,id=disk0-1,format=raw,readonly=on,"
-                         "throttling.iops-total=300,throttling.bps-total=10485760,"
-                         "throttling.group=storage-qos"));
+  /* One group: the limit is for the VM as a whole, as in HCS; each disk has a throttle
+   * node in it between its file and its format node. */
+  g_assert_true(has_pair(limited, "-object",
+                         "throttle-group,id=storage-qos,x-iops-total=300,x-bps-total=10485760"));
+  g_assert_true(has_pair(limited, "-blockdev",
+                         "driver=throttle,node-name=disk0-0-qos,throttle-group=storage-qos,"
+                         "file=disk0-0-file,read-only=off"));
+  g_assert_true(has_pair(limited, "-blockdev",
+                         "driver=raw,node-name=disk0-0-format,file=disk0-0-qos,read-only=off"));
+  g_assert_true(has_pair(limited, "-blockdev",
+                         "driver=throttle,node-name=disk0-1-qos,throttle-group=storage-qos,"
+                         "file=disk0-1-file,read-only=on"));
+  g_assert_true(has_pair(limited, "-device",
+                         "scsi-hd,bus=scsi0.0,channel=0,scsi-id=0,lun=1,drive=disk0-1-format,"
+                         "id=disk0-1"));
   g_autoptr(json_t) iops_only = J("{\"IopsMaximum\": 50, \"BandwidthMaximum\": 0}");
   ferry_vm_doc_set_storage_qos(doc, iops_only);
   g_auto(GStrv) iops = render_ok(doc, &o);
-  g_assert_true(has_pair(iops, "-drive",
-                         "file=/d/a.img,if=none,id=disk0-0,format=raw,throttling.iops-total=50,"
-                         "throttling.group=storage-qos"));
+  g_assert_true(has_pair(iops, "-object", "throttle-group,id=storage-qos,x-iops-total=50"));
   g_autoptr(json_t) unknown = J("{\"IopsMaximum\": 50, \"LatencyTarget\": 3}");
   ferry_vm_doc_set_storage_qos(doc, unknown);
   assert_render_fails(doc, FERRY_ERROR_INVALID_ARGUMENT,
@@ -1117,8 +1127,8 @@ static void test_render_device_order_is_stable(void)
   g_assert_true(g_strv_equal((const char *const *)ra, (const char *const *)rb));
   /* Controller "2" is scsi0, "10" is scsi1; LUN 3 comes before LUN 12. */
   g_autofree char *all = g_strjoinv(" ", ra);
-  const char *lun3 = strstr(all, "lun=3,drive=disk1-3");
-  const char *lun12 = strstr(all, "lun=12,drive=disk1-12");
+  const char *lun3 = strstr(all, "lun=3,drive=disk1-3-format,id=disk1-3");
+  const char *lun12 = strstr(all, "lun=12,drive=disk1-12-format,id=disk1-12");
   g_assert_nonnull(lun3);
   g_assert_nonnull(lun12);
   g_assert_true(lun3 < lun12);
