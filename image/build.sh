@@ -125,15 +125,22 @@ if [ "$(cat "$kdir/.done" 2>/dev/null)" != "$recipe_sha" ]; then
   mkdir -p "$kdir.tmp"
   echo "$prog: unpacking $(basename "$deb")"
   m=./lib/modules/$kernel_release/kernel
-  # Only what the guest uses: the virtio transports and drivers, vsock, 9p, virtio-fs
-  # (kernel.py says which are loaded when).
+  # Only what the guest uses: the virtio transports and drivers, vsock, 9p, virtio-fs,
+  # virtio-scsi with sd and the file systems mounted from its disks, and the libraries
+  # and crypto back ends they need (kernel.py says which are loaded when).
   dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$kdir.tmp" --wildcards \
     "./boot/vmlinuz-$kernel_release" "./boot/config-$kernel_release" \
     "$m/drivers/virtio/*" "$m/drivers/char/virtio_console.ko" \
     "$m/drivers/char/hw_random/virtio-rng.ko" "$m/drivers/block/virtio_blk.ko" \
     "$m/drivers/net/virtio_net.ko" "$m/drivers/net/net_failover.ko" "$m/net/core/failover.ko" \
     "$m/net/vmw_vsock/*" "$m/net/9p/*" "$m/fs/9p/*" "$m/fs/netfs/*" "$m/fs/fscache/*" \
-    "$m/fs/fuse/*" || die "unpacking $deb failed"
+    "$m/fs/fuse/*" "$m/drivers/scsi/scsi_mod.ko" "$m/drivers/scsi/scsi_common.ko" \
+    "$m/drivers/scsi/sd_mod.ko" "$m/drivers/scsi/virtio_scsi.ko" "$m/block/t10-pi.ko" \
+    "$m/lib/crc-t10dif.ko" "$m/lib/crc64-rocksoft.ko" "$m/lib/crc64.ko" "$m/lib/crc16.ko" \
+    "$m/lib/libcrc32c.ko" "$m/crypto/crct10dif_common.ko" "$m/crypto/crct10dif_generic.ko" \
+    "$m/crypto/crc64_rocksoft_generic.ko" "$m/crypto/crc32c_generic.ko" "$m/fs/erofs/*" \
+    "$m/fs/ext4/*" "$m/fs/jbd2/*" "$m/fs/mbcache.ko" "$m/fs/overlayfs/*" ||
+    die "unpacking $deb failed"
   python3 "$here/kernel.py" check-config "$kdir.tmp/boot/config-$kernel_release"
   python3 "$here/kernel.py" vmlinux "$kdir.tmp/boot/vmlinuz-$kernel_release" "$kdir.tmp/vmlinux"
   rm "$kdir.tmp/boot/vmlinuz-$kernel_release"

@@ -40,6 +40,14 @@ ON_DEMAND = {
     0x02: ["virtio_blk"],
     0x04: ["virtio_rng"],
     0x05: ["virtio_balloon"],
+    # virtio-scsi: the disk driver and the file systems the agent mounts from SCSI disks
+    # (MappedVirtualDisk: erofs or ext4; CombinedLayers: overlay), which have no alias of
+    # their own and ride with the controller. The *_generic crypto modules are the back
+    # ends that libcrc32c, crc-t10dif and crc64-rocksoft name only as softdeps (found
+    # through request_module, which busybox insmod cannot serve), listed before what
+    # needs them: libcrc32c (erofs, ext4) fails to load without crc32c.
+    0x08: ["virtio_scsi", "crct10dif_generic", "crc64_rocksoft_generic", "crc32c_generic",
+           "sd_mod", "erofs", "ext4", "overlay"],
     0x09: ["9pnet_virtio", "9p"],  # 9p the file system has no alias: it rides with its transport
     0x13: ["vmw_vsock_virtio_transport"],
     0x1A: ["virtiofs"],

@@ -110,6 +110,12 @@ gboolean ferry_vm_doc_add_scsi_controller(FerryVmDoc *doc, const char *id, GErro
  * relative path. The image is raw (see docs for Format). */
 gboolean ferry_vm_doc_add_scsi_disk(FerryVmDoc *doc, const char *controller, guint lun,
                                     const char *path, gboolean read_only, GError **error);
+/* Remove Devices.Scsi[controller].Attachments["<lun>"]: NOT_FOUND for an unknown
+ * controller or a LUN without a disk. */
+gboolean ferry_vm_doc_remove_scsi_disk(FerryVmDoc *doc, const char *controller, guint lun,
+                                       GError **error);
+/* The attachment at that LUN (borrowed from the document), or NULL. */
+json_t *ferry_vm_doc_scsi_disk(const FerryVmDoc *doc, const char *controller, guint lun);
 /* A Plan9 share (rendered as virtio-9p): `tag` is the guest's mount tag,
  * [A-Za-z0-9._-] 1..31 characters; host_path absolute. */
 gboolean ferry_vm_doc_add_share(FerryVmDoc *doc, const char *tag, const char *host_path,

@@ -79,6 +79,44 @@ typedef void (*FerryVmPropertiesFunc)(FerryVm *vm, json_t *properties, const GEr
                                       gpointer user_data);
 void ferry_vm_properties(FerryVm *vm, FerryVmPropertiesFunc done, gpointer user_data);
 
+/* ----------------------------------------------------------------- SCSI disks -- */
+
+/* How long a hot-remove waits for QEMU's DEVICE_DELETED after device_del. */
+#define FERRY_VM_DEVICE_DELETED_LIMIT_MS 10000u
+
+/*
+ * Hot-add the raw image `path` (copied), read-only, as LUN `lun` of SCSI controller
+ * `controller` (a controller id of the VM document; the controller must have been there
+ * when the VM started). QMP blockdev-add of the disk's nodes (a file node, a throttle
+ * node when the document sets StorageQoS, the raw format node), then device_add of a
+ * scsi-hd: the same objects and names the document renders for a cold-plugged disk
+ * (docs/vm-builder.md), so on success the disk is recorded in the VM's document
+ * (ferry_vm_get_doc) and a migration's destination built from it has the same machine.
+ * Works on every machine (virtio-scsi hot-plug is the controller's, on PCI or mmio).
+ * The guest sees the disk appear at host <controller's>, channel 0, target 0, LUN `lun`.
+ *
+ * Errors (from the main loop): FAILED_PRECONDITION when the VM is not running or paused,
+ * during a migration, or while another add/remove of that LUN runs; the document's
+ * errors (NOT_FOUND for an unknown controller, ALREADY_EXISTS for a LUN in use,
+ * INVALID_ARGUMENT for a relative path or a LUN over 63); NOT_FOUND when `path` does not
+ * exist, INVALID_ARGUMENT when it is not a regular file or block device; QEMU's errors
+ * ("vm <id>: add SCSI disk <path> at <controller>/<lun>: blockdev-add: ..."). A failed
+ * add deletes the nodes it had created; the document is then unchanged.
+ */
+void ferry_vm_scsi_add_disk(FerryVm *vm, const char *controller, guint lun, const char *path,
+                            FerryVmDoneFunc done, gpointer user_data);
+/*
+ * Hot-remove the disk at LUN `lun` of `controller` (hot-added or cold-plugged alike):
+ * device_del, then wait for QEMU's DEVICE_DELETED (at most
+ * FERRY_VM_DEVICE_DELETED_LIMIT_MS, DEADLINE_EXCEEDED then, and the disk stays recorded),
+ * then blockdev-del of its nodes, top first. The disk leaves the document once the device
+ * is gone. The guest should have stopped using it (unmounted) first: the guest's SCSI
+ * layer drops the device as it goes. Errors as for the add; NOT_FOUND for a LUN without a
+ * disk.
+ */
+void ferry_vm_scsi_remove_disk(FerryVm *vm, const char *controller, guint lun, FerryVmDoneFunc done,
+                               gpointer user_data);
+
 /* ------------------------------------------------------------------ migration -- */
 
 /* hcsschema MigrationInitializeOptions, as the VM uses them. Zero means "not set". */

@@ -609,6 +609,37 @@ gboolean ferry_vm_doc_add_scsi_disk(FerryVmDoc *doc, const char *controller, gui
   return TRUE;
 }
 
+json_t *ferry_vm_doc_scsi_disk(const FerryVmDoc *doc, const char *controller, guint lun)
+{
+  char key[16];
+  g_snprintf(key, sizeof(key), "%u", lun);
+  json_t *scsi = vmdoc_lookup(doc->root, "VirtualMachine", "Devices", "Scsi", NULL);
+  json_t *ctl = controller != NULL ? json_object_get(scsi, controller) : NULL;
+  return json_object_get(json_object_get(ctl, "Attachments"), key);
+}
+
+gboolean ferry_vm_doc_remove_scsi_disk(FerryVmDoc *doc, const char *controller, guint lun,
+                                       GError **error)
+{
+  json_t *scsi = vmdoc_lookup(doc->root, "VirtualMachine", "Devices", "Scsi", NULL);
+  json_t *ctl = controller != NULL ? json_object_get(scsi, controller) : NULL;
+  if (!json_is_object(ctl)) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "no SCSI controller with id %s found",
+                controller ? controller : "(null)");
+    return FALSE;
+  }
+  char key[16];
+  g_snprintf(key, sizeof(key), "%u", lun);
+  json_t *attachments = json_object_get(ctl, "Attachments");
+  if (json_object_get(attachments, key) == NULL) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND,
+                "SCSI controller %s has no disk at LUN %u", controller, lun);
+    return FALSE;
+  }
+  json_object_del(attachments, key);
+  return TRUE;
+}
+
 gboolean ferry_vm_doc_add_share(FerryVmDoc *doc, const char *tag, const char *host_path,
                                 gboolean read_only, GError **error)
 {

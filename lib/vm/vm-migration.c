@@ -409,6 +409,7 @@ void vm_on_qmp_event(FerryQmp *qmp, const char *event, json_t *data, gint64 ts, 
   FerryVm *vm = ud;
   if (ts == 0)
     ts = g_get_real_time();
+  vm_disks_on_event(vm, event, data);
   if (strcmp(event, "STOP") == 0) {
     if (vm->state == FERRY_VM_RUNNING)
       vm->state = FERRY_VM_PAUSED;

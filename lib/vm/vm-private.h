@@ -24,6 +24,8 @@ typedef struct {
   gpointer user_data;
 } Op;
 
+typedef struct VmDiskOp VmDiskOp;
+
 typedef enum {
   MIG_NONE,
   MIG_READY, /* source initialised / destination waiting for its stream */
@@ -78,6 +80,7 @@ struct FerryVm {
   Op *finalize_op;
   FerryVmFinalize finalize_action;
   GSource *poll_timer; /* destination: waiting for post-copy's device state */
+  GQueue disk_ops;     /* VmDiskOp: SCSI disk hot-adds and removes in progress */
   gboolean freeing;
 };
 
@@ -122,3 +125,12 @@ void vm_killed(FerryVm *vm);
 json_t *vm_migration_capabilities(FerryVm *vm);
 /* Every QMP event of the VM. */
 void vm_on_qmp_event(FerryQmp *qmp, const char *event, json_t *data, gint64 ts, gpointer ud);
+
+/* ------------------------------------------------ vm-disk.c: hooks -- */
+
+/* Every QMP event (DEVICE_DELETED ends a hot-remove's wait). */
+void vm_disks_on_event(FerryVm *vm, const char *event, json_t *data);
+/* QEMU exited: fail the removes still waiting for DEVICE_DELETED. */
+void vm_disks_qemu_exited(FerryVm *vm);
+/* The VM is being freed (after its QMP connection): drop every op, calling nobody. */
+void vm_disks_free(FerryVm *vm);

@@ -272,6 +272,7 @@ FerryVm *ferry_vm_new(const char *id, const FerryVmDoc *doc, const char *state_d
   vm->state = FERRY_VM_CREATED;
   vm->context = g_main_context_ref_thread_default();
   g_queue_init(&vm->later);
+  g_queue_init(&vm->disk_ops);
   return vm;
 }
 
@@ -363,6 +364,7 @@ static void on_child_exit(GPid pid, gint status, gpointer ud)
     fail_start(vm, g_error_new(FERRY_ERROR, FERRY_ERROR_UNAVAILABLE,
                                "vm %s: QEMU exited while starting: %s", vm->id, tail));
   vm_killed(vm);
+  vm_disks_qemu_exited(vm);
   g_autoptr(GArray) list = g_array_copy(vm->waiters);
   g_array_set_size(vm->waiters, 0);
   for (guint i = 0; i < list->len; i++) {
@@ -620,6 +622,7 @@ void ferry_vm_free(FerryVm *vm)
     g_spawn_close_pid(vm->pid);
   }
   g_clear_pointer(&vm->qmp, ferry_qmp_free);
+  vm_disks_free(vm);
   /* Queued work is dropped: with vm->freeing set it frees itself and calls nobody. */
   while (!g_queue_is_empty(&vm->later))
     later_run(g_queue_peek_head(&vm->later));

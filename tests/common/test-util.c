@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <ftw.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -124,4 +125,61 @@ json_t *test_busybox_oci_spec(void)
                    "noexec", "nodev", "destination", "/sys", "type", "sysfs", "source", "sysfs",
                    "options", "nosuid", "noexec", "nodev", "ro", "linux", "namespaces", "type",
                    "pid", "type", "ipc", "type", "uts", "type", "mount", "type", "network");
+}
+
+/* The smallest kernel QEMU's x86 loader takes: an ELF64 with a PT_LOAD of `hlt; jmp`
+ * at 1 MiB and a PT_NOTE holding the Xen PVH entry (XEN_ELFNOTE_PHYS32_ENTRY = 18), the
+ * same entry path as Debian's uncompressed vmlinux: it only has to load (and halt). */
+void test_write_pvh_kernel(const char *path)
+{
+  enum { EH = 64, PH = 56, CODE = EH + 2 * PH, NOTE = CODE + 16, TOTAL = NOTE + 24 };
+  const guint64 base = 0x100000;
+  guint8 f[TOTAL] = { 0 };
+#define LE(off, value, size)                                                                       \
+  do {                                                                                             \
+    guint64 v_ = (value);                                                                          \
+    for (int b_ = 0; b_ < (size); b_++)                                                            \
+      f[(off) + b_] = (guint8)(v_ >> (8 * b_));                                                    \
+  } while (0)
+  memcpy(f,
+         "\x7f"
+         "ELF\x02\x01\x01",
+         7);     /* 64-bit, little-endian, version 1 */
+  LE(16, 2, 2);  /* ET_EXEC */
+  LE(18, 62, 2); /* EM_X86_64 */
+  LE(20, 1, 4);
+  LE(24, base + CODE, 8); /* e_entry */
+  LE(32, EH, 8);          /* e_phoff */
+  LE(52, EH, 2);          /* e_ehsize */
+  LE(54, PH, 2);          /* e_phentsize */
+  LE(56, 2, 2);           /* e_phnum */
+  LE(58, 64, 2);          /* e_shentsize */
+  /* PT_LOAD, R+X, the whole file at 1 MiB */
+  LE(EH + 0, 1, 4);
+  LE(EH + 4, 5, 4);
+  LE(EH + 16, base, 8);
+  LE(EH + 24, base, 8);
+  LE(EH + 32, TOTAL, 8);
+  LE(EH + 40, TOTAL, 8);
+  LE(EH + 48, 0x1000, 8);
+  /* PT_NOTE */
+  LE(EH + PH + 0, 4, 4);
+  LE(EH + PH + 4, 4, 4);
+  LE(EH + PH + 8, NOTE, 8);
+  LE(EH + PH + 16, base + NOTE, 8);
+  LE(EH + PH + 24, base + NOTE, 8);
+  LE(EH + PH + 32, 24, 8);
+  LE(EH + PH + 40, 24, 8);
+  LE(EH + PH + 48, 4, 8);
+  f[CODE] = 0xf4; /* hlt */
+  f[CODE + 1] = 0xeb;
+  f[CODE + 2] = 0xfd; /* jmp hlt */
+  LE(NOTE + 0, 4, 4); /* namesz */
+  LE(NOTE + 4, 8, 4); /* descsz */
+  LE(NOTE + 8, 18, 4);
+  memcpy(f + NOTE + 12, "Xen", 4);
+  LE(NOTE + 16, base + CODE, 8);
+#undef LE
+  g_autoptr(GError) error = NULL;
+  g_assert_true(g_file_set_contents(path, (const char *)f, TOTAL, &error));
 }

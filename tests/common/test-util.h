@@ -26,3 +26,7 @@ json_t *test_busybox_oci_spec(void);
 /* A new private temporary directory (removed by test_rm_rf). */
 char *test_make_tmpdir(void);
 void test_rm_rf(const char *path);
+
+/* Write the smallest kernel QEMU's x86 loader takes (a PVH ELF whose code halts), so a
+ * test can run QEMU without the guest image. Aborts on failure. */
+void test_write_pvh_kernel(const char *path);
