@@ -40,6 +40,13 @@ G_BEGIN_DECLS
  */
 #define FERRY_BRIDGE_PROCESS_SERIAL "FerryProcessSerial"
 
+/*
+ * Ferry's addition to hcsshim's LCOWCombinedLayers (ModifySettings CombinedLayers): the
+ * size in MiB of the tmpfs the guest makes at ScratchPath for the writable upper
+ * (docs/agent.md, storage). hcsshim's guest ignores it.
+ */
+#define FERRY_BRIDGE_SCRATCH_SIZE_FIELD "FerryScratchSizeInMB"
+
 /* WaitForProcess's TimeoutInMs for "no timeout". */
 #define FERRY_BRIDGE_INFINITE_TIMEOUT 0xffffffffu
 

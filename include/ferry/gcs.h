@@ -38,6 +38,15 @@ typedef void (*FerryGcsShutdownFunc)(FerryGcs *gcs, gpointer user_data);
 #define FERRY_GCS_DEFAULT_DRAIN_GRACE_MS 2000u
 /* Records of exited processes kept for late WaitForProcess requests. */
 #define FERRY_GCS_DEFAULT_MAX_EXITED 1024u
+/* How long a MappedVirtualDisk Add waits for its SCSI disk to appear (hcsshim's guest
+ * gives it 5 s too). */
+#define FERRY_GCS_DEFAULT_DISK_WAIT_MS 5000u
+/* The size of the tmpfs that holds a CombinedLayers' writable upper (guest RAM, allocated
+ * as the container writes), unless the request's FERRY_BRIDGE_SCRATCH_SIZE_FIELD says. */
+#define FERRY_GCS_DEFAULT_SCRATCH_SIZE_MB 64u
+/* Where MappedVirtualDisk and CombinedLayers may mount: hcsshim's guest paths
+ * (/run/mounts/scsi/m<n>, /run/gcs/c/<id>/rootfs, ...). */
+#define FERRY_GCS_DEFAULT_STORAGE_ROOTS "/run/mounts", "/run/gcs"
 
 typedef struct {
   FerryGcsShutdownFunc shutdown;
@@ -48,6 +57,13 @@ typedef struct {
   guint drain_grace_ms;
   /* 0: FERRY_GCS_DEFAULT_MAX_EXITED. */
   guint max_exited;
+  /* 0: FERRY_GCS_DEFAULT_DISK_WAIT_MS. */
+  guint disk_wait_ms;
+  /* 0: FERRY_GCS_DEFAULT_SCRATCH_SIZE_MB. */
+  guint scratch_size_mb;
+  /* NULL-terminated absolute directories (no trailing slash) below which storage
+   * requests may mount (copied); NULL: FERRY_GCS_DEFAULT_STORAGE_ROOTS. */
+  const char *const *storage_roots;
 } FerryGcsOptions;
 
 /*

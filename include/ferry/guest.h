@@ -61,6 +61,41 @@ const char *ferry_guest_connection_os(FerryGuestConnection *gc);
  * ({"ResourceType", "RequestType", "Settings"}, borrowed). */
 void ferry_guest_connection_modify(FerryGuestConnection *gc, const char *container_id,
                                    json_t *request, FerryGuestDoneFunc done, gpointer user_data);
+/*
+ * Storage (docs/agent.md, storage): ModifySettings requests in hcsshim's shapes. The
+ * builders are pure and return a new {"ResourceType", "RequestType", "Settings"}; the
+ * calls send one on the UVM (the null container) and complete like
+ * ferry_guest_connection_modify (a guest error is FERRY_BRIDGE_ERROR with its HRESULT).
+ */
+typedef struct {
+  const char *mount_path; /* the guest directory (hcsshim: /run/mounts/scsi/m<n>) */
+  guint8 controller;      /* the VM's virtio-scsi controller, by rendered position */
+  guint8 lun;
+  guint64 partition; /* 0: the whole disk */
+  gboolean read_only;
+  const char *filesystem;     /* "erofs", "ext4", or NULL: the guest looks */
+  const char *const *options; /* NULL-terminated mount options, or NULL */
+} FerryGuestMappedDisk;
+
+/* MappedVirtualDisk `request_type` ("Add" or "Remove"; a Remove needs only mount_path). */
+json_t *ferry_guest_mapped_disk_request(const char *request_type, const FerryGuestMappedDisk *disk);
+/* CombinedLayers `request_type`: an overlay at `root` of `layers` (NULL-terminated guest
+ * paths, the top one first), its writable upper under `scratch` (NULL: read-only),
+ * a tmpfs of `scratch_size_mb` MiB there (0: the guest's default). `container_id` may be
+ * NULL. A Remove needs only `root`. */
+json_t *ferry_guest_combined_layers_request(const char *request_type, const char *container_id,
+                                            const char *root, const char *const *layers,
+                                            const char *scratch, guint scratch_size_mb);
+void ferry_guest_connection_map_disk(FerryGuestConnection *gc, const FerryGuestMappedDisk *disk,
+                                     FerryGuestDoneFunc done, gpointer user_data);
+void ferry_guest_connection_unmap_disk(FerryGuestConnection *gc, const char *mount_path,
+                                       FerryGuestDoneFunc done, gpointer user_data);
+void ferry_guest_connection_combine_layers(FerryGuestConnection *gc, const char *container_id,
+                                           const char *root, const char *const *layers,
+                                           const char *scratch, guint scratch_size_mb,
+                                           FerryGuestDoneFunc done, gpointer user_data);
+void ferry_guest_connection_remove_layers(FerryGuestConnection *gc, const char *root,
+                                          FerryGuestDoneFunc done, gpointer user_data);
 /* DumpStacks: result {"GuestStacks": "..."}. */
 void ferry_guest_connection_dump_stacks(FerryGuestConnection *gc, FerryGuestJsonFunc done,
                                         gpointer user_data);

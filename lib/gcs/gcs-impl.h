@@ -6,6 +6,7 @@
  * handlers.c  the bridge handlers except ExecuteProcess
  * exec.c      ExecuteProcess: parameters, dialing the stdio ports, starting
  * relay.c     stdio relays between a process's fds and channels
+ * storage.c   ModifySettings MappedVirtualDisk and CombinedLayers: disk mounts, overlays
  */
 #pragma once
 
@@ -15,6 +16,7 @@
 #include "ferry/gcs.h"
 
 typedef struct GcsRelay GcsRelay;
+typedef struct GcsStorage GcsStorage;
 
 typedef enum {
   GCS_SHUTDOWN_NONE,
@@ -75,6 +77,7 @@ struct FerryGcs {
   GQueue completed;      /* indexed complete records, oldest first */
   GHashTable *relays;    /* GcsRelay set (owning) */
   GHashTable *execs;     /* struct GcsExec set: ExecuteProcess requests being dialed */
+  GcsStorage *storage;   /* mapped disks and combined layers */
 };
 
 /* ---- gcs.c ---- */
@@ -122,3 +125,14 @@ void gcs_relay_output_process_exited(GcsRelay *relay);
 GcsRelay *gcs_relay_input_new(FerryGcs *gcs, FerryChannel *channel, int fd);
 /* Free without callbacks (the agent is being freed). */
 void gcs_relay_free(GcsRelay *relay);
+
+/* ---- storage.c ---- */
+
+GcsStorage *gcs_storage_new(const FerryGcsOptions *opts);
+/* Drops Adds still waiting for their device (unanswered); leaves the mounts. */
+void gcs_storage_free(GcsStorage *storage);
+/* ModifySettings of a storage resource type: answers `request` (now, or for an Add whose
+ * disk has not appeared yet, later) and returns TRUE; FALSE for a type it does not
+ * handle (the request is untouched). */
+gboolean gcs_storage_modify(GcsStorage *storage, FerryBridgeRequest *request,
+                            const char *resource_type, const char *request_type, json_t *settings);

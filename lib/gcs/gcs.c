@@ -352,6 +352,7 @@ FerryGcs *ferry_gcs_new(FerryTransport *transport, FerryRuntime *runtime,
   gcs->records = g_hash_table_new(NULL, NULL);
   gcs->relays = g_hash_table_new(NULL, NULL);
   gcs->execs = g_hash_table_new(NULL, NULL);
+  gcs->storage = gcs_storage_new(opts);
   g_queue_init(&gcs->completed);
   gcs->server = ferry_bridge_server_new();
   ferry_bridge_server_set_disconnected_func(gcs->server, on_bridge_disconnected, gcs);
@@ -379,6 +380,7 @@ void ferry_gcs_free(FerryGcs *gcs)
   if (gcs->dial != NULL)
     gcs->dial->gcs = NULL;
   gcs_execs_abandon(gcs);
+  g_clear_pointer(&gcs->storage, gcs_storage_free);
   g_clear_pointer(&gcs->server, ferry_bridge_server_free);
 
   /* What the agent started does not outlive it. */

@@ -372,12 +372,32 @@ static void handle_get_properties(FerryBridgeRequest *request, gpointer user_dat
 
 static void handle_modify_settings(FerryBridgeRequest *request, gpointer user_data)
 {
+  FerryGcs *gcs = user_data;
   json_t *req = json_object_get(ferry_bridge_request_get_body(request), "Request");
-  json_t *type = json_object_get(req, "ResourceType");
+  if (!json_is_object(req)) {
+    ferry_bridge_request_reply_error(request, FERRY_HR_INVALID_JSON,
+                                     "ModifySettings: Request is not an object");
+    return;
+  }
+  const char *type = NULL, *request_type = NULL;
+  g_autoptr(GError) error = NULL;
+  if (!ferry_json_get_string(req, "ResourceType", TRUE, &type, &error) ||
+      !ferry_json_get_string(req, "RequestType", FALSE, &request_type, &error)) {
+    ferry_bridge_request_reply_error(request, FERRY_HR_E_INVALIDARG, "ModifySettings: %s",
+                                     error->message);
+    return;
+  }
+  /* hcsshim's guest takes a missing RequestType as Add. */
+  if (request_type == NULL || request_type[0] == '\0')
+    request_type = "Add";
+  if (gcs_storage_modify(gcs->storage, request, type, request_type,
+                         json_object_get(req, "Settings")))
+    return;
   ferry_bridge_request_reply_error(
       request, FERRY_HR_E_NOTIMPL,
-      "ModifySettings: resource type %s is not supported by this guest (it maps nothing in yet)",
-      json_is_string(type) ? json_string_value(type) : "(none)");
+      "ModifySettings: resource type %s is not supported by this guest (it maps "
+      "MappedVirtualDisk and CombinedLayers)",
+      type);
 }
 
 /* ------------------------------------------------ DeleteContainerState -- */

@@ -907,15 +907,25 @@ static void test_errors_are_hresults(void)
   assert_hresult(gr.error, FERRY_HR_SYSTEM_NOT_FOUND);
   result_clear(&gr);
 
-  /* ModifySettings: nothing to map in yet; the message names the resource type. */
-  g_autoptr(json_t) modify = json_pack("{s:s, s:s, s:{}}", "ResourceType", "MappedVirtualDisk",
+  /* ModifySettings: a type this guest does not handle is E_NOTIMPL naming it; a disk
+   * mapped outside the allowed roots is refused before anything is looked at. */
+  g_autoptr(json_t) modify = json_pack("{s:s, s:s, s:{}}", "ResourceType", "VPMemDevice",
                                        "RequestType", "Add", "Settings");
   Result m = { 0 };
   ferry_guest_connection_modify(e->host.gc, NULL, modify, on_done, &m);
   wait_result(&m);
   assert_hresult(m.error, FERRY_HR_E_NOTIMPL);
-  g_assert_nonnull(strstr(m.error->message, "MappedVirtualDisk"));
+  g_assert_nonnull(strstr(m.error->message, "VPMemDevice"));
   result_clear(&m);
+  g_autoptr(json_t) outside =
+      json_pack("{s:s, s:s, s:{s:s, s:i, s:b}}", "ResourceType", "MappedVirtualDisk",
+                "RequestType", "Add", "Settings", "MountPath", "/tmp/x", "Lun", 1, "ReadOnly", 1);
+  Result m2 = { 0 };
+  ferry_guest_connection_modify(e->host.gc, NULL, outside, on_done, &m2);
+  wait_result(&m2);
+  assert_hresult(m2.error, FERRY_HR_E_INVALIDARG);
+  g_assert_nonnull(strstr(m2.error->message, "outside the directories"));
+  result_clear(&m2);
 
   /* Create with an old schema, and without a bundle. */
   g_autoptr(json_t) old = json_pack("{s:{s:i,s:i}, s:s, s:{}}", "SchemaVersion", "Major", 2,

@@ -1306,6 +1306,44 @@ static void test_gc_exec_failure_releases_ports(GcFixture *f, gconstpointer data
   settle();
 }
 
+/* The storage builders write hcsshim's shapes (guestresource.LCOWMappedVirtualDisk and
+ * LCOWCombinedLayers, omitempty), byte for byte. */
+static void assert_json(json_t *got, const char *want)
+{
+  g_autofree char *text = ferry_json_dump(got);
+  g_assert_cmpstr(text, ==, want);
+}
+
+static void test_storage_requests(void)
+{
+  const char *const options[] = { "noatime", NULL };
+  FerryGuestMappedDisk disk = { .mount_path = "/run/mounts/scsi/m1",
+                                .lun = 1,
+                                .read_only = TRUE,
+                                .filesystem = "erofs",
+                                .options = options };
+  g_autoptr(json_t) add = ferry_guest_mapped_disk_request("Add", &disk);
+  assert_json(add, "{\"ResourceType\":\"MappedVirtualDisk\",\"RequestType\":\"Add\",\"Settings\":"
+                   "{\"MountPath\":\"/run/mounts/scsi/m1\",\"Lun\":1,\"ReadOnly\":true,"
+                   "\"Options\":[\"noatime\"],\"Filesystem\":\"erofs\"}}");
+  FerryGuestMappedDisk zero = { .mount_path = "/m", .controller = 2, .partition = 3 };
+  g_autoptr(json_t) second = ferry_guest_mapped_disk_request("Remove", &zero);
+  assert_json(second, "{\"ResourceType\":\"MappedVirtualDisk\",\"RequestType\":\"Remove\","
+                      "\"Settings\":{\"MountPath\":\"/m\",\"Controller\":2,\"Partition\":3}}");
+  const char *const layers[] = { "/run/mounts/scsi/m2", "/run/mounts/scsi/m1", NULL };
+  g_autoptr(json_t) combine = ferry_guest_combined_layers_request(
+      "Add", "c1", "/run/gcs/c/c1/rootfs", layers, "/run/gcs/c/c1/scratch", 16);
+  assert_json(combine,
+              "{\"ResourceType\":\"CombinedLayers\",\"RequestType\":\"Add\",\"Settings\":{"
+              "\"ContainerID\":\"c1\",\"ContainerRootPath\":\"/run/gcs/c/c1/rootfs\","
+              "\"Layers\":[{\"Path\":\"/run/mounts/scsi/m2\"},{\"Path\":\"/run/mounts/scsi/m1\"}],"
+              "\"ScratchPath\":\"/run/gcs/c/c1/scratch\",\"FerryScratchSizeInMB\":16}}");
+  g_autoptr(json_t) remove =
+      ferry_guest_combined_layers_request("Remove", NULL, "/run/gcs/c/c1/rootfs", NULL, NULL, 0);
+  assert_json(remove, "{\"ResourceType\":\"CombinedLayers\",\"RequestType\":\"Remove\","
+                      "\"Settings\":{\"ContainerRootPath\":\"/run/gcs/c/c1/rootfs\"}}");
+}
+
 int main(int argc, char **argv)
 {
   g_test_init(&argc, &argv, NULL);
@@ -1316,6 +1354,8 @@ int main(int argc, char **argv)
              bridge_teardown)
 #define GC(path, fn)                                                                               \
   g_test_add("/bridge/guest-connection/" path, GcFixture, NULL, gc_setup, fn, gc_teardown)
+  g_test_add_func("/bridge/guest-connection/storage-requests-in-hcsshim-shapes",
+                  test_storage_requests);
 #define GC_RAW(path, fn)                                                                           \
   g_test_add("/bridge/guest-connection/" path, GcFixture, "raw", gc_setup, fn, gc_teardown)
   B("rpc-round-trip", test_bridge_rpc_round_trip);
