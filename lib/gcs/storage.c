@@ -40,6 +40,7 @@ typedef struct {
 typedef struct {
   char *root;
   char *scratch; /* the tmpfs the agent mounted for upper and work, or NULL */
+  char **uses;   /* the layers' paths and ScratchPath: what must stay mounted */
 } Layers;
 
 /* A MappedVirtualDisk Add waiting for its device. */
@@ -81,6 +82,7 @@ static void layers_free(gpointer p)
   Layers *l = p;
   g_free(l->root);
   g_free(l->scratch);
+  g_strfreev(l->uses);
   g_free(l);
 }
 
@@ -276,11 +278,12 @@ static char *find_block_device(guint controller, guint lun, guint64 partition, G
 
 /* The file system on `dev` by its superblock's magic: erofs (0xE0F5E1E2 at 1024) or ext4
  * (0xEF53 at 1024 + 0x38). */
-static const char *detect_filesystem(const char *dev, GError **error)
+static const char *detect_filesystem(const char *dev, gboolean *retry, GError **error)
 {
   guint8 sb[1024 + 0x3a];
   g_auto(FerryFd) fd = open(dev, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
+    *retry = errno == ENXIO;
     ferry_error_set_errno(error, errno, "open %s", dev);
     return NULL;
   }
@@ -314,29 +317,26 @@ static void reply_error(FerryBridgeRequest *request, const char *what, const GEr
   ferry_bridge_request_reply_error(request, hr, "ModifySettings %s: %s", what, error->message);
 }
 
-/* The device is there: mount it and answer. */
-static void disk_mount(GcsStorage *s, DiskWait *w, const char *dev)
+/*
+ * The device is there: mount it. A disk the kernel is still adding (its node and sysfs
+ * entry exist before the block device goes live) fails with ENXIO: `*retry` says so.
+ */
+static gboolean disk_mount(GcsStorage *s, DiskWait *w, const char *dev, gboolean *retry,
+                           GError **error)
 {
-  FerryBridgeRequest *request = w->request;
-  g_autoptr(GError) error = NULL;
   const char *fs = w->filesystem;
-  if (fs == NULL && (fs = detect_filesystem(dev, &error)) == NULL) {
-    reply_error(request, "MappedVirtualDisk", error);
-    return;
-  }
+  if (fs == NULL && (fs = detect_filesystem(dev, retry, error)) == NULL)
+    return FALSE;
   gboolean existed = g_file_test(w->mount_path, G_FILE_TEST_IS_DIR);
-  if (!make_dir("MountPath", w->mount_path, &error)) {
-    reply_error(request, "MappedVirtualDisk", error);
-    return;
-  }
+  if (!make_dir("MountPath", w->mount_path, error))
+    return FALSE;
   if (mount(dev, w->mount_path, fs, w->flags, w->data) != 0) {
     int err = errno;
     if (!existed)
       (void)rmdir(w->mount_path);
-    ferry_error_set_errno(&error, err, "mount %s (%s, %s) on %s", dev, fs,
-                          (w->flags & MS_RDONLY) ? "ro" : "rw", w->mount_path);
-    reply_error(request, "MappedVirtualDisk", error);
-    return;
+    *retry = err == ENXIO;
+    return ferry_error_set_errno(error, err, "mount %s (%s, %s) on %s", dev, fs,
+                                 (w->flags & MS_RDONLY) ? "ro" : "rw", w->mount_path);
   }
   DiskMount *m = g_new0(DiskMount, 1);
   m->mount_path = g_strdup(w->mount_path);
@@ -345,27 +345,32 @@ static void disk_mount(GcsStorage *s, DiskWait *w, const char *dev)
   g_hash_table_insert(s->disks, m->mount_path, m);
   ferry_log(FERRY_LOG_DEBUG, "gcs: disk mounted", "device", dev, "path", m->mount_path, "fs", fs,
             NULL);
-  ferry_bridge_request_reply(request, NULL);
+  return TRUE;
 }
 
-/* One look for the device: mounted and answered (TRUE), or still waiting (FALSE). */
+/* One look for the device: answered (TRUE), or still waiting (FALSE). */
 static gboolean disk_try(DiskWait *w)
 {
   GcsStorage *s = w->storage;
   g_autoptr(GError) error = NULL;
+  gboolean in_time = g_get_monotonic_time() < w->deadline_us;
   g_autofree char *dev = find_block_device(w->controller, w->lun, w->partition, &error);
-  if (dev == NULL && g_error_matches(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND) &&
-      g_get_monotonic_time() < w->deadline_us)
+  if (dev == NULL && g_error_matches(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND) && in_time)
     return FALSE;
+  gboolean ok = dev != NULL;
+  if (ok && w->mount_path != NULL) { /* hcsshim: without MountPath, nothing to mount */
+    gboolean retry = FALSE;
+    ok = disk_mount(s, w, dev, &retry, &error);
+    if (!ok && retry && in_time)
+      return FALSE;
+  }
   g_hash_table_remove(s->waits, w);
-  if (dev == NULL) {
+  if (ok) {
+    ferry_bridge_request_reply(w->request, NULL);
+  } else {
     if (g_error_matches(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND))
       g_prefix_error(&error, "after %u ms: ", s->disk_wait_ms);
     reply_error(w->request, "MappedVirtualDisk", error);
-  } else if (w->mount_path == NULL) {
-    ferry_bridge_request_reply(w->request, NULL); /* hcsshim: no MountPath, nothing to mount */
-  } else {
-    disk_mount(s, w, dev);
   }
   disk_wait_free(w);
   return TRUE;
@@ -523,6 +528,21 @@ static void mapped_disk_add(GcsStorage *s, FerryBridgeRequest *request, json_t *
     w->timer = ferry_timeout_new(s->context, DISK_POLL_MS, on_disk_poll, w);
 }
 
+/* The root of combined layers that use something at or below `path`, or NULL. */
+static const char *layers_using(GcsStorage *s, const char *path)
+{
+  GHashTableIter iter;
+  gpointer value;
+  g_hash_table_iter_init(&iter, s->layers);
+  while (g_hash_table_iter_next(&iter, NULL, &value)) {
+    Layers *l = value;
+    for (char **u = l->uses; *u != NULL; u++)
+      if (path_within(*u, path))
+        return l->root;
+  }
+  return NULL;
+}
+
 static void mapped_disk_remove(GcsStorage *s, FerryBridgeRequest *request, json_t *settings)
 {
   g_autoptr(GError) error = NULL;
@@ -540,6 +560,18 @@ static void mapped_disk_remove(GcsStorage *s, FerryBridgeRequest *request, json_
     ferry_bridge_request_reply_error(request, FERRY_HR_NOT_FOUND,
                                      "ModifySettings MappedVirtualDisk: no disk is mapped at %s",
                                      mount_path);
+    return;
+  }
+  /* overlayfs holds its layers through private clones of their mounts, so the kernel
+   * would let the disk's mount go while an overlay still reads it (and the host would
+   * then unplug a disk in use): the agent refuses itself. */
+  const char *user = layers_using(s, mount_path);
+  if (user != NULL) {
+    ferry_bridge_request_reply_error(
+        request, FERRY_HR_INVALID_STATE,
+        "ModifySettings MappedVirtualDisk: %s is busy: the combined layers at %s use it "
+        "(remove them first)",
+        mount_path, user);
     return;
   }
   if (umount2(mount_path, 0) != 0) {
@@ -603,6 +635,7 @@ static void combined_layers_add(GcsStorage *s, FerryBridgeRequest *request, json
   }
   /* lowerdir in hcsshim's order: the first layer is the top one. */
   g_autoptr(GString) options = g_string_new("lowerdir=");
+  g_autoptr(GPtrArray) uses = g_ptr_array_new_with_free_func(g_free);
   gsize i;
   json_t *layer;
   json_array_foreach(layers, i, layer)
@@ -619,6 +652,7 @@ static void combined_layers_add(GcsStorage *s, FerryBridgeRequest *request, json
       return;
     }
     g_string_append_printf(options, "%s%s", i > 0 ? ":" : "", path);
+    g_ptr_array_add(uses, g_strdup(path));
   }
   if (scratch != NULL && scratch[0] == '\0')
     scratch = NULL;
@@ -659,8 +693,26 @@ static void combined_layers_add(GcsStorage *s, FerryBridgeRequest *request, json
   }
   if (!make_dir("ContainerRootPath", root, &error))
     goto fail;
-  if (mount("overlay", root, "overlay", scratch == NULL ? MS_RDONLY : 0, options->str) != 0) {
-    ferry_error_set_errno(&error, errno, "mount overlay (%s) on %s", options->str, root);
+  /* overlayfs wants two lower layers when it has no upper: one read-only layer is a
+   * read-only bind mount of it instead. */
+  gboolean bind = scratch == NULL && json_array_size(layers) == 1;
+  const char *lower = g_ptr_array_index(uses, 0);
+  int err = 0;
+  if (bind) {
+    if (mount(lower, root, NULL, MS_BIND, NULL) != 0) {
+      err = errno;
+    } else if (mount(NULL, root, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY, NULL) != 0) {
+      err = errno;
+      (void)umount2(root, MNT_DETACH);
+    }
+    if (err != 0)
+      ferry_error_set_errno(&error, err, "bind %s read-only on %s", lower, root);
+  } else if (mount("overlay", root, "overlay", scratch == NULL ? MS_RDONLY : 0, options->str) !=
+             0) {
+    err = errno;
+    ferry_error_set_errno(&error, err, "mount overlay (%s) on %s", options->str, root);
+  }
+  if (err != 0) {
     if (!root_existed)
       (void)rmdir(root);
     goto fail;
@@ -668,6 +720,10 @@ static void combined_layers_add(GcsStorage *s, FerryBridgeRequest *request, json
   Layers *l = g_new0(Layers, 1);
   l->root = g_strdup(root);
   l->scratch = tmpfs ? g_strdup(scratch) : NULL;
+  if (scratch != NULL)
+    g_ptr_array_add(uses, g_strdup(scratch));
+  g_ptr_array_add(uses, NULL);
+  l->uses = (char **)g_ptr_array_free(g_steal_pointer(&uses), FALSE);
   g_hash_table_insert(s->layers, l->root, l);
   ferry_log(FERRY_LOG_DEBUG, "gcs: layers combined", "path", root, "options", options->str, NULL);
   ferry_bridge_request_reply(request, NULL);

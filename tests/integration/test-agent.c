@@ -918,8 +918,8 @@ static void test_errors_are_hresults(void)
   g_assert_nonnull(strstr(m.error->message, "VPMemDevice"));
   result_clear(&m);
   g_autoptr(json_t) outside =
-      json_pack("{s:s, s:s, s:{s:s, s:i, s:b}}", "ResourceType", "MappedVirtualDisk",
-                "RequestType", "Add", "Settings", "MountPath", "/tmp/x", "Lun", 1, "ReadOnly", 1);
+      json_pack("{s:s, s:s, s:{s:s, s:i, s:b}}", "ResourceType", "MappedVirtualDisk", "RequestType",
+                "Add", "Settings", "MountPath", "/tmp/x", "Lun", 1, "ReadOnly", 1);
   Result m2 = { 0 };
   ferry_guest_connection_modify(e->host.gc, NULL, outside, on_done, &m2);
   wait_result(&m2);
