@@ -98,4 +98,37 @@ void ferry_sandbox_forget_container(FerrySandbox *sandbox, const char *id);
 /* Ids in the table, sorted; free with g_strfreev. */
 GStrv ferry_sandbox_list_containers(FerrySandbox *sandbox);
 
+/* ------------------------------------------------------------ container roots -- */
+
+/* Where a container's bundle and root live in the guest (newly allocated). */
+char *ferry_sandbox_guest_bundle(const char *container_id);
+char *ferry_sandbox_guest_root(const char *container_id);
+
+/* One read-only layer image of a container root: `digest` names its content (equal
+ * digests are one image), `path` is the host file. */
+typedef struct {
+  const char *path;
+  const char *digest;
+} FerrySandboxLayer;
+
+/*
+ * Attach a container's root: each image (`layers`, top first, copied) is hot-added once
+ * per sandbox as a read-only SCSI disk (shared by every container using that digest),
+ * mounted by the agent at /run/mounts/scsi/m<lun>, and the layers are combined at
+ * ferry_sandbox_guest_root() with a writable upper in a tmpfs of `scratch_mb` MiB (0:
+ * the agent's default) in guest RAM. Attaches and detaches run one at a time, in order.
+ * On failure nothing of this attach stays (disks it added are removed again).
+ * ALREADY_EXISTS for a container whose root is attached, FAILED_PRECONDITION when the
+ * sandbox does not run.
+ */
+void ferry_sandbox_attach_root(FerrySandbox *sandbox, const char *container_id,
+                               const FerrySandboxLayer *layers, guint n_layers, guint scratch_mb,
+                               FerrySandboxDoneFunc done, gpointer user_data);
+/* Undo attach: the overlay goes (with what the container wrote), and every disk no
+ * other container uses is unmounted and hot-removed. NOT_FOUND for no attached root. */
+void ferry_sandbox_detach_root(FerrySandbox *sandbox, const char *container_id,
+                               FerrySandboxDoneFunc done, gpointer user_data);
+/* How many layer disks the sandbox has attached now. */
+guint ferry_sandbox_disk_count(FerrySandbox *sandbox);
+
 G_END_DECLS

@@ -14,62 +14,11 @@
 #include "ferry/log.h"
 #include "ferry/mux.h"
 #include "ferry/source.h"
+#include "sandbox-private.h"
 
 #define DEFAULT_KERNEL_ARGS "console=ttyS0 loglevel=4 panic=-1"
 /* How much of the console's end a boot failure quotes. */
 #define CONSOLE_TAIL_BYTES 2048
-
-typedef enum {
-  SB_CREATED,
-  SB_STARTING,
-  SB_RUNNING,
-  SB_STOPPING,
-  SB_STOPPED, /* stopped, failed to start, or the VM died */
-} SandboxState;
-
-/* A completion reported from an idle the sandbox owns. */
-typedef struct {
-  FerrySandbox *sandbox;
-  GSource *source;
-  FerrySandboxDoneFunc done;
-  gpointer user_data;
-  GError *error;
-} Report;
-
-/* A create in flight: the guest's answer comes back here. */
-typedef struct {
-  FerrySandbox *sandbox; /* NULL once the sandbox is being freed */
-  char *id;
-  FerrySandboxDoneFunc done;
-  gpointer user_data;
-} CreateOp;
-
-struct FerrySandbox {
-  GMainContext *context;
-  char *id;
-  char *state_dir;
-  char *kernel, *initrd, *kernel_args;
-  guint memory_mb, cpus, boot_timeout_ms;
-  char *qemu_binary;
-  FerryVmOptions vm_options;
-  FerrySandboxHandlers handlers;
-  gpointer user_data;
-
-  SandboxState state;
-  FerryVm *vm;
-  FerryMux *mux;
-  FerryStdioPorts *ports;
-  FerryGuestConnection *gc;
-  GSource *boot_timer;
-  GError *start_error; /* why the start failed, once known (the VM is terminated first) */
-  FerrySandboxDoneFunc start_done;
-  gpointer start_data;
-  FerrySandboxDoneFunc stop_done;
-  gpointer stop_data;
-  GHashTable *containers; /* id -> FerryGuestContainer (a reference) */
-  GList *reports;         /* Report */
-  GList *creates;         /* CreateOp in flight */
-};
 
 /* ---------------------------------------------------------------- reports -- */
 
@@ -88,8 +37,8 @@ static gboolean on_report(gpointer ud)
 }
 
 /* Run `done` from the loop with a copy of `error`. */
-static void report_later(FerrySandbox *sandbox, FerrySandboxDoneFunc done, gpointer user_data,
-                         const GError *error)
+void sandbox_report_later(FerrySandbox *sandbox, FerrySandboxDoneFunc done, gpointer user_data,
+                          const GError *error)
 {
   if (done == NULL)
     return;
@@ -158,6 +107,7 @@ FerrySandbox *ferry_sandbox_new(const FerrySandboxConfig *config,
   sandbox->user_data = user_data;
   sandbox->containers = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
                                               (GDestroyNotify)ferry_guest_container_unref);
+  sandbox_roots_init(sandbox);
   return sandbox;
 }
 
@@ -183,7 +133,7 @@ static void start_finish(FerrySandbox *sandbox, const GError *error)
   ferry_source_clear(&sandbox->boot_timer);
   if (error == NULL)
     sandbox->state = SB_RUNNING;
-  report_later(sandbox, done, sandbox->start_data, error);
+  sandbox_report_later(sandbox, done, sandbox->start_data, error);
 }
 
 /* The start failed: stop the VM, then report (so a caller that retries finds no QEMU
@@ -335,7 +285,7 @@ void ferry_sandbox_start(FerrySandbox *sandbox, FerrySandboxDoneFunc done, gpoin
   if (sandbox->state != SB_CREATED) {
     g_set_error(&error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION,
                 "sandbox %s: start: it was started before", sandbox->id);
-    report_later(sandbox, done, user_data, error);
+    sandbox_report_later(sandbox, done, user_data, error);
     return;
   }
   g_autoptr(FerryVmDoc) doc = sandbox_doc(sandbox, &error);
@@ -344,7 +294,7 @@ void ferry_sandbox_start(FerrySandbox *sandbox, FerrySandboxDoneFunc done, gpoin
   if (sandbox->vm == NULL) {
     g_prefix_error(&error, "sandbox %s: ", sandbox->id);
     sandbox->state = SB_STOPPED;
-    report_later(sandbox, done, user_data, error);
+    sandbox_report_later(sandbox, done, user_data, error);
     return;
   }
   sandbox->mux = ferry_mux_new(FERRY_MUX_HOST);
@@ -352,7 +302,7 @@ void ferry_sandbox_start(FerrySandbox *sandbox, FerrySandboxDoneFunc done, gpoin
   if (!ferry_transport_listen(ferry_mux_get_transport(sandbox->mux), FERRY_GCS_BRIDGE_PORT,
                               on_bridge, sandbox, &error)) {
     sandbox->state = SB_STOPPED;
-    report_later(sandbox, done, user_data, error);
+    sandbox_report_later(sandbox, done, user_data, error);
     return;
   }
   sandbox->state = SB_STARTING;
@@ -368,7 +318,7 @@ static void on_stopped(FerryVm *vm, const GError *error, gpointer ud)
   FerrySandbox *sandbox = ud;
   sandbox->state = SB_STOPPED;
   FerrySandboxDoneFunc done = g_steal_pointer(&sandbox->stop_done);
-  report_later(sandbox, done, sandbox->stop_data, error);
+  sandbox_report_later(sandbox, done, sandbox->stop_data, error);
 }
 
 void ferry_sandbox_stop(FerrySandbox *sandbox, FerrySandboxDoneFunc done, gpointer user_data)
@@ -376,7 +326,7 @@ void ferry_sandbox_stop(FerrySandbox *sandbox, FerrySandboxDoneFunc done, gpoint
   if (sandbox->stop_done != NULL) {
     g_autoptr(GError) error = g_error_new(FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION,
                                           "sandbox %s: a stop is already under way", sandbox->id);
-    report_later(sandbox, done, user_data, error);
+    sandbox_report_later(sandbox, done, user_data, error);
     return;
   }
   if (sandbox->state == SB_STARTING) {
@@ -388,7 +338,7 @@ void ferry_sandbox_stop(FerrySandbox *sandbox, FerrySandboxDoneFunc done, gpoint
   }
   if (sandbox->vm == NULL) {
     sandbox->state = SB_STOPPED;
-    report_later(sandbox, done, user_data, NULL);
+    sandbox_report_later(sandbox, done, user_data, NULL);
     return;
   }
   sandbox->state = SB_STOPPING;
@@ -461,7 +411,7 @@ void ferry_sandbox_create_container(FerrySandbox *sandbox, const char *id, json_
                 "sandbox %s: container %s already exists", sandbox->id, id);
   }
   if (error != NULL) {
-    report_later(sandbox, done, user_data, error);
+    sandbox_report_later(sandbox, done, user_data, error);
     return;
   }
   CreateOp *op = g_new0(CreateOp, 1);
@@ -473,7 +423,7 @@ void ferry_sandbox_create_container(FerrySandbox *sandbox, const char *id, json_
       sandbox->gc, id, config, on_container_created, op, &error);
   if (c == NULL) {
     create_op_free(op);
-    report_later(sandbox, done, user_data, error);
+    sandbox_report_later(sandbox, done, user_data, error);
     return;
   }
   sandbox->creates = g_list_prepend(sandbox->creates, op);
@@ -528,6 +478,7 @@ void ferry_sandbox_free(FerrySandbox *sandbox)
     ((CreateOp *)l->data)->sandbox = NULL;
   g_clear_pointer(&sandbox->creates, g_list_free);
   g_hash_table_unref(sandbox->containers);
+  sandbox_roots_free(sandbox);
   g_clear_pointer(&sandbox->gc, ferry_guest_connection_free);
   g_clear_pointer(&sandbox->ports, ferry_stdio_ports_free);
   g_clear_pointer(&sandbox->mux, ferry_mux_free);

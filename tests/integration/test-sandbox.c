@@ -47,6 +47,14 @@ static void on_vm_exited(FerrySandbox *sandbox, const GError *error, gpointer ud
     d->exit_error = g_error_copy(error);
 }
 
+static void on_gc_done(const GError *error, gpointer ud)
+{
+  Done *d = ud;
+  d->done = TRUE;
+  if (error != NULL)
+    d->error = g_error_copy(error);
+}
+
 static const FerrySandboxHandlers handlers = { .vm_exited = on_vm_exited };
 
 static void done_clear(Done *d)
@@ -276,6 +284,163 @@ static void test_vm_death(void)
   test_rm_rf(dir);
 }
 
+/* ------------------------------------------------------------ roots -- */
+
+static char *make_erofs(const char *dir, const char *name, const char *marker)
+{
+  g_autofree char *tree = g_build_filename(dir, name, NULL);
+  g_autoptr(GError) error = NULL;
+  g_assert_true(test_build_busybox_rootfs(tree, &error));
+  g_autofree char *etc = g_build_filename(tree, "etc", NULL);
+  g_mkdir_with_parents(etc, 0755);
+  g_autofree char *file = g_build_filename(etc, "layer", NULL);
+  g_assert_true(g_file_set_contents(file, marker, -1, NULL));
+  char *image = g_strdup_printf("%s.erofs", tree);
+  const char *argv[] = { "mkfs.erofs", "--quiet", image, tree, NULL };
+  gint status = 0;
+  g_autofree char *err = NULL;
+  g_assert_true(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, NULL, &err,
+                             &status, &error));
+  g_assert_no_error(error);
+  if (!g_spawn_check_wait_status(status, NULL))
+    g_error("mkfs.erofs: %s", err);
+  return image;
+}
+
+static void attach_ok(FerrySandbox *sb, const char *id, const FerrySandboxLayer *layers, guint n)
+{
+  Done d = { 0 };
+  ferry_sandbox_attach_root(sb, id, layers, n, 8, on_done, &d);
+  g_assert_false(d.done);
+  g_assert_true(test_run_until(&d.done, 60000));
+  g_assert_no_error(d.error);
+}
+
+static void detach_ok(FerrySandbox *sb, const char *id)
+{
+  Done d = { 0 };
+  ferry_sandbox_detach_root(sb, id, on_done, &d);
+  g_assert_true(test_run_until(&d.done, 60000));
+  g_assert_no_error(d.error);
+}
+
+/* A container on an attached root: reads the layer, writes into its upper. */
+static char *container_sh(FerrySandbox *sb, const char *id, const char *script)
+{
+  g_autofree char *bundle = ferry_sandbox_guest_bundle(id);
+  g_autoptr(json_t) spec = test_busybox_oci_spec();
+  json_object_set_new(json_object_get(spec, "root"), "readonly", json_false());
+  g_autoptr(json_t) config =
+      json_pack("{s:{s:i,s:i}, s:s, s:O}", "SchemaVersion", "Major", 2, "Minor", 1, "OciBundlePath",
+                bundle, "OciSpecification", spec);
+  Done d = { 0 };
+  ferry_sandbox_create_container(sb, id, config, on_done, &d);
+  g_assert_true(test_run_until(&d.done, 60000));
+  g_assert_no_error(d.error);
+  FerryGuestContainer *c = ferry_sandbox_get_container(sb, id);
+  g_assert_nonnull(c);
+  int p[2];
+  g_assert_cmpint(pipe2(p, O_CLOEXEC), ==, 0);
+  g_autoptr(json_t) params = json_pack("{s:{s:[s,s,s], s:[s], s:s}}", "OciProcess", "args", "sh",
+                                       "-c", script, "env", "PATH=/bin", "cwd", "/");
+  FerryCmd *cmd = ferry_cmd_new(ferry_sandbox_get_guest(sb), c, ferry_sandbox_get_ports(sb), params,
+                                (FerryCmdIo){ -1, p[1], -1 });
+  Run r = { 0 };
+  ferry_cmd_start(cmd, on_started, &r);
+  g_assert_true(test_run_until(&r.started, 60000));
+  ferry_cmd_wait(cmd, on_waited, &r);
+  g_assert_true(test_run_until(&r.waited, 60000));
+  g_assert_no_error(r.error);
+  ferry_cmd_free(cmd);
+  GString *out = g_string_new("");
+  char buf[512];
+  ssize_t n;
+  while ((n = read(p[0], buf, sizeof(buf))) > 0)
+    g_string_append_len(out, buf, n);
+  close(p[0]);
+  return g_string_free(out, FALSE);
+}
+
+static void delete_container(FerrySandbox *sb, const char *id)
+{
+  Done d = { 0 };
+  ferry_guest_connection_delete_container_state(ferry_sandbox_get_guest(sb), id, on_gc_done, &d);
+  g_assert_true(test_run_until(&d.done, 30000));
+  g_assert_no_error(d.error);
+  ferry_sandbox_forget_container(sb, id);
+}
+
+static void test_roots_shared_and_released(void)
+{
+  if (skip_reason != NULL) {
+    g_test_skip(skip_reason);
+    return;
+  }
+  g_autofree char *mkfs = g_find_program_in_path("mkfs.erofs");
+  if (mkfs == NULL) {
+    g_test_skip("mkfs.erofs is not installed (scripts/install-deps.sh shim)");
+    return;
+  }
+  g_autofree char *dir = test_make_tmpdir();
+  g_autofree char *image = make_erofs(dir, "base", "base layer\n");
+  FerrySandboxConfig c = config_for(dir);
+  Done d = { 0 };
+  g_autoptr(GError) error = NULL;
+  FerrySandbox *sb = ferry_sandbox_new(&c, &handlers, &d, &error);
+  g_assert_no_error(error);
+  ferry_sandbox_start(sb, on_done, &d);
+  g_assert_true(test_run_until(&d.done, 120000));
+  g_assert_no_error(d.error);
+
+  FerrySandboxLayer layer = { image, "sha256:base" };
+  attach_ok(sb, "c1", &layer, 1);
+  g_assert_cmpuint(ferry_sandbox_disk_count(sb), ==, 1);
+  attach_ok(sb, "c2", &layer, 1); /* the same digest: the same disk */
+  g_assert_cmpuint(ferry_sandbox_disk_count(sb), ==, 1);
+  /* A second attach of c1 is refused and changes nothing. */
+  done_clear(&d);
+  ferry_sandbox_attach_root(sb, "c1", &layer, 1, 8, on_done, &d);
+  g_assert_true(test_run_until(&d.done, 60000));
+  g_assert_error(d.error, FERRY_ERROR, FERRY_ERROR_ALREADY_EXISTS);
+  g_assert_cmpuint(ferry_sandbox_disk_count(sb), ==, 1);
+
+  g_autofree char *out =
+      container_sh(sb, "c1", "cat /etc/layer; echo written > /new; cat /new; exit 0");
+  g_assert_cmpstr(out, ==, "base layer\nwritten\n");
+  delete_container(sb, "c1");
+  g_autofree char *other = container_sh(sb, "c2", "cat /new 2>/dev/null || echo absent");
+  g_assert_cmpstr(other, ==, "absent\n"); /* each container has its own upper */
+  delete_container(sb, "c2");
+
+  detach_ok(sb, "c1");
+  g_assert_cmpuint(ferry_sandbox_disk_count(sb), ==, 1); /* c2 still uses it */
+  detach_ok(sb, "c2");
+  g_assert_cmpuint(ferry_sandbox_disk_count(sb), ==, 0);
+  done_clear(&d);
+  ferry_sandbox_detach_root(sb, "c2", on_done, &d);
+  g_assert_true(test_run_until(&d.done, 30000));
+  g_assert_error(d.error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND);
+
+  /* An image that is not there: an error, and no disk stays. */
+  FerrySandboxLayer missing = { "/nonexistent/layer.erofs", "sha256:missing" };
+  done_clear(&d);
+  ferry_sandbox_attach_root(sb, "c3", &missing, 1, 8, on_done, &d);
+  g_assert_true(test_run_until(&d.done, 60000));
+  g_assert_nonnull(d.error);
+  g_assert_nonnull(strstr(d.error->message, "/nonexistent/layer.erofs"));
+  g_assert_cmpuint(ferry_sandbox_disk_count(sb), ==, 0);
+  /* And the root can be attached again after the failure. */
+  attach_ok(sb, "c3", &layer, 1);
+  detach_ok(sb, "c3");
+
+  done_clear(&d);
+  ferry_sandbox_stop(sb, on_done, &d);
+  g_assert_true(test_run_until(&d.done, 30000));
+  ferry_sandbox_free(sb);
+  done_clear(&d);
+  test_rm_rf(dir);
+}
+
 int main(int argc, char **argv)
 {
   g_test_init(&argc, &argv, NULL);
@@ -299,5 +464,6 @@ int main(int argc, char **argv)
   g_test_add_func("/sandbox/boot-timeout", test_boot_timeout);
   g_test_add_func("/sandbox/qemu-fails", test_qemu_fails);
   g_test_add_func("/sandbox/vm-death", test_vm_death);
+  g_test_add_func("/sandbox/roots-shared-and-released", test_roots_shared_and_released);
   return g_test_run();
 }
