@@ -795,8 +795,10 @@ static void test_free_kills_mkfs(void)
   Result r = { 0 };
   ferry_rootfs_builder_build(w.builder, layers, NULL, on_built, &r);
   g_autoptr(GMainContext) ctx = g_main_context_ref_thread_default();
-  while (w.builder != NULL)
+  while (w.builder != NULL && !r.done)
     g_main_context_iteration(ctx, TRUE);
+  g_assert_no_error(r.error); /* the build did not end before mkfs.erofs ran */
+  g_assert_false(r.done);
   g_assert_cmpint(w.pid, >, 0);
   g_assert_cmpint(kill(w.pid, 0), ==, -1);
   g_assert_cmpint(errno, ==, ESRCH);
