@@ -29,6 +29,8 @@
 
 static char *mkfs_path;
 
+static gboolean run_quiet(const char *const *argv, char **out);
+
 /* ----------------------------------------------------------------- trees -- */
 
 static void write_file(const char *dir, const char *rel, const void *data, gsize len, mode_t mode)
@@ -306,6 +308,51 @@ static void test_digest_errors(void)
   g_assert_null(ferry_rootfs_content_digest("/etc/hostname", &error));
   g_assert_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT);
   g_assert_nonnull(strstr(error->message, "not a directory"));
+}
+
+/* mkfs.erofs 1.5 leaves out every name that starts with "lost+found"; the digest
+ * describes the image, so it leaves them out too. */
+static void test_digest_skips_lost_found(void)
+{
+  g_autofree char *dir = new_tree(FALSE);
+  g_autofree char *before = digest_of(dir);
+  make_dir(dir, "lost+found", 0700);
+  write_file(dir, "etc/lost+found.txt", "x", 1, 0644);
+  g_autofree char *after = digest_of(dir);
+  g_assert_cmpstr(before, ==, after);
+  write_file(dir, "etc/lost_found", "x", 1, 0644);
+  g_autofree char *other = digest_of(dir);
+  g_assert_cmpstr(other, !=, before);
+  test_rm_rf(dir);
+}
+
+/* mkfs.erofs joins paths in a PATH_MAX buffer and fails on longer ones; the walk
+ * refuses them first. */
+static void test_digest_path_max(void)
+{
+  g_autofree char *dir = test_make_tmpdir();
+  char name[256];
+  memset(name, 'n', 255);
+  name[255] = '\0';
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  g_assert_cmpint(fd, >=, 0);
+  for (int i = 0; i < 17; i++) { /* 17 * 256 > 4096 */
+    g_assert_cmpint(mkdirat(fd, name, 0755), ==, 0);
+    int next = openat(fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    g_assert_cmpint(next, >=, 0);
+    close(fd);
+    fd = next;
+  }
+  close(fd);
+  g_autoptr(GError) error = NULL;
+  g_assert_null(ferry_rootfs_content_digest(dir, &error));
+  g_assert_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT);
+  g_assert_nonnull(strstr(error->message, "PATH_MAX"));
+  /* nftw (test_rm_rf) cannot reach below PATH_MAX; rm(1) can. */
+  const char *rm[] = { "rm", "-rf", dir, NULL };
+  g_autofree char *out = NULL;
+  if (!run_quiet(rm, &out))
+    g_error("rm -rf %s: %s", dir, out);
 }
 
 /* Two builds of equal trees, created differently, into two caches: the same key and
@@ -859,6 +906,8 @@ int main(int argc, char **argv)
                   test_digest_ignores_creation_order);
   g_test_add_func("/rootfs/digest/sees-every-change", test_digest_sees_changes);
   g_test_add_func("/rootfs/digest/errors", test_digest_errors);
+  g_test_add_func("/rootfs/digest/skips-lost-found-like-mkfs", test_digest_skips_lost_found);
+  g_test_add_func("/rootfs/digest/refuses-paths-beyond-path-max", test_digest_path_max);
   g_test_add_func("/rootfs/builder/needs-a-cache-dir", test_builder_needs_cache);
   g_test_add_func("/rootfs/build/reproducible", test_build_reproducible);
   g_test_add_func("/rootfs/build/cache-hit-runs-no-mkfs", test_build_cache_hit);
