@@ -78,6 +78,51 @@ static void test_bind_rw_is_the_upper(void)
   g_assert_cmpstr(l->upper, ==, "/snap/2/fs");
 }
 
+/* The five shapes containerd 1.6.20's overlayfs snapshotter gives (`ctr snapshots
+ * prepare --mounts` / `view --mounts`, recorded here): an active snapshot without
+ * parents, with one parent, with two; a view of two layers, a view of one. */
+#define SNAP "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/"
+
+static void test_containerd_shapes(void)
+{
+  g_autoptr(GError) error = NULL;
+  const char *no_parent[] = { "rw", "rbind" };
+  g_autoptr(FerryRootfsLayers) a = parse1("bind", SNAP "3/fs", no_parent, 2, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(a->n_layers, ==, 0);
+  g_assert_cmpstr(a->upper, ==, SNAP "3/fs");
+
+  const char *one_parent[] = { "index=off", "workdir=" SNAP "4/work", "upperdir=" SNAP "4/fs",
+                               "lowerdir=" SNAP "1/fs" };
+  g_autoptr(FerryRootfsLayers) b = parse1("overlay", "overlay", one_parent, 4, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(b->n_layers, ==, 1);
+  g_assert_cmpstr(b->layers[0], ==, SNAP "1/fs");
+  g_assert_cmpstr(b->upper, ==, SNAP "4/fs");
+  g_assert_cmpstr(b->work, ==, SNAP "4/work");
+
+  const char *two_parents[] = { "index=off", "workdir=" SNAP "5/work", "upperdir=" SNAP "5/fs",
+                                "lowerdir=" SNAP "2/fs:" SNAP "1/fs" };
+  g_autoptr(FerryRootfsLayers) c = parse1("overlay", "overlay", two_parents, 4, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(c->n_layers, ==, 2);
+  g_assert_cmpstr(c->layers[0], ==, SNAP "2/fs"); /* the newer layer, on top */
+  g_assert_cmpstr(c->layers[1], ==, SNAP "1/fs");
+
+  const char *view_two[] = { "index=off", "lowerdir=" SNAP "2/fs:" SNAP "1/fs" };
+  g_autoptr(FerryRootfsLayers) d = parse1("overlay", "overlay", view_two, 2, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(d->n_layers, ==, 2);
+  g_assert_null(d->upper);
+
+  const char *view_one[] = { "ro", "rbind" };
+  g_autoptr(FerryRootfsLayers) e = parse1("bind", SNAP "1/fs", view_one, 2, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(e->n_layers, ==, 1);
+  g_assert_cmpstr(e->layers[0], ==, SNAP "1/fs");
+  g_assert_null(e->upper);
+}
+
 static void test_directory(void)
 {
   g_autoptr(GError) error = NULL;
@@ -250,6 +295,7 @@ int main(int argc, char **argv)
   g_test_add_func("/rootfs/mounts/bind-ro-is-one-layer", test_bind_ro_is_a_layer);
   g_test_add_func("/rootfs/mounts/bind-rw-is-the-upper", test_bind_rw_is_the_upper);
   g_test_add_func("/rootfs/mounts/directory", test_directory);
+  g_test_add_func("/rootfs/mounts/containerd-1.6-overlayfs-shapes", test_containerd_shapes);
   g_test_add_func("/rootfs/mounts/one-mount-only", test_mount_count);
   g_test_add_func("/rootfs/mounts/layer-limit", test_too_many_layers);
   g_test_add_func("/rootfs/mounts/truncated-options", test_truncations);
