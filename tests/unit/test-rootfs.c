@@ -704,6 +704,34 @@ static void test_error_cache_not_writable(void)
   test_rm_rf(cache);
 }
 
+/* A cache on a read-only file system (as root, the one place a write is refused). */
+static void test_error_cache_read_only_fs(void)
+{
+  g_autofree char *dir = new_tree(FALSE);
+  g_autofree char *mnt = test_make_tmpdir();
+  const char *mount_argv[] = { "mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", mnt, NULL };
+  g_autofree char *out = NULL;
+  if (!run_quiet(mount_argv, &out)) {
+    g_autofree char *why =
+        g_strdup_printf("cannot mount a read-only tmpfs here: %s", g_strstrip(out));
+    test_rm_rf(dir);
+    test_rm_rf(mnt);
+    g_test_skip(why);
+    return;
+  }
+  g_autofree char *cache = g_build_filename(mnt, "cache", NULL);
+  g_autoptr(FerryRootfsBuilder) b = new_builder(cache, NULL);
+  g_autoptr(GError) e = build_dir_error(b, dir);
+  const char *umount_argv[] = { "umount", mnt, NULL };
+  g_autofree char *uout = NULL;
+  if (!run_quiet(umount_argv, &uout))
+    g_error("umount %s: %s", mnt, uout);
+  g_assert_error(e, FERRY_ERROR, FERRY_ERROR_PERMISSION_DENIED);
+  g_assert_nonnull(strstr(e->message, "Read-only file system"));
+  test_rm_rf(dir);
+  test_rm_rf(mnt);
+}
+
 /* A real mkfs.erofs failure: the file size limit (inherited by the child, SIGXFSZ
  * ignored) makes its writes fail with EFBIG, and it says so on stderr. */
 static void test_error_mkfs_fails(void)
@@ -922,5 +950,6 @@ int main(int argc, char **argv)
   g_test_add_func("/rootfs/error/mkfs-fails-with-its-stderr", test_error_mkfs_fails);
   g_test_add_func("/rootfs/error/cache-not-writable", test_error_cache_not_writable);
   g_test_add_func("/rootfs/error/cache-is-a-file", test_error_cache_is_a_file);
+  g_test_add_func("/rootfs/error/cache-on-read-only-fs", test_error_cache_read_only_fs);
   return g_test_run();
 }
