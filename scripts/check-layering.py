@@ -38,6 +38,8 @@ HEADER_MODULE = {
     "transport-vsock": "transport",
     "relay": "transport",
     "sandbox": "sandbox",
+    "shim-events": "shim",
+    "task-service": "shim",
     "runtime": "runtime",
     "gcs": "gcs",
     "rootfs": "rootfs",

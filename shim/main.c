@@ -13,8 +13,8 @@
  * delete  after a daemon died: kill the QEMU it recorded (by pid, checked to be QEMU),
  *         remove its socket and state, print a DeleteResponse.
  *
- * Environment: TTRPC_ADDRESS (containerd's events), FERRY_SHIM_RUN_DIR (sockets and
- * sandbox state, default /run/ferry).
+ * Environment: TTRPC_ADDRESS (containerd's events), FERRY_SHIM_RUN_DIR (sockets, sandbox
+ * state and the image cache, default /run/ferry), FERRY_SHIM_CONFIG (the config file).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -33,6 +33,7 @@
 #include "ferry/fd.h"
 #include "ferry/json.h"
 #include "ferry/log.h"
+#include "ferry/task-service.h"
 #include "ferry/ttrpc.h"
 
 #define DEFAULT_RUN_DIR "/run/ferry"
@@ -116,6 +117,11 @@ static gboolean parse_flags(int argc, char **argv, Flags *f, char **action, GErr
     }
   }
   return TRUE;
+}
+
+static const char *str_or(const char *s)
+{
+  return s != NULL ? s : "";
 }
 
 static const char *run_dir(void)
@@ -341,39 +347,112 @@ static int do_delete(const Flags *f)
 
 /* ---------------------------------------------------------------- serve -- */
 
+/* The shim's configuration (docs/shim.md): a JSON file (FERRY_SHIM_CONFIG, else
+ * FERRY_SHIM_DEFAULT_CONFIG) whose keys override the built-in defaults; a missing file
+ * means the defaults. */
+typedef struct {
+  char *kernel, *initrd, *qemu, *image_cache, *state_dir;
+  guint memory_mb, cpus, boot_timeout_ms, scratch_mb;
+} ShimConfig;
+
+static void shim_config_clear(ShimConfig *c)
+{
+  g_free(c->kernel);
+  g_free(c->initrd);
+  g_free(c->qemu);
+  g_free(c->image_cache);
+  g_free(c->state_dir);
+}
+
+static gboolean config_string(json_t *obj, const char *key, char **out, GError **error)
+{
+  json_t *v = json_object_get(obj, key);
+  if (v == NULL)
+    return TRUE;
+  if (!json_is_string(v)) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "config: %s must be a string",
+                key);
+    return FALSE;
+  }
+  g_free(*out);
+  *out = g_strdup(json_string_value(v));
+  return TRUE;
+}
+
+static gboolean config_uint(json_t *obj, const char *key, guint *out, GError **error)
+{
+  json_t *v = json_object_get(obj, key);
+  if (v == NULL)
+    return TRUE;
+  if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > G_MAXUINT32) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                "config: %s must be a non-negative integer", key);
+    return FALSE;
+  }
+  *out = (guint)json_integer_value(v);
+  return TRUE;
+}
+
+static gboolean load_config(ShimConfig *c, GError **error)
+{
+  c->kernel = g_build_filename(FERRY_DATADIR, "ferry", "vmlinux", NULL);
+  c->initrd = g_build_filename(FERRY_DATADIR, "ferry", "initramfs.cpio", NULL);
+  c->image_cache = g_build_filename(run_dir(), "images", NULL);
+  c->state_dir = g_build_filename(run_dir(), "sandboxes", NULL);
+  const char *path = g_getenv("FERRY_SHIM_CONFIG");
+  if (path == NULL)
+    path = FERRY_SHIM_DEFAULT_CONFIG;
+  g_autofree char *text = NULL;
+  if (!g_file_get_contents(path, &text, NULL, NULL))
+    return TRUE; /* no file: the defaults */
+  json_error_t jerr;
+  g_autoptr(json_t) obj = json_loads(text, 0, &jerr);
+  if (!json_is_object(obj)) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                "config %s is not a JSON object: %s", path, jerr.text);
+    return FALSE;
+  }
+  return config_string(obj, "kernel", &c->kernel, error) &&
+         config_string(obj, "initrd", &c->initrd, error) &&
+         config_string(obj, "qemu", &c->qemu, error) &&
+         config_string(obj, "image_cache", &c->image_cache, error) &&
+         config_string(obj, "state_dir", &c->state_dir, error) &&
+         config_uint(obj, "memory_mb", &c->memory_mb, error) &&
+         config_uint(obj, "cpus", &c->cpus, error) &&
+         config_uint(obj, "boot_timeout_ms", &c->boot_timeout_ms, error) &&
+         config_uint(obj, "scratch_mb", &c->scratch_mb, error);
+}
+
+/* VM sizing from the first container's annotations (io.ferry.vm.memory-mb,
+ * io.ferry.vm.cpus) over the config's. */
+static void size_from_annotations(ShimConfig *c)
+{
+  g_autofree char *text = NULL;
+  if (!g_file_get_contents("config.json", &text, NULL, NULL))
+    return;
+  g_autoptr(json_t) spec = json_loads(text, 0, NULL);
+  json_t *ann = json_object_get(spec, "annotations");
+  struct {
+    const char *key;
+    guint *out;
+  } keys[] = { { "io.ferry.vm.memory-mb", &c->memory_mb }, { "io.ferry.vm.cpus", &c->cpus } };
+  for (gsize i = 0; i < G_N_ELEMENTS(keys); i++) {
+    const char *v = json_string_value(json_object_get(ann, keys[i].key));
+    guint64 n;
+    if (v != NULL && g_ascii_string_to_unsigned(v, 10, 1, 1u << 20, &n, NULL))
+      *keys[i].out = (guint)n;
+  }
+}
+
 typedef struct {
   GMainLoop *loop;
-  FerryTtrpcServer *server;
 } Daemon;
 
-static void handle_connect(FerryTtrpcCall *call, const ProtobufCMessage *request, gpointer ud)
-{
-  Containerd__Task__V2__ConnectResponse resp = CONTAINERD__TASK__V2__CONNECT_RESPONSE__INIT;
-  resp.shim_pid = (uint32_t)getpid();
-  resp.version = SHIM_VERSION;
-  ferry_ttrpc_call_reply(call, &resp.base);
-}
-
-static gboolean quit_idle(gpointer ud)
-{
-  g_main_loop_quit(ud);
-  return G_SOURCE_REMOVE;
-}
-
-/* Shutdown: with no task left, the daemon exits once the answer is out. */
-static void handle_shutdown(FerryTtrpcCall *call, const ProtobufCMessage *request, gpointer ud)
+static void on_service_shutdown(FerryTaskService *service, gpointer ud)
 {
   Daemon *d = ud;
-  Google__Protobuf__Empty empty = GOOGLE__PROTOBUF__EMPTY__INIT;
-  ferry_ttrpc_call_reply(call, &empty.base);
-  g_idle_add(quit_idle, d->loop);
+  g_main_loop_quit(d->loop);
 }
-
-static const FerryTtrpcMethodImpl task_methods[] = {
-  { "Connect", handle_connect, FERRY_TTRPC_UNARY },
-  { "Shutdown", handle_shutdown, FERRY_TTRPC_UNARY },
-  { NULL, NULL, 0 },
-};
 
 static gboolean on_term(gpointer ud)
 {
@@ -391,25 +470,50 @@ static int do_serve(const Flags *f)
   }
   g_unsetenv(LISTEN_FD_ENV);
   signal(SIGPIPE, SIG_IGN);
+  g_autoptr(GError) error = NULL;
+  ShimConfig cfg = { 0 };
+  if (!load_config(&cfg, &error)) {
+    g_printerr("serve: %s\n", error->message);
+    return 1;
+  }
+  size_from_annotations(&cfg);
+  g_autofree char *bundle = g_get_current_dir();
+  g_autofree char *group = group_of(f, bundle, NULL);
+  g_autofree char *group_dir =
+      g_compute_checksum_for_string(G_CHECKSUM_SHA256, group != NULL ? group : str_or(f->id), -1);
+  group_dir[32] = '\0';
+  g_autofree char *state = g_build_filename(cfg.state_dir, group_dir, NULL);
+  FerryTaskServiceConfig tcfg = {
+    .namespace = f->namespace,
+    .sandbox_id = group != NULL ? group : f->id,
+    .state_dir = state,
+    .image_cache = cfg.image_cache,
+    .kernel = cfg.kernel,
+    .initrd = cfg.initrd,
+    .events_address = g_getenv("TTRPC_ADDRESS"),
+    .memory_mb = cfg.memory_mb,
+    .cpus = cfg.cpus,
+    .boot_timeout_ms = cfg.boot_timeout_ms,
+    .scratch_mb = cfg.scratch_mb,
+    .vm = { .qemu_binary = cfg.qemu },
+  };
   Daemon d = { 0 };
   d.loop = g_main_loop_new(NULL, FALSE);
-  d.server = ferry_ttrpc_server_new();
-  g_autoptr(GError) error = NULL;
-  if (!ferry_ttrpc_server_register(d.server, "containerd.task.v2.Task",
-                                   &containerd__task__v2__task__descriptor, task_methods, &d,
-                                   &error) ||
-      !ferry_ttrpc_server_register(d.server, "containerd.task.v3.Task",
-                                   &containerd__task__v2__task__descriptor, task_methods, &d,
-                                   &error) ||
-      !ferry_ttrpc_server_listen_fd(d.server, (int)fd, &error)) {
+  static const FerryTaskServiceHandlers handlers = { .shutdown = on_service_shutdown };
+  FerryTaskService *service = ferry_task_service_new(&tcfg, &handlers, &d, &error);
+  FerryTtrpcServer *server = ferry_ttrpc_server_new();
+  if (service == NULL || !ferry_task_service_register(service, server, &error) ||
+      !ferry_ttrpc_server_listen_fd(server, (int)fd, &error)) {
     g_printerr("serve: %s\n", error->message);
     return 1;
   }
   g_unix_signal_add(SIGTERM, on_term, d.loop);
   g_unix_signal_add(SIGINT, on_term, d.loop);
   g_main_loop_run(d.loop);
-  ferry_ttrpc_server_free(d.server);
+  ferry_ttrpc_server_free(server);
+  ferry_task_service_free(service); /* stops the VM */
   g_main_loop_unref(d.loop);
+  shim_config_clear(&cfg);
   /* The socket goes with the daemon: a later start of the group makes a new one. */
   g_autofree char *address = NULL;
   if (g_file_get_contents("address", &address, NULL, NULL) && g_str_has_prefix(address, "unix://"))
