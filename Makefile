@@ -3,7 +3,7 @@
 BUILD ?= build
 MESON_OPTS ?=
 
-.PHONY: all deps build image check unit interop bench-ttrpc bench-boot demo fuzz format format-check clean
+.PHONY: all deps build image check unit interop bench-ttrpc bench-boot bench-shim demo fuzz format format-check clean
 
 all: build
 
@@ -46,6 +46,14 @@ bench-ttrpc: build
 # trivial init; last line "boot ferry_ms=<n> bare_qemu_ms=<n> ratio=<n>".
 bench-boot: image
 	bash bench/run-boot.sh $(BUILD)
+
+# Shim: under one private containerd, the shim's RSS serving one running container and
+# the median `ctr task exec /bin/true`, Ferry's shim against runc's; last line
+# "shim ferry_rss_kib=<n> runc_rss_kib=<n> rss_ratio=<n> qemu_rss_kib=<n> ferry_exec_ms=<n>
+# runc_exec_ms=<n> exec_ratio=<n>" (n/a for Ferry's while its shim is not built).
+# FERRY_SHIM=/path/to/shim picks the shim. Root only.
+bench-shim: image
+	bash bench/run-shim.sh $(BUILD)
 
 # The furthest the project has come, shown end to end.
 demo: image

@@ -42,7 +42,10 @@ case $runtime in
     name=${runtime#io.containerd.}
     shim_bin=$(command -v "containerd-shim-${name//./-}") || shim_bin=containerd-shim-${name//./-}
     ;;
-  *) skip_all "runtime $runtime is neither an absolute path nor io.containerd.X.Y" ;;
+  *)
+    echo "shim-acceptance.sh: runtime $runtime is neither an absolute path nor io.containerd.X.Y" >&2
+    exit 2
+    ;;
 esac
 [[ -x $shim_bin ]] || skip_all "shim $shim_bin for runtime $runtime is not built or not installed"
 if [[ $runtime == io.containerd.runc.v2 ]] && ! command -v runc >/dev/null; then
