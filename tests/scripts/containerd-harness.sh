@@ -113,7 +113,7 @@ ctrd_start() {
   if [[ -z $CTRD_SNAPSHOTTER ]]; then
     # overlayfs where the kernel and the temp dir's file system allow it, else native.
     if ctrd_ctr plugins ls 2>/dev/null |
-      grep -Eq '^io\.containerd\.snapshotter\.v1 +overlayfs .* ok *$'; then
+      grep -E '^io\.containerd\.snapshotter\.v1 +overlayfs .* ok *$' >/dev/null; then
       CTRD_SNAPSHOTTER=overlayfs
     else
       CTRD_SNAPSHOTTER=native

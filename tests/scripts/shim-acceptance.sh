@@ -169,7 +169,7 @@ for line in open(path, encoding="utf-8", errors="replace"):
     print(topic)
 EOF
 }
-has_event() { events_of "$1" "$2" | grep -qxF "$3"; }
+has_event() { events_of "$1" "$2" | grep -xF "$3" >/dev/null; } # no -q: with pipefail an early exit is a SIGPIPE
 
 # ---------------------------------------------------------------------- setup --
 
@@ -208,7 +208,7 @@ if ! python3 "$here/busybox-image.py" archive "$rootfs" "$archive" --name "$imag
   not_ok "build the busybox OCI archive" "$(<"$CTRD_DIR/archive.err")"
   not_ok "ctr run IMAGE (snapshotter mounts)" "no archive"
 elif ! err=$(ctrd_ctr images import --snapshotter "$CTRD_SNAPSHOTTER" "$archive" 2>&1 >/dev/null) ||
-  ! ctrd_ctr images ls -q | grep -qxF "$image_ref"; then
+  ! ctrd_ctr images ls -q | grep -xF "$image_ref" >/dev/null; then
   not_ok "ctr images import of the busybox OCI archive" "$err" "$(ctrd_ctr images ls 2>&1)"
   not_ok "ctr run IMAGE (snapshotter mounts)" "no image"
 else
@@ -226,6 +226,43 @@ else
       "stdout '$out', status $status, stderr:" "$(<"$CTRD_DIR/i1.err")"
   fi
 fi
+
+# Log URIs instead of FIFOs: file:// (containerd's shim writes the file) and
+# binary:// (the shim runs a logger with the output on fds 3 and 4; the logger closes
+# fd 5 when ready), as nerdctl uses.
+logger=$CTRD_DIR/logger.sh
+cat >"$logger" <<'EOF'
+#!/bin/sh
+# The output goes to files beside this script; fd 5 is closed in every process, so
+# closing it here tells the shim we are ready.
+cat <&3 >"$0.out" 5>&- &
+cat <&4 >"$0.err" 5>&- &
+exec 5>&-
+wait
+EOF
+chmod +x "$logger"
+for uri in "file://$CTRD_DIR/file.log" "binary://$logger"; do
+  id=log-${uri%%:*}
+  if ctrd_ctr run --runtime "$runtime" -d --log-uri "$uri" --env PATH=/bin --rootfs=true \
+    -- "$rootfs" "$id" sh -c 'echo to stdout; echo to stderr >&2' \
+    >"$CTRD_DIR/$id.err" 2>&1 && ctrd_track "$id" && wait_until "$wait_s" task_is "$id" STOPPED; then
+    ctrd_ctr tasks delete "$id" >/dev/null 2>&1
+    if [[ $uri == file://* ]]; then
+      got=$(sort "$CTRD_DIR/file.log" 2>&1)
+    else
+      got=$(cat "$logger.err" "$logger.out" 2>&1)
+    fi
+    if [[ $got == $'to stderr\nto stdout' ]]; then
+      ok "--log-uri ${uri%%:*}://: the container's stdout and stderr arrive"
+    else
+      not_ok "--log-uri ${uri%%:*}://: the container's stdout and stderr arrive" "got '$got'"
+    fi
+  else
+    not_ok "--log-uri ${uri%%:*}://: the container's stdout and stderr arrive" \
+      "$(<"$CTRD_DIR/$id.err")" "status '$(task_status "$id")'"
+  fi
+  remove "$id" >/dev/null 2>&1
+done
 
 # 3. Detached, then exec: output, stderr, exit status; a file written stays.
 if ! run_d d1 "${long_init[@]}" 2>"$CTRD_DIR/d1.err"; then
@@ -258,6 +295,30 @@ else
     ok "exec of a missing program fails (status $status) and the task runs on"
   else
     not_ok "exec of a missing program fails and the task runs on" "status $status: $out"
+  fi
+  # ctr always passes its stdin to an exec; its end must reach the process as EOF.
+  out=$(printf 'line one\nline two\n' | ctrd_ctr tasks exec --exec-id in1 \
+    --fifo-dir "$CTRD_FIFO" -- d1 sh -c 'cat; echo "eof seen"' 2>&1)
+  status=$?
+  if [[ $out == $'line one\nline two\neof seen' && $status == 0 ]]; then
+    ok "exec stdin: the data, then its close as EOF"
+  else
+    not_ok "exec stdin: the data, then its close as EOF" "output '$out', status $status"
+  fi
+  # A terminal: ctr -t needs one on its own side, which script(1) gives it.
+  if ! command -v script >/dev/null; then
+    skip "exec -t: the process runs on a terminal" "script(1) from util-linux is missing"
+  else
+    printf -v cmd '%q ' ctr --address "$CTRD_SOCK" tasks exec -t --exec-id tty1 \
+      --fifo-dir "$CTRD_FIFO" -- d1 sh -c 'tty; exit 4'
+    out=$(timeout -k 5 "$wait_s" script -qec "$cmd" /dev/null </dev/null 2>&1)
+    status=$?
+    if [[ $out == */dev/pts/* && $status == 4 ]]; then
+      ok "exec -t: the process runs on a terminal and its status comes back"
+    else
+      not_ok "exec -t: the process runs on a terminal and its status comes back" \
+        "output '$out', status $status"
+    fi
   fi
 
   # 4. Pause and resume.
@@ -304,6 +365,12 @@ EOF
     ok "ctr task kill -s TERM d1: STOPPED"
   else
     not_ok "ctr task kill -s TERM d1: STOPPED" "status '$(task_status d1)'"
+  fi
+  if out=$(ctrd_ctr tasks exec --exec-id late --fifo-dir "$CTRD_FIFO" -- d1 true \
+    </dev/null 2>&1); then
+    not_ok "exec in a stopped task fails" "it succeeded: $out"
+  else
+    ok "exec in a stopped task fails ($out)"
   fi
   ctrd_ctr tasks delete d1 >/dev/null
   ctrd_ctr containers delete d1 >/dev/null
@@ -439,6 +506,95 @@ else
   fi
   remove r1
 fi
+
+# Exit while containerd is down: the shim keeps the exit event until containerd is
+# back. The exit has to happen with containerd down and nothing else to ask, so the
+# test signals the container's init on the host; that needs the init to be a host
+# process (runc), which it is not in a VM.
+if ! run_d down1 "${long_init[@]}" 2>"$CTRD_DIR/down1.err"; then
+  not_ok "an exit while containerd is down is reported after its restart" "$(<"$CTRD_DIR/down1.err")"
+else
+  shim=$(ctrd_shim_pid down1)
+  init_pid=$(ctrd_ctr tasks ls 2>/dev/null | awk '$1 == "down1" { print $2 }')
+  if [[ -z $shim || -z $init_pid ]] || ! ctrd_descendants "$shim" | grep -x "$init_pid" >/dev/null; then
+    skip "an exit while containerd is down is reported after its restart" \
+      "the task's pid $init_pid is not a host process under its shim (a VM's)"
+  else
+    ctrd_crash
+    kill -TERM "$init_pid"
+    init_gone() { ! kill -0 "$init_pid" 2>/dev/null || ctrd__is_zombie "$init_pid"; }
+    wait_until "$wait_s" init_gone
+    if ! ctrd_start; then
+      echo "Bail out! containerd did not start again"
+      exit 1
+    fi
+    if events_start "$CTRD_DIR/events-down1.txt" 2>"$CTRD_DIR/events.err" &&
+      wait_until "$wait_s" has_event "$CTRD_DIR/events-down1.txt" down1 \
+        "/tasks/exit id=down1 status=7" && task_is down1 STOPPED; then
+      ok "an exit while containerd is down is reported after its restart (status 7, STOPPED)"
+    else
+      not_ok "an exit while containerd is down is reported after its restart" \
+        "status '$(task_status down1)'" "$(<"$CTRD_DIR/events.err")" \
+        "events: $(events_of "$CTRD_DIR/events-down1.txt" down1)"
+    fi
+    events_stop
+  fi
+  remove down1
+fi
+
+# The shim killed with SIGKILL: containerd sees it go, runs the shim binary's `delete`
+# for the bundle, and the task is gone with everything the shim ran (container
+# processes, a VM) and every mount; `ctr task delete` has nothing left to do.
+if ! run_d sk1 "${long_init[@]}" 2>"$CTRD_DIR/sk1.err"; then
+  not_ok "shim killed with SIGKILL: its task and processes are cleaned up" "$(<"$CTRD_DIR/sk1.err")"
+else
+  shim=$(ctrd_shim_pid sk1)
+  mapfile -t below < <(ctrd_descendants "$shim")
+  sock=$(<"$CTRD_DIR/state/io.containerd.runtime.v2.task/$CTRD_NS/sk1/address")
+  sock=${sock#unix://}
+  kill -KILL "$shim"
+  none_alive() {
+    local p
+    for p in "$@"; do
+      kill -0 "$p" 2>/dev/null && ! ctrd__is_zombie "$p" && return 1
+    done
+    return 0
+  }
+  ctrd_ctr tasks delete sk1 >/dev/null 2>&1 # if containerd has not already
+  if wait_until "$wait_s" bash -c "! ctr --address '$CTRD_SOCK' tasks ls -q | grep -qx sk1" &&
+    wait_until "$wait_s" none_alive "${below[@]}" &&
+    [[ -z $(ctrd__mounts_under "$CTRD_DIR/state/io.containerd.runtime.v2.task/$CTRD_NS/sk1") ]]; then
+    ok "shim killed with SIGKILL: task gone, its ${#below[@]} processes ended, no mount left"
+  else
+    not_ok "shim killed with SIGKILL: its task and processes are cleaned up" \
+      "tasks: $(ctrd_ctr tasks ls -q | tr '\n' ' ')" "alive of ${below[*]}:" \
+      "$(for p in "${below[@]}"; do kill -0 "$p" 2>/dev/null && tr '\0' ' ' <"/proc/$p/cmdline"; done)"
+  fi
+  if [[ $runtime == io.containerd.runc.v2 ]]; then
+    # runc's shim removes its socket only on its own way out, and containerd 1.6's
+    # cleanup after a dead shim does not either: the baseline leaves it.
+    skip "shim killed with SIGKILL: its socket is removed" "runc's shim leaves $sock"
+    rm -f "$sock"
+  elif [[ -e $sock ]]; then
+    not_ok "shim killed with SIGKILL: its socket is removed" "$sock is still there"
+  else
+    ok "shim killed with SIGKILL: its socket is removed"
+  fi
+  ctrd_ctr containers delete sk1 >/dev/null
+fi
+
+# A rootfs that does not exist: an error from ctr run, and no shim left for it.
+out=$(ctrd_ctr run --runtime "$runtime" --rm=true --env PATH=/bin --fifo-dir "$CTRD_FIFO" \
+  --rootfs=true -- "$CTRD_DIR/no-such-rootfs" nr1 true </dev/null 2>&1)
+status=$?
+no_shim_for() { [[ -z $(ctrd_shim_pid "$1") ]]; }
+if ((status != 0)) && wait_until "$wait_s" no_shim_for nr1; then
+  ok "a missing rootfs fails ctr run (status $status) and leaves no shim"
+else
+  not_ok "a missing rootfs fails ctr run and leaves no shim" "status $status: $out" \
+    "shim: $(ctrd_shim_pid nr1)"
+fi
+remove nr1 >/dev/null 2>&1
 
 # 11. Nothing left: containerd stopped by pid, no shim, mount or shim socket.
 # (The diagnostics go to stderr: the temp dir is gone afterwards.)
