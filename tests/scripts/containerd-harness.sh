@@ -135,18 +135,24 @@ ctrd_ctr() {
 ctrd_crash() {
   [[ -n $CTRD_PID ]] || { ctrd__say "containerd is not running"; return 1; }
   kill -KILL "$CTRD_PID" 2>/dev/null
-  wait "$CTRD_PID" 2>/dev/null
+  { wait "$CTRD_PID"; } 2>/dev/null
   echo "=== containerd killed with SIGKILL $(date -u +%FT%TZ)" >>"$CTRD_LOG"
   CTRD_PID=
 }
 
 # ctrd_stop: SIGTERM containerd, at most CTRD_STOP_TIMEOUT seconds, then SIGKILL
-# (a failure).
+# (a failure). A containerd that had exited by itself is a failure too.
 ctrd_stop() {
   local status=0
   [[ -n $CTRD_PID ]] || return 0
+  if ! kill -0 "$CTRD_PID" 2>/dev/null || ctrd__is_zombie "$CTRD_PID"; then
+    { wait "$CTRD_PID"; } 2>/dev/null
+    ctrd__say "containerd (pid $CTRD_PID) had exited by itself, status $?"
+    CTRD_PID=
+    return 1
+  fi
   ctrd__stop_pid "$CTRD_PID" containerd || status=1
-  wait "$CTRD_PID" 2>/dev/null
+  { wait "$CTRD_PID"; } 2>/dev/null
   CTRD_PID=
   return $status
 }
