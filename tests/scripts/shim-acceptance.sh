@@ -225,6 +225,37 @@ else
     not_ok "ctr run IMAGE i1 runs on the snapshotter's mounts with the image's config" \
       "stdout '$out', status $status, stderr:" "$(<"$CTRD_DIR/i1.err")"
   fi
+  # A file written in a container of the image lasts as long as the container: a
+  # later exec reads it; a new container of the same image does not see it.
+  run_image_d() {
+    ctrd_ctr run --runtime "$runtime" -d --snapshotter "$CTRD_SNAPSHOTTER" \
+      --fifo-dir "$CTRD_FIFO" -- "$image_ref" "$1" "${long_init[@]}" >/dev/null &&
+      ctrd_track "$1" && wait_until "$wait_s" task_is "$1" RUNNING
+  }
+  if run_image_d i2 2>"$CTRD_DIR/i2.err" &&
+    ctrd_ctr tasks exec --exec-id w --fifo-dir "$CTRD_FIFO" -- i2 \
+      sh -c 'echo written-in-i2 > /root/mark' </dev/null 2>>"$CTRD_DIR/i2.err"; then
+    out=$(ctrd_ctr tasks exec --exec-id r --fifo-dir "$CTRD_FIFO" -- i2 cat /root/mark \
+      </dev/null 2>&1)
+    remove i2
+    if run_image_d i3 2>>"$CTRD_DIR/i2.err"; then
+      out2=$(ctrd_ctr tasks exec --exec-id r --fifo-dir "$CTRD_FIFO" -- i3 \
+        sh -c 'cat /root/mark 2>/dev/null || echo absent' </dev/null 2>&1)
+      remove i3
+    else
+      out2="i3 did not run: $(<"$CTRD_DIR/i2.err")"
+    fi
+    if [[ $out == written-in-i2 && $out2 == absent ]]; then
+      ok "a file written in an image's container lasts until the container is deleted"
+    else
+      not_ok "a file written in an image's container lasts until the container is deleted" \
+        "read back in i2: '$out'; in a new container i3: '$out2'"
+    fi
+  else
+    not_ok "a file written in an image's container lasts until the container is deleted" \
+      "$(<"$CTRD_DIR/i2.err")"
+    remove i2 >/dev/null 2>&1
+  fi
 fi
 
 # Log URIs instead of FIFOs: file:// (containerd's shim writes the file) and
@@ -336,6 +367,15 @@ else
     else
       not_ok "ctr task resume d1: RUNNING" "$err" "status '$(task_status d1)'"
     fi
+  fi
+
+  # Pids: the init and its sleep, the init's pid among them.
+  init_pid=$(ctrd_ctr tasks ls 2>/dev/null | awk '$1 == "d1" { print $2 }')
+  pids=$(ctrd_ctr tasks ps d1 2>&1 | awk 'NR > 1 { print $1 }')
+  if [[ -n $init_pid ]] && grep -x "$init_pid" <<<"$pids" >/dev/null && (($(wc -l <<<"$pids") >= 2)); then
+    ok "ctr task ps d1: the init ($init_pid) and its child"
+  else
+    not_ok "ctr task ps d1: the init and its child" "init '$init_pid', ps: $pids"
   fi
 
   # 5. Metrics: cgroup v1 or v2 metrics with the container's pids and memory.
