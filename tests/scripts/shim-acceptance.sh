@@ -190,7 +190,7 @@ echo "# runtime $runtime ($shim_bin), containerd $(containerd --version | awk '{
 
 # ------------------------------------------------------------------ the cases --
 
-# 1. A container from a directory, attached: its output and its exit status.
+# A container from a directory, attached: its output and its exit status.
 out=$(ctrd_ctr run --runtime "$runtime" --rm=true --env PATH=/bin --fifo-dir "$CTRD_FIFO" \
   --rootfs=true -- "$rootfs" t1 sh -c 'echo hi; exit 3' </dev/null 2>"$CTRD_DIR/t1.err")
 status=$?
@@ -202,7 +202,7 @@ else
 fi
 check "--rm removed container t1" bash -c "! ctr --address '$CTRD_SOCK' containers ls -q | grep -qx t1"
 
-# 2. A real image: an OCI archive built here, imported, run through the snapshotter.
+# A real image: an OCI archive built here, imported, run through the snapshotter.
 if ! python3 "$here/busybox-image.py" archive "$rootfs" "$archive" --name "$image_ref" \
   2>"$CTRD_DIR/archive.err"; then
   not_ok "build the busybox OCI archive" "$(<"$CTRD_DIR/archive.err")"
@@ -295,7 +295,7 @@ for uri in "file://$CTRD_DIR/file.log" "binary://$logger"; do
   remove "$id" >/dev/null 2>&1
 done
 
-# 3. Detached, then exec: output, stderr, exit status; a file written stays.
+# Detached, then exec: output, stderr, exit status; a file written stays.
 if ! run_d d1 "${long_init[@]}" 2>"$CTRD_DIR/d1.err"; then
   not_ok "ctr run -d d1 is RUNNING" "$(<"$CTRD_DIR/d1.err")"
 else
@@ -352,7 +352,7 @@ else
     fi
   fi
 
-  # 4. Pause and resume.
+  # Pause and resume.
   if [[ $runtime == io.containerd.runc.v2 && ! -d /sys/fs/cgroup/freezer &&
     ! -e /sys/fs/cgroup/cgroup.freeze && ! -e /sys/fs/cgroup/cgroup.controllers ]]; then
     skip "ctr task pause / resume" "no cgroup freezer on this host"
@@ -378,7 +378,7 @@ else
     not_ok "ctr task ps d1: the init and its child" "init '$init_pid', ps: $pids"
   fi
 
-  # 5. Metrics: cgroup v1 or v2 metrics with the container's pids and memory.
+  # Metrics: cgroup v1 or v2 metrics with the container's pids and memory.
   if ctrd_ctr tasks metrics --format json d1 >"$CTRD_DIR/metrics.json" 2>&1 &&
     err=$(python3 - "$CTRD_DIR/metrics.json" 2>&1 <<'EOF'
 import json, sys
@@ -398,7 +398,7 @@ EOF
       "$(head -c 2000 "$CTRD_DIR/metrics.json")"
   fi
 
-  # 6. Delete ends the shim: SIGTERM exits 7, then task and container delete.
+  # Delete ends the shim: SIGTERM exits 7, then task and container delete.
   shim=$(ctrd_shim_pid d1)
   ctrd_ctr tasks kill -s TERM d1 >/dev/null
   if wait_until "$wait_s" task_is d1 STOPPED; then
@@ -422,7 +422,7 @@ EOF
   fi
 fi
 
-# 7. Kill with an attached waiter: ctr run sees 128+9.
+# Kill with an attached waiter: ctr run sees 128+9.
 ctr --address "$CTRD_SOCK" run --runtime "$runtime" --rm=true --env PATH=/bin \
   --fifo-dir "$CTRD_FIFO" --rootfs=true -- "$rootfs" k1 sleep 1000000 \
   </dev/null >"$CTRD_DIR/k1.out" 2>&1 &
@@ -448,7 +448,7 @@ else
   fi
 fi
 
-# 8. Events, in containerd's order, for one container's whole life.
+# Events, in containerd's order, for one container's whole life.
 if ! events_start "$CTRD_DIR/events.txt" 2>"$CTRD_DIR/events.err"; then
   not_ok "ctr events: the events of ev1 in order" "$(<"$CTRD_DIR/events.err")"
 else
@@ -481,7 +481,7 @@ else
   fi
 fi
 
-# 9. Two containers naming one sandbox share one shim.
+# Two containers naming one sandbox share one shim.
 run_annotated() { # run_annotated ID TYPE: a detached container of sandbox sb1
   ctrd_ctr run --runtime "$runtime" -d --env PATH=/bin --fifo-dir "$CTRD_FIFO" \
     --annotation io.kubernetes.cri.sandbox-id=sb1 \
@@ -503,7 +503,7 @@ fi
 remove sb1c
 remove sb1
 
-# 10. containerd killed and restarted mid-run: the task runs on, answers, and its exit
+# containerd killed and restarted mid-run: the task runs on, answers, and its exit
 # event arrives after the restart.
 if ! run_d r1 "${long_init[@]}" 2>"$CTRD_DIR/r1.err"; then
   not_ok "r1 is RUNNING before containerd is killed" "$(<"$CTRD_DIR/r1.err")"
@@ -636,7 +636,7 @@ else
 fi
 remove nr1 >/dev/null 2>&1
 
-# 11. Nothing left: containerd stopped by pid, no shim, mount or shim socket.
+# Nothing left: containerd stopped by pid, no shim, mount or shim socket.
 # (The diagnostics go to stderr: the temp dir is gone afterwards.)
 if ctrd_finish; then
   ok "containerd stopped; no shim, mount or shim socket left behind"
