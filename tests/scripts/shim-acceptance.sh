@@ -258,7 +258,7 @@ else
   fi
 fi
 
-# Log URIs instead of FIFOs: file:// (containerd's shim writes the file) and
+# Log URIs instead of FIFOs: file:// (the shim writes the file) and
 # binary:// (the shim runs a logger with the output on fds 3 and 4; the logger closes
 # fd 5 when ready), as nerdctl uses.
 logger=$CTRD_DIR/logger.sh
