@@ -161,10 +161,15 @@ ctrd_stop() {
 # file in its bundle) so that ctrd_finish can check it was removed. Call it while the
 # task exists.
 ctrd_track() {
-  local ns=${2:-$CTRD_NS} addr f
-  f=$CTRD_DIR/state/io.containerd.runtime.v2.task/$ns/$1/address
-  [[ -r $f ]] || { ctrd__say "no shim address file for $ns/$1"; return 1; }
-  addr=$(<"$f")
+  local ns=${2:-$CTRD_NS}
+  ctrd__track_file "$CTRD_DIR/state/io.containerd.runtime.v2.task/$ns/$1/address" ||
+    { ctrd__say "no shim address file for $ns/$1"; return 1; }
+}
+
+ctrd__track_file() { # ctrd__track_file ADDRESS-FILE
+  local addr
+  [[ -r $1 ]] || return 1
+  addr=$(<"$1")
   addr=${addr#unix://}
   [[ $addr == /* ]] && CTRD_SOCKETS+=("$addr")
   return 0
@@ -268,6 +273,9 @@ ctrd_finish() {
   for pid in $leftover; do
     ctrd__say "left behind: shim pid $pid ($(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline")); killing it and its descendants"
     status=1
+    # containerd starts a shim in the bundle, where the shim writes its address: so a
+    # socket the test never tracked is checked below too.
+    ctrd__track_file "$(readlink "/proc/$pid/cwd" 2>/dev/null)/address"
     for id in $(ctrd_descendants "$pid") "$pid"; do
       kill -KILL "$id" 2>/dev/null
     done
