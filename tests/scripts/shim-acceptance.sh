@@ -272,24 +272,46 @@ exec 5>&-
 wait
 EOF
 chmod +x "$logger"
+# runc's shim 1.6 gives stdout and stderr one writer on a file:// log but lets the
+# stdout copy close it when stdout ends, so stderr written after that is lost, now and
+# then (containerd's pkg/process/io.go, copyPipes): for runc only stdout is checked
+# there, and the stderr line says so.
+file_stderr_unreliable=
+[[ $runtime == io.containerd.runc.v2 ]] && file_stderr_unreliable=1
 for uri in "file://$CTRD_DIR/file.log" "binary://$logger"; do
-  id=log-${uri%%:*}
+  scheme=${uri%%:*}
+  id=log-$scheme
+  if [[ $scheme == file ]]; then
+    log_text() { sort "$CTRD_DIR/file.log" 2>&1; }
+  else
+    log_text() { cat "$logger.err" "$logger.out" 2>&1; }
+  fi
+  want=$'to stderr\nto stdout' what="stdout and stderr arrive"
+  if [[ $scheme == file && -n $file_stderr_unreliable ]]; then
+    want='to stdout' what="stdout arrives"
+  fi
+  log_seen() { # what is wanted of the log so far
+    if [[ $want == *stderr* ]]; then log_text; else log_text | grep -v '^to stderr$'; fi
+  }
+  log_complete() { [[ $(log_seen) == "$want" ]]; }
   if ctrd_ctr run --runtime "$runtime" -d --log-uri "$uri" --env PATH=/bin --rootfs=true \
     -- "$rootfs" "$id" sh -c 'echo to stdout; echo to stderr >&2' \
     >"$CTRD_DIR/$id.err" 2>&1 && ctrd_track "$id" && wait_until "$wait_s" task_is "$id" STOPPED; then
-    ctrd_ctr tasks delete "$id" >/dev/null 2>&1
-    if [[ $uri == file://* ]]; then
-      got=$(sort "$CTRD_DIR/file.log" 2>&1)
+    # The shim copies the output to its destination on its own time, after the exit
+    # as well: wait for it (bounded) rather than reading at once.
+    wait_until "$wait_s" log_complete
+    got=$(log_seen)
+    if [[ $got == "$want" ]]; then
+      ok "--log-uri $scheme://: the container's $what"
     else
-      got=$(cat "$logger.err" "$logger.out" 2>&1)
+      not_ok "--log-uri $scheme://: the container's output arrives" "wanted '$want', got '$got'"
     fi
-    if [[ $got == $'to stderr\nto stdout' ]]; then
-      ok "--log-uri ${uri%%:*}://: the container's stdout and stderr arrive"
-    else
-      not_ok "--log-uri ${uri%%:*}://: the container's stdout and stderr arrive" "got '$got'"
+    if [[ $want == 'to stdout' ]]; then
+      skip "--log-uri file://: the container's stderr arrives" \
+        "runc's shim loses it now and then (the stdout copy closes the shared file)"
     fi
   else
-    not_ok "--log-uri ${uri%%:*}://: the container's stdout and stderr arrive" \
+    not_ok "--log-uri $scheme://: the container's output arrives" \
       "$(<"$CTRD_DIR/$id.err")" "status '$(task_status "$id")'"
   fi
   remove "$id" >/dev/null 2>&1
