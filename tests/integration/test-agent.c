@@ -486,9 +486,13 @@ static void guest_init(Guest *g)
   g_assert_no_error(error);
   g->mux = ferry_mux_new(FERRY_MUX_GUEST);
   /* A short grace for output held open by a descendant, to keep that test quick. */
+  /* Storage requests mount only below the guest's own directory (on a host: local mode's
+   * private mount namespace, in a directory the test removes). */
+  const char *roots[] = { g->dir, NULL };
   FerryGcsOptions opts = { .shutdown = on_guest_shutdown,
                            .shutdown_data = g,
-                           .drain_grace_ms = GRACE_MS };
+                           .drain_grace_ms = GRACE_MS,
+                           .storage_roots = roots };
   g->gcs = ferry_gcs_new(ferry_mux_get_transport(g->mux), g->runtime, &opts, &error);
   g_assert_no_error(error);
 }
@@ -1156,6 +1160,122 @@ static FerryGuestProcess *exec_container(FerryGuestContainer *c, json_t *params)
  * exec joins it (it sees the init as its pid 1 and the container's hostname),
  * GetProperties lists both, ShutdownForced ends it with a "ForcedExit" notification,
  * DeleteContainerState forgets it. */
+/* ------------------------------------------------------- storage -- */
+
+static char *read_text(const char *dir, const char *name)
+{
+  g_autofree char *path = g_build_filename(dir, name, NULL);
+  char *text = NULL;
+  if (!g_file_get_contents(path, &text, NULL, NULL))
+    return g_strdup("(unreadable)");
+  return text;
+}
+
+static void put_text(const char *dir, const char *name, const char *text)
+{
+  g_autofree char *path = g_build_filename(dir, name, NULL);
+  g_autoptr(GError) error = NULL;
+  g_assert_cmpint(g_mkdir_with_parents(dir, 0755), ==, 0);
+  g_assert_true(g_file_set_contents(path, text, -1, &error));
+}
+
+static gboolean is_mounted(const char *path)
+{
+  g_autofree char *mounts = NULL;
+  g_assert_true(g_file_get_contents("/proc/self/mounts", &mounts, NULL, NULL));
+  g_autofree char *needle = g_strdup_printf(" %s ", path);
+  return strstr(mounts, needle) != NULL;
+}
+
+static void modify_expect(Env *e, json_t *request, guint32 hresult, const char *part)
+{
+  Result r = { 0 };
+  ferry_guest_connection_modify(e->host.gc, NULL, request, on_done, &r);
+  wait_result(&r);
+  if (hresult == 0) {
+    g_assert_no_error(r.error);
+  } else {
+    assert_hresult(r.error, hresult);
+    if (strstr(r.error->message, part) == NULL)
+      g_error("\"%s\" not in: %s", part, r.error->message);
+  }
+  result_clear(&r);
+}
+
+/*
+ * CombinedLayers on plain directories (the disks need a VM: tests/integration/test-disk.c):
+ * an overlay in the agent's private mount namespace, the top layer first, the writes in
+ * the scratch tmpfs; a double add refused; Remove unmounts both; the same root again; a
+ * lone read-only layer.
+ */
+static void test_combined_layers_on_directories(void)
+{
+  if (container_problem != NULL) {
+    g_test_skip(container_problem); /* root and local mode's mount namespace */
+    return;
+  }
+  g_autoptr(Env) e = env_new();
+  const char *dir = e->guest.dir;
+  g_autofree char *l1 = g_build_filename(dir, "l1", NULL);
+  g_autofree char *l2 = g_build_filename(dir, "l2", NULL);
+  g_autofree char *root = g_build_filename(dir, "c", "rootfs", NULL);
+  g_autofree char *scratch = g_build_filename(dir, "c", "scratch", NULL);
+  put_text(l1, "a", "1");
+  put_text(l1, "shared", "l1");
+  put_text(l2, "b", "2");
+  put_text(l2, "shared", "l2");
+  const char *const layers[] = { l2, l1, NULL };
+  g_autoptr(json_t) add =
+      ferry_guest_combined_layers_request("Add", "c1", root, layers, scratch, 4);
+  for (int round = 0; round < 2; round++) {
+    modify_expect(e, add, 0, NULL);
+    g_assert_true(is_mounted(root));
+    g_assert_true(is_mounted(scratch));
+    g_autofree char *a = read_text(root, "a");
+    g_autofree char *b = read_text(root, "b");
+    g_autofree char *shared = read_text(root, "shared");
+    g_assert_cmpstr(a, ==, "1");
+    g_assert_cmpstr(b, ==, "2");
+    g_assert_cmpstr(shared, ==, "l2");
+    put_text(root, "new", "written");
+    g_autofree char *upper = g_build_filename(scratch, "upper", NULL);
+    g_autofree char *landed = read_text(upper, "new");
+    g_assert_cmpstr(landed, ==, "written");
+    g_autofree char *in_layer = g_build_filename(l1, "new", NULL);
+    g_assert_false(g_file_test(in_layer, G_FILE_TEST_EXISTS));
+    modify_expect(e, add, FERRY_HR_ALREADY_EXISTS, "already combined");
+    /* A directory that is no mapped disk: nothing to unmap. */
+    FerryGuestMappedDisk layer = { .mount_path = l1 };
+    g_autoptr(json_t) unmap = ferry_guest_mapped_disk_request("Remove", &layer);
+    modify_expect(e, unmap, FERRY_HR_NOT_FOUND, "no disk is mapped");
+    g_autoptr(json_t) remove =
+        ferry_guest_combined_layers_request("Remove", NULL, root, NULL, NULL, 0);
+    modify_expect(e, remove, 0, NULL);
+    g_assert_false(is_mounted(root));
+    g_assert_false(is_mounted(scratch));
+    g_assert_false(g_file_test(root, G_FILE_TEST_EXISTS));
+  }
+  const char *const one[] = { l1, NULL };
+  g_autoptr(json_t) ro = ferry_guest_combined_layers_request("Add", NULL, root, one, NULL, 0);
+  modify_expect(e, ro, 0, NULL);
+  g_autofree char *a = read_text(root, "a");
+  g_assert_cmpstr(a, ==, "1");
+  g_autofree char *denied = g_build_filename(root, "x", NULL);
+  g_assert_cmpint(open(denied, O_WRONLY | O_CREAT | O_CLOEXEC, 0644), ==, -1);
+  g_assert_cmpint(errno, ==, EROFS);
+  g_autoptr(json_t) remove =
+      ferry_guest_combined_layers_request("Remove", NULL, root, NULL, NULL, 0);
+  modify_expect(e, remove, 0, NULL);
+  g_assert_false(is_mounted(root));
+  /* Layers outside the roots, or inside the root, are refused. */
+  const char *const outside[] = { "/etc", NULL };
+  g_autoptr(json_t) bad = ferry_guest_combined_layers_request("Add", NULL, root, outside, NULL, 0);
+  modify_expect(e, bad, FERRY_HR_E_INVALIDARG, "outside the directories");
+  g_autofree char *inner = g_build_filename(root, "scratch", NULL);
+  g_autoptr(json_t) nested = ferry_guest_combined_layers_request("Add", NULL, root, one, inner, 0);
+  modify_expect(e, nested, FERRY_HR_E_INVALIDARG, "may not contain each other");
+}
+
 static void test_container_lifecycle(void)
 {
   if (container_problem != NULL) {
@@ -1492,6 +1612,7 @@ int main(int argc, char **argv)
   add_test("/agent/uvm/many-with-one-stalled-reader", test_many_with_one_stalled_reader);
   add_test("/agent/uvm/wait-timeout-and-unknown-pid", test_wait_timeout_and_unknown_pid);
   add_test("/agent/errors-are-hresults", test_errors_are_hresults);
+  add_test("/agent/combined-layers-on-directories", test_combined_layers_on_directories);
   add_test("/agent/bridge/mux-break-mid-stream", test_mux_break_mid_stream);
   add_test("/agent/bridge/redial-after-host-closes", test_redial_after_host_closes);
   add_test("/agent/container/lifecycle", test_container_lifecycle);
