@@ -5,9 +5,10 @@
  * MappedVirtualDisk), combined into an overlay with its upper in a tmpfs
  * (CombinedLayers), a crun container running on it; then everything removed in reverse
  * and done again at the same paths. And the errors: a LUN with no disk (a bounded wait),
- * bad requests, double adds, a busy unmount, the agent serving on.
+ * bad requests, double adds, a busy unmount, the agent serving on. Then on q35 (PCI
+ * instead of virtio-mmio) an ext4 image made with mke2fs -d.
  *
- * One VM for every case (boots are slow under TCG). Needs qemu-system-x86_64, the image
+ * One VM per machine type (boots are slow under TCG). Needs qemu-system-x86_64, the image
  * (`make image`, FERRY_IMAGE_DIR), mkfs.erofs (erofs-utils) and busybox-static; skips
  * with the reason otherwise.
  */
@@ -36,6 +37,7 @@ static char *kernel_path, *initrd_path;
 /* The one VM, booted by the first case that needs it. */
 static struct {
   char *dir;
+  const char *machine;
   FerryVm *vm;
   TestGuestSession *s;
   char *base_img; /* busybox root, /etc/layer "base" */
@@ -196,15 +198,20 @@ static void make_images(void)
   make_erofs(top, env.top_img);
 }
 
-/* The VM (microvm, 1 vCPU, a virtio-scsi controller "0" without disks) and its agent. */
-static gboolean env_up(void)
+static void env_down(void);
+
+/* The VM (`machine`, 1 vCPU, a virtio-scsi controller "0" without disks) and its agent;
+ * kept for the next case on the same machine. */
+static gboolean env_up(const char *machine)
 {
   if (skip_reason != NULL) {
     g_test_skip(skip_reason);
     return FALSE;
   }
-  if (env.vm != NULL)
+  if (env.vm != NULL && strcmp(env.machine, machine) == 0)
     return TRUE;
+  env_down();
+  env.machine = machine;
   env.dir = test_make_tmpdir();
   make_images();
   g_autoptr(FerryVmDoc) doc = ferry_vm_doc_new("ferry-test");
@@ -212,6 +219,7 @@ static gboolean env_up(void)
   ferry_vm_doc_set_memory(doc, memory);
   ferry_vm_doc_set_kernel_direct(doc, kernel_path, initrd_path,
                                  "console=ttyS0 loglevel=4 panic=-1");
+  ferry_vm_doc_set_machine(doc, machine);
   g_autoptr(GError) error = NULL;
   g_assert_true(ferry_vm_doc_add_mux_port(doc, PORT_NAME, &error));
   g_assert_true(ferry_vm_doc_add_scsi_controller(doc, "0", &error));
@@ -243,9 +251,9 @@ static void env_down(void)
   g_clear_error(&d.error);
   g_clear_pointer(&env.vm, ferry_vm_free);
   test_rm_rf(env.dir);
-  g_free(env.dir);
-  g_free(env.base_img);
-  g_free(env.top_img);
+  g_clear_pointer(&env.dir, g_free);
+  g_clear_pointer(&env.base_img, g_free);
+  g_clear_pointer(&env.top_img, g_free);
 }
 
 /* --------------------------------------------------------------- helpers -- */
@@ -332,7 +340,7 @@ static char *container_run(const char *script, int *code)
  */
 static void test_container_on_combined_layers(void)
 {
-  if (!env_up())
+  if (!env_up("microvm"))
     return;
   hot_add(1, env.base_img);
   hot_add(2, env.top_img);
@@ -421,7 +429,7 @@ static void test_container_on_combined_layers(void)
  */
 static void test_errors(void)
 {
-  if (!env_up())
+  if (!env_up("microvm"))
     return;
   FerryGuestMappedDisk nodisk = { .mount_path = "/run/mounts/scsi/m7",
                                   .lun = 7,
@@ -464,6 +472,43 @@ static void test_errors(void)
   g_assert_cmpstr(still, ==, "still serving\n");
 }
 
+/*
+ * On q35 the controller is virtio-scsi-pci (microvm's is virtio-mmio): the same hot-add,
+ * and an ext4 image (mke2fs -d) whose file system the guest detects; hot-removed while
+ * the guest still holds nothing.
+ */
+static void test_q35_ext4(void)
+{
+  g_autofree char *mke2fs = g_find_program_in_path("mke2fs");
+  if (mke2fs == NULL && skip_reason == NULL) {
+    g_test_skip("mke2fs is not installed (apt-get install e2fsprogs)");
+    return;
+  }
+  if (!env_up("q35"))
+    return;
+  g_autofree char *tree = g_build_filename(env.dir, "ext4-tree", NULL);
+  write_file(tree, "hello.txt", "hello from ext4\n");
+  g_autofree char *image = g_build_filename(env.dir, "tree.ext4", NULL);
+  const char *argv[] = { mke2fs, "-q", "-F", "-t", "ext4", "-d", tree, image, "8M", NULL };
+  g_autofree char *err = NULL;
+  int status;
+  g_autoptr(GError) error = NULL;
+  g_assert_true(
+      g_spawn_sync(NULL, (char **)argv, NULL, 0, NULL, NULL, NULL, &err, &status, &error));
+  if (!g_spawn_check_wait_status(status, &error))
+    g_error("mke2fs: %s: %s", error->message, err);
+  hot_add(3, image);
+  map_disk("/run/mounts/scsi/m3", 3, NULL);
+  g_autofree char *out = uvm_sh("cat /run/mounts/scsi/m3/hello.txt; "
+                                "grep ' /run/mounts/scsi/m3 ' /proc/mounts | cut -d' ' -f3,4 | "
+                                "cut -d, -f1",
+                                0);
+  g_assert_cmpstr(out, ==, "hello from ext4\next4 ro\n");
+  unmap_disk("/run/mounts/scsi/m3");
+  hot_remove(3);
+  g_assert_null(ferry_vm_doc_scsi_disk(ferry_vm_get_doc(env.vm), "0", 3));
+}
+
 int main(int argc, char **argv)
 {
   g_test_init(&argc, &argv, NULL);
@@ -488,6 +533,7 @@ int main(int argc, char **argv)
     skip_reason = g_strdup("/bin/busybox is missing (apt-get install busybox-static)");
   g_test_add_func("/disk/container-on-combined-layers", test_container_on_combined_layers);
   g_test_add_func("/disk/errors", test_errors);
+  g_test_add_func("/disk/q35-ext4", test_q35_ext4);
   int rc = g_test_run();
   env_down();
   return rc;
