@@ -134,5 +134,7 @@ void gcs_storage_free(GcsStorage *storage);
 /* ModifySettings of a storage resource type: answers `request` (now, or for an Add whose
  * disk has not appeared yet, later) and returns TRUE; FALSE for a type it does not
  * handle (the request is untouched). */
+/* Append one line per mapped disk, combined layers and waiting Add (DumpStacks). */
+void gcs_storage_dump(GcsStorage *storage, GString *out);
 gboolean gcs_storage_modify(GcsStorage *storage, FerryBridgeRequest *request,
                             const char *resource_type, const char *request_type, json_t *settings);

@@ -504,5 +504,6 @@ char *ferry_gcs_dump(FerryGcs *gcs)
         dump_process(out, record);
     }
   }
+  gcs_storage_dump(gcs->storage, out);
   return g_string_free(out, FALSE);
 }

@@ -769,6 +769,44 @@ static void combined_layers_remove(GcsStorage *s, FerryBridgeRequest *request, j
   ferry_bridge_request_reply(request, NULL);
 }
 
+/* ---------------------------------------------------------------- dump -- */
+
+static gint compare_strings(gconstpointer a, gconstpointer b)
+{
+  return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+void gcs_storage_dump(GcsStorage *s, GString *out)
+{
+  g_autoptr(GPtrArray) lines = g_ptr_array_new_with_free_func(g_free);
+  GHashTableIter iter;
+  gpointer key, value;
+  g_hash_table_iter_init(&iter, s->disks);
+  while (g_hash_table_iter_next(&iter, NULL, &value)) {
+    DiskMount *m = value;
+    g_ptr_array_add(lines, g_strdup_printf("disk %s on %s (%s)\n", m->device, m->mount_path,
+                                           m->read_only ? "ro" : "rw"));
+  }
+  g_hash_table_iter_init(&iter, s->layers);
+  while (g_hash_table_iter_next(&iter, NULL, &value)) {
+    Layers *l = value;
+    g_autofree char *uses = g_strjoinv(" ", l->uses);
+    g_ptr_array_add(lines, g_strdup_printf("layers %s: %s%s%s\n", l->root, uses,
+                                           l->scratch != NULL ? ", tmpfs " : "",
+                                           l->scratch != NULL ? l->scratch : ""));
+  }
+  g_hash_table_iter_init(&iter, s->waits);
+  while (g_hash_table_iter_next(&iter, &key, NULL)) {
+    DiskWait *w = key;
+    g_ptr_array_add(lines,
+                    g_strdup_printf("waiting for controller %u LUN %u (for %s)\n", w->controller,
+                                    w->lun, w->mount_path != NULL ? w->mount_path : "no mount"));
+  }
+  g_ptr_array_sort(lines, compare_strings);
+  for (guint i = 0; i < lines->len; i++)
+    g_string_append(out, lines->pdata[i]);
+}
+
 /* ------------------------------------------------------------ dispatch -- */
 
 gboolean gcs_storage_modify(GcsStorage *s, FerryBridgeRequest *request, const char *resource_type,

@@ -1244,6 +1244,16 @@ static void test_combined_layers_on_directories(void)
     g_autofree char *in_layer = g_build_filename(l1, "new", NULL);
     g_assert_false(g_file_test(in_layer, G_FILE_TEST_EXISTS));
     modify_expect(e, add, FERRY_HR_ALREADY_EXISTS, "already combined");
+    /* DumpStacks lists it. */
+    Result dump = { 0 };
+    ferry_guest_connection_dump_stacks(e->host.gc, on_json, &dump);
+    wait_ok(&dump);
+    g_autofree char *line =
+        g_strdup_printf("layers %s: %s %s %s, tmpfs %s\n", root, l2, l1, scratch, scratch);
+    const char *stacks = json_string_value(json_object_get(dump.json, "GuestStacks"));
+    if (stacks == NULL || strstr(stacks, line) == NULL)
+      g_error("no \"%s\" in DumpStacks: %s", line, stacks != NULL ? stacks : "(none)");
+    result_clear(&dump);
     /* A directory that is no mapped disk: nothing to unmap. */
     FerryGuestMappedDisk layer = { .mount_path = l1 };
     g_autoptr(json_t) unmap = ferry_guest_mapped_disk_request("Remove", &layer);
