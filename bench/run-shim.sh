@@ -61,6 +61,14 @@ source "$root/tests/scripts/containerd-harness.sh"
 ctrd_setup || exit 1
 rootfs=$CTRD_DIR/busybox-rootfs
 python3 "$root/tests/scripts/busybox-image.py" rootfs "$rootfs" --busybox "$busybox" || exit 1
+# The ferry shim boots the guest image of this build unless told otherwise (containerd
+# hands its environment to its shims, so this goes before it starts).
+if [[ -z ${FERRY_SHIM_CONFIG:-} ]]; then
+  export FERRY_SHIM_CONFIG=$CTRD_DIR/ferry-shim.json
+  printf '{"kernel": "%s", "initrd": "%s", "memory_mb": 256}\n' \
+    "$builddir/image/vmlinux" "$builddir/image/initramfs.cpio" >"$FERRY_SHIM_CONFIG"
+fi
+export FERRY_SHIM_RUN_DIR=${FERRY_SHIM_RUN_DIR:-$builddir/shim-run}
 ctrd_start || exit 1
 
 wait_until() { # wait_until SECONDS COMMAND...: poll COMMAND every 0.1 s

@@ -51,6 +51,7 @@ PROTO_MODULE = {
     "google/": "ttrpc",
     "containerd/": "migration",
     "hcsshim/": "migration",
+    "cgroups/": "shim",
     "test/": None,  # the test service: tests only
 }
 

@@ -15,7 +15,7 @@ declare -A groups=(
   [interop]="golang-go golang-github-containerd-ttrpc-dev"
   [ci]="clang libclang-rt-14-dev clang-format"
   [vm]="qemu-system-x86 qemu-system-data cpio busybox-static crun python3"
-  [shim]="containerd runc erofs-utils"
+  [shim]="containerd runc erofs-utils e2fsprogs"
 )
 
 wanted=("$@")

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <glib.h>
+#include <jansson.h>
 
 G_BEGIN_DECLS
 
@@ -196,6 +197,16 @@ gboolean ferry_runtime_kill_container(FerryRuntime *runtime, const char *id, int
  * state. Deleting a container that is not there (an init that exited already took
  * its state with it) succeeds. Blocks until crun returns. */
 gboolean ferry_runtime_delete_container(FerryRuntime *runtime, const char *id, GError **error);
+
+/* `crun pause id` / `crun resume id`: freeze and thaw every process of the container
+ * (its cgroup's freezer). Block. FERRY_ERROR_NOT_FOUND for an unknown id. */
+gboolean ferry_runtime_pause_container(FerryRuntime *runtime, const char *id, GError **error);
+gboolean ferry_runtime_resume_container(FerryRuntime *runtime, const char *id, GError **error);
+
+/* `crun update --resources FILE id` with `resources` (borrowed): an OCI LinuxResources
+ * object. Blocks. */
+gboolean ferry_runtime_update_container(FerryRuntime *runtime, const char *id, json_t *resources,
+                                        GError **error);
 
 typedef enum {
   FERRY_CONTAINER_CREATED,

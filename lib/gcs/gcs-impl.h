@@ -104,6 +104,18 @@ void gcs_handle_execute_process(FerryBridgeRequest *request, gpointer user_data)
 /* Let go of ExecuteProcess requests still dialing (the agent is being freed). */
 void gcs_execs_abandon(FerryGcs *gcs);
 
+/* ---- stats.c ---- */
+
+/* Pure: "key value" lines into {key: value}; io.stat's lines into [{Major, Minor, key:
+ * value...}]. Lines that do not parse are skipped. New references. */
+json_t *gcs_parse_flat_keyed(const char *text);
+json_t *gcs_parse_io_stat(const char *text);
+/* The running container's cgroup v2 usage: {CgroupVersion: 2, Pids: {current, max},
+ * CPU: cpu.stat, Memory: memory.stat, MemoryCurrent, MemoryMax, MemoryEvents, IO}. */
+json_t *gcs_container_metrics(const GcsContainer *c, GError **error);
+/* Every process in the running container's cgroup (its init's children too), by pid. */
+GArray *gcs_container_pids(const GcsContainer *c, GError **error);
+
 /* ---- relay.c ---- */
 
 /*

@@ -311,7 +311,20 @@ static gint compare_pids(gconstpointer a, gconstpointer b)
 
 static json_t *process_list(FerryGcs *gcs, const GcsContainer *c)
 {
-  g_autoptr(GArray) pids = g_array_new(FALSE, FALSE, sizeof(GPid));
+  /* Every process of the container, as hcsshim's guest lists them (runc ps): its cgroup
+   * knows. A container without one (local mode, crun's cgroups disabled) lists the
+   * processes the agent started. */
+  g_autoptr(GArray) pids = gcs_container_pids(c, NULL);
+  if (pids != NULL && pids->len > 0) {
+    g_array_sort(pids, compare_pids);
+    json_t *list = json_array();
+    for (guint i = 0; i < pids->len; i++)
+      json_array_append_new(
+          list, json_pack("{s:I}", "ProcessId", (json_int_t)g_array_index(pids, GPid, i)));
+    return list;
+  }
+  g_clear_pointer(&pids, g_array_unref);
+  pids = g_array_new(FALSE, FALSE, sizeof(GPid));
   GHashTableIter iter;
   gpointer key;
   g_hash_table_iter_init(&iter, gcs->records);
@@ -362,6 +375,15 @@ static void handle_get_properties(FerryBridgeRequest *request, gpointer user_dat
   {
     if (json_is_string(type) && strcmp(json_string_value(type), "ProcessList") == 0)
       json_object_set_new(properties, "ProcessList", process_list(gcs, c));
+    if (json_is_string(type) && strcmp(json_string_value(type), "Statistics") == 0) {
+      json_t *metrics = gcs_container_metrics(c, &error);
+      if (metrics == NULL) {
+        json_decref(properties);
+        ferry_bridge_request_reply_gerror(request, error);
+        return;
+      }
+      json_object_set_new(properties, "Metrics", metrics);
+    }
   }
   json_t *fields = json_object();
   ferry_bridge_set_embedded(fields, "Properties", properties);
@@ -369,6 +391,54 @@ static void handle_get_properties(FerryBridgeRequest *request, gpointer user_dat
 }
 
 /* ------------------------------------------------------ ModifySettings -- */
+
+/* A container's resources (hcsshim's ContainerConstraints: {"Linux": LinuxResources},
+ * `crun update`) or its frozen state (Ferry's FerryContainerState: {"State": "Paused" |
+ * "Running"}, `crun pause` / `crun resume`). RequestType Update. */
+static void modify_container(FerryGcs *gcs, FerryBridgeRequest *request, const char *type,
+                             const char *request_type, json_t *settings)
+{
+  if (gcs_is_uvm(ferry_bridge_request_get_container_id(request))) {
+    ferry_bridge_request_reply_error(request, FERRY_HR_E_INVALIDARG,
+                                     "ModifySettings %s: not for the UVM", type);
+    return;
+  }
+  GcsContainer *c = request_container(gcs, request, "ModifySettings");
+  if (c == NULL)
+    return;
+  if (strcmp(request_type, "Update") != 0 || !json_is_object(settings)) {
+    ferry_bridge_request_reply_error(request, FERRY_HR_E_INVALIDARG,
+                                     "ModifySettings %s: RequestType Update with Settings", type);
+    return;
+  }
+  if (c->state != GCS_CONTAINER_RUNNING) {
+    ferry_bridge_request_reply_error(request, FERRY_HR_INVALID_STATE,
+                                     "ModifySettings %s: container %s is not running", type, c->id);
+    return;
+  }
+  g_autoptr(GError) error = NULL;
+  gboolean ok;
+  if (strcmp(type, "ContainerConstraints") == 0) {
+    ok = ferry_runtime_update_container(gcs->runtime, c->id, json_object_get(settings, "Linux"),
+                                        &error);
+  } else {
+    const char *state = json_string_value(json_object_get(settings, "State"));
+    if (g_strcmp0(state, "Paused") == 0) {
+      ok = ferry_runtime_pause_container(gcs->runtime, c->id, &error);
+    } else if (g_strcmp0(state, "Running") == 0) {
+      ok = ferry_runtime_resume_container(gcs->runtime, c->id, &error);
+    } else {
+      ferry_bridge_request_reply_error(request, FERRY_HR_E_INVALIDARG,
+                                       "ModifySettings %s: State must be Paused or Running", type);
+      return;
+    }
+  }
+  if (!ok) {
+    ferry_bridge_request_reply_gerror(request, error);
+    return;
+  }
+  ferry_bridge_request_reply(request, NULL);
+}
 
 static void handle_modify_settings(FerryBridgeRequest *request, gpointer user_data)
 {
@@ -393,6 +463,10 @@ static void handle_modify_settings(FerryBridgeRequest *request, gpointer user_da
   if (gcs_storage_modify(gcs->storage, request, type, request_type,
                          json_object_get(req, "Settings")))
     return;
+  if (strcmp(type, "ContainerConstraints") == 0 || strcmp(type, "FerryContainerState") == 0) {
+    modify_container(gcs, request, type, request_type, json_object_get(req, "Settings"));
+    return;
+  }
   ferry_bridge_request_reply_error(
       request, FERRY_HR_E_NOTIMPL,
       "ModifySettings: resource type %s is not supported by this guest (it maps "

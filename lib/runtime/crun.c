@@ -696,6 +696,58 @@ gboolean ferry_runtime_kill_container(FerryRuntime *runtime, const char *id, int
   return FALSE;
 }
 
+/* `crun pause|resume id`: the container's cgroup freezer. */
+static gboolean freeze(FerryRuntime *runtime, const char *id, const char *verb, GError **error)
+{
+  if (!check_id(id, error))
+    return FALSE;
+  if (!container_known(runtime, id))
+    return not_found(id, error);
+  g_autofree char *what = g_strdup_printf("crun %s container %s", verb, id);
+  const char *args[] = { verb, id, NULL };
+  return crun_sync(runtime, what, args, NULL, error);
+}
+
+gboolean ferry_runtime_pause_container(FerryRuntime *runtime, const char *id, GError **error)
+{
+  return freeze(runtime, id, "pause", error);
+}
+
+gboolean ferry_runtime_resume_container(FerryRuntime *runtime, const char *id, GError **error)
+{
+  return freeze(runtime, id, "resume", error);
+}
+
+gboolean ferry_runtime_update_container(FerryRuntime *runtime, const char *id, json_t *resources,
+                                        GError **error)
+{
+  if (!check_id(id, error))
+    return FALSE;
+  if (!container_known(runtime, id))
+    return not_found(id, error);
+  if (!json_is_object(resources)) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                "update container %s: the resources are not an object", id);
+    return FALSE;
+  }
+  /* crun reads the resources from a file. */
+  g_autofree char *path = NULL;
+  int fd = g_file_open_tmp("ferry-resources-XXXXXX.json", &path, error);
+  if (fd < 0)
+    return FALSE;
+  close(fd);
+  g_autofree char *text = json_dumps(resources, JSON_COMPACT);
+  gboolean ok = g_file_set_contents(path, text, -1, error);
+  if (ok) {
+    g_autofree char *what = g_strdup_printf("crun update container %s", id);
+    g_autofree char *arg = g_strdup_printf("--resources=%s", path);
+    const char *args[] = { "update", arg, id, NULL };
+    ok = crun_sync(runtime, what, args, NULL, error);
+  }
+  unlink(path);
+  return ok;
+}
+
 gboolean ferry_runtime_delete_container(FerryRuntime *runtime, const char *id, GError **error)
 {
   if (!check_id(id, error))

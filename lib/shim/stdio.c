@@ -74,8 +74,8 @@ static gboolean start_binary(const char *uri_text, const char *id, const char *n
     return ferry_error_set_errno(error, errno, "binary log %s: fork", path);
   if (pid == 0) {
     /* fds 3, 4, 5 as containerd's shims hand them. */
-    int keep[3] = { fcntl(pipes[0][0], F_DUPFD, 10), fcntl(pipes[1][0], F_DUPFD, 10),
-                    fcntl(ready[1], F_DUPFD, 10) };
+    int keep[3] = { fcntl(pipes[0][0], F_DUPFD_CLOEXEC, 10),
+                    fcntl(pipes[1][0], F_DUPFD_CLOEXEC, 10), fcntl(ready[1], F_DUPFD_CLOEXEC, 10) };
     for (int i = 0; i < 3; i++)
       if (keep[i] < 0 || dup2(keep[i], 3 + i) < 0)
         _exit(127);

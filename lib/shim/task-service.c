@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cgroups/v2/metrics.pb-c.h"
 #include "containerd/events/task.pb-c.h"
 #include "containerd/task/v2/shim.pb-c.h"
 #include "ferry/cmd.h"
@@ -54,6 +55,7 @@ struct Task {
   Process *init;
   GHashTable *execs;      /* exec id -> Process */
   gboolean init_exit_due; /* the init exited; its TaskExit waits for the execs' */
+  gboolean paused;
   gboolean deleting;
 };
 
@@ -77,6 +79,8 @@ struct FerryTaskService {
 };
 
 static void process_free(gpointer p);
+static FerryGuestContainer *running_container(FerryTaskService *svc, FerryTtrpcCall *call,
+                                              const char *id, const char *what, Task **task);
 
 /* -------------------------------------------------------------- helpers -- */
 
@@ -677,6 +681,8 @@ static void handle_state(FerryTtrpcCall *call, const ProtobufCMessage *request, 
   resp.bundle = p->task->bundle;
   resp.pid = p->pid;
   resp.status = (Containerd__V1__Types__Status)p->status;
+  if (p->status == PROC_RUNNING && p->task->paused)
+    resp.status = CONTAINERD__V1__TYPES__STATUS__PAUSED;
   resp.stdin = p->in;
   resp.stdout = p->out;
   resp.stderr = p->err;
@@ -901,37 +907,47 @@ static void handle_delete(FerryTtrpcCall *call, const ProtobufCMessage *request,
     on_guest_container_deleted(NULL, op);
 }
 
+static void on_process_list(json_t *result, const GError *error, gpointer ud)
+{
+  FerryTtrpcCall *call = ud;
+  if (error != NULL) {
+    ferry_ttrpc_call_reply_gerror(call, error);
+    return;
+  }
+  json_t *list = json_object_get(result, "ProcessList");
+  gsize n = json_is_array(list) ? json_array_size(list) : 0;
+  g_autofree Containerd__V1__Types__ProcessInfo *infos =
+      g_new0(Containerd__V1__Types__ProcessInfo, MAX(n, 1));
+  g_autofree Containerd__V1__Types__ProcessInfo **ptrs =
+      g_new0(Containerd__V1__Types__ProcessInfo *, MAX(n, 1));
+  gsize k = 0;
+  for (gsize i = 0; i < n; i++) {
+    json_t *pid = json_object_get(json_array_get(list, i), "ProcessId");
+    if (!json_is_integer(pid) || json_integer_value(pid) <= 0 ||
+        json_integer_value(pid) > G_MAXUINT32)
+      continue;
+    containerd__v1__types__process_info__init(&infos[k]);
+    infos[k].pid = (uint32_t)json_integer_value(pid);
+    ptrs[k] = &infos[k];
+    k++;
+  }
+  Containerd__Task__V2__PidsResponse resp = CONTAINERD__TASK__V2__PIDS_RESPONSE__INIT;
+  resp.n_processes = k;
+  resp.processes = ptrs;
+  ferry_ttrpc_call_reply(call, &resp.base);
+}
+
+/* Every process in the container (the guest lists its cgroup), as `ctr task ps` shows. */
 static void handle_pids(FerryTtrpcCall *call, const ProtobufCMessage *request, gpointer ud)
 {
   FerryTaskService *svc = ud;
   const Containerd__Task__V2__PidsRequest *req = (const void *)request;
-  g_autoptr(GError) error = NULL;
-  Task *t = task_lookup(svc, req->id, &error);
-  if (t == NULL) {
-    ferry_ttrpc_call_reply_gerror(call, error);
+  Task *t = NULL;
+  FerryGuestContainer *c = running_container(svc, call, req->id, "pids of", &t);
+  if (c == NULL)
     return;
-  }
-  g_autoptr(GPtrArray) infos = g_ptr_array_new_with_free_func(g_free);
-  Process *all[1 + 64];
-  guint n = 0;
-  if (t->init->status == PROC_RUNNING)
-    all[n++] = t->init;
-  GHashTableIter it;
-  gpointer value;
-  g_hash_table_iter_init(&it, t->execs);
-  while (g_hash_table_iter_next(&it, NULL, &value) && n < G_N_ELEMENTS(all))
-    if (((Process *)value)->status == PROC_RUNNING)
-      all[n++] = value;
-  for (guint i = 0; i < n; i++) {
-    Containerd__V1__Types__ProcessInfo *info = g_new0(Containerd__V1__Types__ProcessInfo, 1);
-    containerd__v1__types__process_info__init(info);
-    info->pid = all[i]->pid;
-    g_ptr_array_add(infos, info);
-  }
-  Containerd__Task__V2__PidsResponse resp = CONTAINERD__TASK__V2__PIDS_RESPONSE__INIT;
-  resp.n_processes = infos->len;
-  resp.processes = (Containerd__V1__Types__ProcessInfo **)infos->pdata;
-  ferry_ttrpc_call_reply(call, &resp.base);
+  g_autoptr(json_t) query = json_pack("{s:[s]}", "PropertyTypes", "ProcessList");
+  ferry_guest_container_properties(c, query, on_process_list, call);
 }
 
 static void handle_close_io(FerryTtrpcCall *call, const ProtobufCMessage *request, gpointer ud)
@@ -1005,6 +1021,232 @@ static void handle_checkpoint(FerryTtrpcCall *call, const ProtobufCMessage *requ
                                "running sandbox to another host by live migration");
 }
 
+/* ---------------------------------------- pause, resume, update, stats -- */
+
+typedef struct {
+  Task *task;
+  FerryTtrpcCall *call;
+  gboolean pause; /* pause or resume: the event to publish */
+  gboolean update;
+} ModifyOp;
+
+static void on_modified(const GError *error, gpointer ud)
+{
+  ModifyOp *op = ud;
+  Task *t = op->task;
+  if (error != NULL) {
+    ferry_ttrpc_call_reply_gerror(op->call, error);
+    g_free(op);
+    return;
+  }
+  reply_empty(op->call);
+  if (!op->update) {
+    t->paused = op->pause;
+    if (op->pause) {
+      Containerd__Events__TaskPaused ev = CONTAINERD__EVENTS__TASK_PAUSED__INIT;
+      ev.container_id = t->id;
+      publish(t->svc, "/tasks/paused", &ev.base);
+    } else {
+      Containerd__Events__TaskResumed ev = CONTAINERD__EVENTS__TASK_RESUMED__INIT;
+      ev.container_id = t->id;
+      publish(t->svc, "/tasks/resumed", &ev.base);
+    }
+  }
+  g_free(op);
+}
+
+/* The running task's guest container, or NULL with the call answered. */
+static FerryGuestContainer *running_container(FerryTaskService *svc, FerryTtrpcCall *call,
+                                              const char *id, const char *what, Task **task)
+{
+  g_autoptr(GError) error = NULL;
+  Process *p = process_lookup(svc, id, NULL, &error);
+  if (p == NULL) {
+    ferry_ttrpc_call_reply_gerror(call, error);
+    return NULL;
+  }
+  FerryGuestContainer *c = ferry_sandbox_get_container(svc->sandbox, id);
+  if (p->status != PROC_RUNNING || c == NULL) {
+    ferry_ttrpc_call_reply_error(call, FERRY_ERROR_FAILED_PRECONDITION,
+                                 "%s task %s: it is not running", what, id);
+    return NULL;
+  }
+  *task = p->task;
+  return c;
+}
+
+static void freeze(FerryTaskService *svc, FerryTtrpcCall *call, const char *id, gboolean pause)
+{
+  Task *t = NULL;
+  FerryGuestContainer *c = running_container(svc, call, id, pause ? "pause" : "resume", &t);
+  if (c == NULL)
+    return;
+  if (t->paused == pause) {
+    ferry_ttrpc_call_reply_error(call, FERRY_ERROR_FAILED_PRECONDITION, "task %s is %s already", id,
+                                 pause ? "paused" : "running");
+    return;
+  }
+  g_autoptr(json_t) request =
+      json_pack("{s:s, s:s, s:{s:s}}", "ResourceType", "FerryContainerState", "RequestType",
+                "Update", "Settings", "State", pause ? "Paused" : "Running");
+  ModifyOp *op = g_new0(ModifyOp, 1);
+  op->task = t;
+  op->call = call;
+  op->pause = pause;
+  ferry_guest_container_modify(c, request, on_modified, op);
+}
+
+static void handle_pause(FerryTtrpcCall *call, const ProtobufCMessage *request, gpointer ud)
+{
+  freeze(ud, call, ((const Containerd__Task__V2__PauseRequest *)request)->id, TRUE);
+}
+
+static void handle_resume(FerryTtrpcCall *call, const ProtobufCMessage *request, gpointer ud)
+{
+  freeze(ud, call, ((const Containerd__Task__V2__ResumeRequest *)request)->id, FALSE);
+}
+
+static void handle_update(FerryTtrpcCall *call, const ProtobufCMessage *request, gpointer ud)
+{
+  FerryTaskService *svc = ud;
+  const Containerd__Task__V2__UpdateTaskRequest *req = (const void *)request;
+  Task *t = NULL;
+  FerryGuestContainer *c = running_container(svc, call, req->id, "update", &t);
+  if (c == NULL)
+    return;
+  if (req->resources == NULL) {
+    reply_empty(call); /* annotations only: nothing for the guest */
+    return;
+  }
+  json_error_t jerr;
+  g_autoptr(json_t) resources =
+      json_loadb((const char *)req->resources->value.data, req->resources->value.len, 0, &jerr);
+  if (!json_is_object(resources)) {
+    ferry_ttrpc_call_reply_error(call, FERRY_ERROR_INVALID_ARGUMENT,
+                                 "update task %s: the resources are not a LinuxResources "
+                                 "JSON object: %s",
+                                 req->id, jerr.text);
+    return;
+  }
+  g_autoptr(json_t) mod = json_pack("{s:s, s:s, s:{s:O}}", "ResourceType", "ContainerConstraints",
+                                    "RequestType", "Update", "Settings", "Linux", resources);
+  ModifyOp *op = g_new0(ModifyOp, 1);
+  op->task = t;
+  op->call = call;
+  op->update = TRUE;
+  ferry_guest_container_modify(c, mod, on_modified, op);
+}
+
+static guint64 metric(json_t *obj, const char *key)
+{
+  json_t *v = json_object_get(obj, key);
+  return json_is_integer(v) && json_integer_value(v) > 0 ? (guint64)json_integer_value(v) : 0;
+}
+
+/* The guest's cgroup v2 figures (stats.c's JSON) as containerd's v2 Metrics, packed. */
+static GBytes *pack_metrics(json_t *m)
+{
+  Io__Containerd__Cgroups__V2__PidsStat pids = IO__CONTAINERD__CGROUPS__V2__PIDS_STAT__INIT;
+  json_t *jp = json_object_get(m, "Pids");
+  pids.current = metric(jp, "current");
+  pids.limit = metric(jp, "max");
+  Io__Containerd__Cgroups__V2__CPUStat cpu = IO__CONTAINERD__CGROUPS__V2__CPUSTAT__INIT;
+  json_t *jc = json_object_get(m, "CPU");
+  cpu.usage_usec = metric(jc, "usage_usec");
+  cpu.user_usec = metric(jc, "user_usec");
+  cpu.system_usec = metric(jc, "system_usec");
+  cpu.nr_periods = metric(jc, "nr_periods");
+  cpu.nr_throttled = metric(jc, "nr_throttled");
+  cpu.throttled_usec = metric(jc, "throttled_usec");
+  Io__Containerd__Cgroups__V2__MemoryStat mem = IO__CONTAINERD__CGROUPS__V2__MEMORY_STAT__INIT;
+  json_t *jm = json_object_get(m, "Memory");
+  mem.anon = metric(jm, "anon");
+  mem.file = metric(jm, "file");
+  mem.kernel_stack = metric(jm, "kernel_stack");
+  mem.slab = metric(jm, "slab");
+  mem.sock = metric(jm, "sock");
+  mem.shmem = metric(jm, "shmem");
+  mem.file_mapped = metric(jm, "file_mapped");
+  mem.file_dirty = metric(jm, "file_dirty");
+  mem.file_writeback = metric(jm, "file_writeback");
+  mem.pgfault = metric(jm, "pgfault");
+  mem.pgmajfault = metric(jm, "pgmajfault");
+  mem.usage = metric(m, "MemoryCurrent");
+  mem.usage_limit = metric(m, "MemoryMax");
+  Io__Containerd__Cgroups__V2__MemoryEvents events =
+      IO__CONTAINERD__CGROUPS__V2__MEMORY_EVENTS__INIT;
+  json_t *je = json_object_get(m, "MemoryEvents");
+  events.low = metric(je, "low");
+  events.high = metric(je, "high");
+  events.max = metric(je, "max");
+  events.oom = metric(je, "oom");
+  events.oom_kill = metric(je, "oom_kill");
+  json_t *jio = json_object_get(m, "IO");
+  gsize n_io = json_is_array(jio) ? MIN(json_array_size(jio), 64) : 0;
+  Io__Containerd__Cgroups__V2__IOEntry entries[64];
+  Io__Containerd__Cgroups__V2__IOEntry *ptrs[64];
+  for (gsize i = 0; i < n_io; i++) {
+    json_t *e = json_array_get(jio, i);
+    io__containerd__cgroups__v2__ioentry__init(&entries[i]);
+    entries[i].major = metric(e, "Major");
+    entries[i].minor = metric(e, "Minor");
+    entries[i].rbytes = metric(e, "rbytes");
+    entries[i].wbytes = metric(e, "wbytes");
+    entries[i].rios = metric(e, "rios");
+    entries[i].wios = metric(e, "wios");
+    ptrs[i] = &entries[i];
+  }
+  Io__Containerd__Cgroups__V2__IOStat io = IO__CONTAINERD__CGROUPS__V2__IOSTAT__INIT;
+  io.n_usage = n_io;
+  io.usage = ptrs;
+  Io__Containerd__Cgroups__V2__Metrics metrics = IO__CONTAINERD__CGROUPS__V2__METRICS__INIT;
+  metrics.pids = &pids;
+  metrics.cpu = &cpu;
+  metrics.memory = &mem;
+  metrics.io = &io;
+  metrics.memory_events = &events;
+  gsize len = io__containerd__cgroups__v2__metrics__get_packed_size(&metrics);
+  guint8 *buf = g_malloc(len > 0 ? len : 1);
+  io__containerd__cgroups__v2__metrics__pack(&metrics, buf);
+  return g_bytes_new_take(buf, len);
+}
+
+static void on_properties(json_t *result, const GError *error, gpointer ud)
+{
+  FerryTtrpcCall *call = ud;
+  json_t *m = result != NULL ? json_object_get(result, "Metrics") : NULL;
+  if (error != NULL) {
+    ferry_ttrpc_call_reply_gerror(call, error);
+    return;
+  }
+  if (!json_is_object(m) || json_integer_value(json_object_get(m, "CgroupVersion")) != 2) {
+    ferry_ttrpc_call_reply_error(call, FERRY_ERROR_INTERNAL,
+                                 "stats: the guest answered without cgroup v2 metrics");
+    return;
+  }
+  g_autoptr(GBytes) packed = pack_metrics(m);
+  Google__Protobuf__Any any = GOOGLE__PROTOBUF__ANY__INIT;
+  any.type_url = "io.containerd.cgroups.v2.Metrics";
+  gsize len = 0;
+  any.value.data = (uint8_t *)g_bytes_get_data(packed, &len);
+  any.value.len = len;
+  Containerd__Task__V2__StatsResponse resp = CONTAINERD__TASK__V2__STATS_RESPONSE__INIT;
+  resp.stats = &any;
+  ferry_ttrpc_call_reply(call, &resp.base);
+}
+
+static void handle_stats(FerryTtrpcCall *call, const ProtobufCMessage *request, gpointer ud)
+{
+  FerryTaskService *svc = ud;
+  const Containerd__Task__V2__StatsRequest *req = (const void *)request;
+  Task *t = NULL;
+  FerryGuestContainer *c = running_container(svc, call, req->id, "stats of", &t);
+  if (c == NULL)
+    return;
+  g_autoptr(json_t) query = json_pack("{s:[s]}", "PropertyTypes", "Statistics");
+  ferry_guest_container_properties(c, query, on_properties, call);
+}
+
 static const FerryTtrpcMethodImpl task_methods[] = {
   { "State", handle_state, FERRY_TTRPC_UNARY },
   { "Create", handle_create, FERRY_TTRPC_UNARY },
@@ -1019,6 +1261,10 @@ static const FerryTtrpcMethodImpl task_methods[] = {
   { "Wait", handle_wait, FERRY_TTRPC_UNARY },
   { "Connect", handle_connect, FERRY_TTRPC_UNARY },
   { "Shutdown", handle_shutdown, FERRY_TTRPC_UNARY },
+  { "Pause", handle_pause, FERRY_TTRPC_UNARY },
+  { "Resume", handle_resume, FERRY_TTRPC_UNARY },
+  { "Update", handle_update, FERRY_TTRPC_UNARY },
+  { "Stats", handle_stats, FERRY_TTRPC_UNARY },
   { NULL, NULL, 0 },
 };
 
