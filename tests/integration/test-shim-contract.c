@@ -9,8 +9,8 @@
  */
 #include <errno.h>
 #include <gio/gio.h>
-#include <stdlib.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
