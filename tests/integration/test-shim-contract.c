@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "containerd/task/v2/shim.pb-c.h"
+#include "ferry/error.h"
 #include "ferry/json.h"
 #include "ferry/ttrpc.h"
 #include "test-util.h"
@@ -26,10 +27,12 @@ static char *shim_path;
 typedef struct {
   char *dir;     /* FERRY_SHIM_RUN_DIR and the bundles */
   char *run_dir; /* sockets */
+  char *config;  /* FERRY_SHIM_CONFIG for the shim, or NULL */
 } Rig;
 
 static void rig_init(Rig *r)
 {
+  *r = (Rig){ 0 };
   r->dir = test_make_tmpdir();
   r->run_dir = g_build_filename(r->dir, "run", NULL);
 }
@@ -37,6 +40,7 @@ static void rig_init(Rig *r)
 static void rig_clear(Rig *r)
 {
   test_rm_rf(r->dir);
+  g_free(r->config);
   g_free(r->dir);
   g_free(r->run_dir);
 }
@@ -81,6 +85,8 @@ static int run_shim(Rig *r, const char *bundle, const char *id, const char *acti
       g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_STDIN_PIPE | G_SUBPROCESS_FLAGS_STDOUT_PIPE |
                                 G_SUBPROCESS_FLAGS_STDERR_PIPE);
   g_subprocess_launcher_setenv(l, "FERRY_SHIM_RUN_DIR", r->run_dir, TRUE);
+  if (r->config != NULL)
+    g_subprocess_launcher_setenv(l, "FERRY_SHIM_CONFIG", r->config, TRUE);
   g_subprocess_launcher_set_cwd(l, bundle);
   g_autoptr(GError) error = NULL;
   g_autoptr(GSubprocess) p = g_subprocess_launcher_spawnv(l, argv, &error);
@@ -264,6 +270,111 @@ static void test_delete_kills_recorded_qemu(void)
   rig_clear(&r);
 }
 
+/* ------------------------------------------------------ bad input, typed -- */
+
+static ProtobufCMessage *task_call(FerryTtrpcClient *c, const char *method,
+                                   const ProtobufCMessage *req,
+                                   const ProtobufCMessageDescriptor *desc, GError **error)
+{
+  FerryTtrpcCallOptions options = { .timeout_ns = 60 * G_GINT64_CONSTANT(1000000000) };
+  return ferry_ttrpc_client_call_sync(c, "containerd.task.v2.Task", method, req, desc, &options,
+                                      error);
+}
+
+static void expect_error(FerryTtrpcClient *c, const char *method, const ProtobufCMessage *req,
+                         const ProtobufCMessageDescriptor *desc, int code, const char *fragment)
+{
+  g_autoptr(GError) error = NULL;
+  ProtobufCMessage *resp = task_call(c, method, req, desc, &error);
+  if (resp != NULL)
+    protobuf_c_message_free_unpacked(resp, NULL);
+  g_assert_null(resp);
+  g_assert_nonnull(error);
+  if (error->code != code || strstr(error->message, fragment) == NULL)
+    g_error("%s: want code %d with \"%s\", got %d: %s", method, code, fragment, error->code,
+            error->message);
+}
+
+/* The daemon answers bad calls with typed errors and keeps serving; a guest that never
+ * comes up fails Create after the bounded wait, naming the console log. */
+static void test_bad_input_typed_errors(void)
+{
+  g_autofree char *qemu = g_find_program_in_path("qemu-system-x86_64");
+  if (qemu == NULL) {
+    g_test_skip("qemu-system-x86_64 is not installed");
+    return;
+  }
+  Rig r;
+  rig_init(&r);
+  /* A kernel that only halts: QEMU runs, no agent ever dials. */
+  g_autofree char *kernel = g_build_filename(r.dir, "halt-kernel", NULL);
+  test_write_pvh_kernel(kernel);
+  g_autofree char *initrd = g_build_filename(r.dir, "initrd", NULL);
+  g_assert_true(g_file_set_contents(initrd, "", 0, NULL));
+  char *config = r.config = g_build_filename(r.dir, "shim.json", NULL);
+  g_autofree char *config_text = g_strdup_printf(
+      "{\"kernel\": \"%s\", \"initrd\": \"%s\", \"boot_timeout_ms\": 3000}", kernel, initrd);
+  g_assert_true(g_file_set_contents(config, config_text, -1, NULL));
+
+  g_autofree char *spec = spec_with_sandbox(NULL);
+  g_autofree char *b = make_bundle(&r, "c1", spec);
+  g_autofree char *address = start_ok(&r, b, "c1");
+  g_autoptr(GError) error = NULL;
+  FerryTtrpcClient *c = ferry_ttrpc_client_connect_unix(address, &error);
+  g_assert_no_error(error);
+
+  Containerd__Task__V2__StateRequest state = CONTAINERD__TASK__V2__STATE_REQUEST__INIT;
+  state.id = "nope";
+  expect_error(c, "State", &state.base, &containerd__task__v2__state_response__descriptor,
+               FERRY_ERROR_NOT_FOUND, "task nope not found");
+  Containerd__Task__V2__KillRequest kill_req = CONTAINERD__TASK__V2__KILL_REQUEST__INIT;
+  kill_req.id = "nope";
+  kill_req.signal = 9;
+  expect_error(c, "Kill", &kill_req.base, &google__protobuf__empty__descriptor,
+               FERRY_ERROR_NOT_FOUND, "not found");
+
+  /* A malformed config.json. */
+  g_autofree char *bad = make_bundle(&r, "bad", "{ not json");
+  Containerd__Task__V2__CreateTaskRequest create = CONTAINERD__TASK__V2__CREATE_TASK_REQUEST__INIT;
+  create.id = "bad";
+  create.bundle = bad;
+  expect_error(c, "Create", &create.base, &containerd__task__v2__create_task_response__descriptor,
+               FERRY_ERROR_INVALID_ARGUMENT, "config.json");
+  /* A rootfs that is not there. */
+  g_autofree char *full_spec =
+      g_strdup("{\"ociVersion\": \"1.0.2\", \"process\": {\"args\": [\"sh\"], \"cwd\": \"/\"}, "
+               "\"root\": {\"path\": \"rootfs\"}}");
+  g_autofree char *noroot = make_bundle(&r, "noroot", full_spec);
+  create.id = "noroot";
+  create.bundle = noroot;
+  expect_error(c, "Create", &create.base, &containerd__task__v2__create_task_response__descriptor,
+               FERRY_ERROR_NOT_FOUND, "rootfs");
+
+  /* A guest that never comes up: the bounded wait, then the console log's name. */
+  g_autofree char *good = make_bundle(&r, "c1b", full_spec);
+  g_autofree char *rootfs = g_build_filename(good, "rootfs", NULL);
+  g_assert_true(test_build_busybox_rootfs(rootfs, &error));
+  create.id = "c1";
+  create.bundle = good;
+  expect_error(c, "Create", &create.base, &containerd__task__v2__create_task_response__descriptor,
+               FERRY_ERROR_DEADLINE_EXCEEDED, "console log");
+  /* The id is free again, and the daemon still answers. */
+  Containerd__Task__V2__ConnectResponse *resp = connect_call(c, &error);
+  g_assert_no_error(error);
+  pid_t daemon = (pid_t)resp->shim_pid;
+  protobuf_c_message_free_unpacked(&resp->base, NULL);
+  state.id = "c1";
+  expect_error(c, "State", &state.base, &containerd__task__v2__state_response__descriptor,
+               FERRY_ERROR_NOT_FOUND, "task c1 not found");
+  ferry_ttrpc_client_free(c);
+  g_assert_cmpint(kill(daemon, SIGTERM), ==, 0);
+  gint64 until = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+  while (pid_alive(daemon) && g_get_monotonic_time() < until)
+    g_usleep(10000);
+  g_assert_false(pid_alive(daemon));
+  rig_clear(&r);
+}
+
 int main(int argc, char **argv)
 {
   g_test_init(&argc, &argv, NULL);
@@ -279,5 +390,6 @@ int main(int argc, char **argv)
   g_test_add_func("/shim/start-distinct-sandboxes", test_start_distinct_sandboxes);
   g_test_add_func("/shim/start-rejects-malformed-spec", test_start_rejects_malformed_spec);
   g_test_add_func("/shim/delete-kills-recorded-qemu", test_delete_kills_recorded_qemu);
+  g_test_add_func("/shim/bad-input-typed-errors", test_bad_input_typed_errors);
   return g_test_run();
 }
