@@ -3,7 +3,7 @@
 BUILD ?= build
 MESON_OPTS ?=
 
-.PHONY: all deps build image check unit interop bench-ttrpc bench-boot bench-shim demo fuzz format format-check clean
+.PHONY: all deps build image install check unit interop bench-ttrpc bench-boot bench-shim demo fuzz format format-check clean
 
 all: build
 
@@ -21,6 +21,24 @@ build: deps $(BUILD)/build.ninja
 image: build
 	@bash scripts/install-deps.sh vm
 	@bash image/build.sh $(BUILD)/agent/ferry-gcs $(BUILD)/image
+
+# The shim, the guest image it boots and a default config under DESTDIR + PREFIX
+# (docs/shim.md): `ctr run --runtime io.containerd.ferry.v1` then finds
+# containerd-shim-ferry-v1 on containerd's PATH. The shim's compiled-in defaults name
+# PREFIX's share/ferry and etc/ferry (/etc for PREFIX=/usr), so the build is reconfigured
+# for PREFIX first. An existing config is kept.
+PREFIX ?= /usr/local
+DESTDIR ?=
+install: image
+	meson configure $(BUILD) -Dprefix=$(PREFIX)
+	ninja -C $(BUILD)
+	meson install -C $(BUILD) --no-rebuild --quiet --destdir "$(DESTDIR)"
+	install -D -m 0644 $(BUILD)/image/vmlinux "$(DESTDIR)$(PREFIX)/share/ferry/vmlinux"
+	install -D -m 0644 $(BUILD)/image/initramfs.cpio "$(DESTDIR)$(PREFIX)/share/ferry/initramfs.cpio"
+	@etc=$$([ "$(PREFIX)" = /usr ] && echo /etc || echo "$(PREFIX)/etc"); \
+	  conf="$(DESTDIR)$$etc/ferry/shim.json"; \
+	  if [ -e "$$conf" ]; then echo "install: keeping $$conf"; \
+	  else install -D -m 0644 shim/shim.json "$$conf"; fi
 
 # Every test; the last line is "N passed, N failed, N skipped". The VM tests boot the
 # guest image, so it is built first.
