@@ -423,25 +423,16 @@ static gboolean load_config(ShimConfig *c, GError **error)
          config_uint(obj, "scratch_mb", &c->scratch_mb, error);
 }
 
-/* VM sizing from the first container's annotations (io.ferry.vm.memory-mb,
- * io.ferry.vm.cpus) over the config's. */
-static void size_from_annotations(ShimConfig *c)
+/* The VM's size from the first container's spec over the config's (task-service.h). */
+static void size_vm(ShimConfig *c)
 {
   g_autofree char *text = NULL;
-  if (!g_file_get_contents("config.json", &text, NULL, NULL))
-    return;
-  g_autoptr(json_t) spec = json_loads(text, 0, NULL);
-  json_t *ann = json_object_get(spec, "annotations");
-  struct {
-    const char *key;
-    guint *out;
-  } keys[] = { { "io.ferry.vm.memory-mb", &c->memory_mb }, { "io.ferry.vm.cpus", &c->cpus } };
-  for (gsize i = 0; i < G_N_ELEMENTS(keys); i++) {
-    const char *v = json_string_value(json_object_get(ann, keys[i].key));
-    guint64 n;
-    if (v != NULL && g_ascii_string_to_unsigned(v, 10, 1, 1u << 20, &n, NULL))
-      *keys[i].out = (guint)n;
-  }
+  g_autoptr(json_t) spec = NULL;
+  if (g_file_get_contents("config.json", &text, NULL, NULL))
+    spec = json_loads(text, 0, NULL);
+  FerryVmAccel accel = ferry_vm_detect_accel(NULL, NULL, NULL);
+  ferry_shim_vm_size(spec, c->memory_mb, c->cpus, accel == FERRY_VM_ACCEL_TCG, &c->memory_mb,
+                     &c->cpus);
 }
 
 typedef struct {
@@ -476,7 +467,7 @@ static int do_serve(const Flags *f)
     g_printerr("serve: %s\n", error->message);
     return 1;
   }
-  size_from_annotations(&cfg);
+  size_vm(&cfg);
   g_autofree char *bundle = g_get_current_dir();
   g_autofree char *group = group_of(f, bundle, NULL);
   g_autofree char *group_dir =

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <glib.h>
+#include <jansson.h>
 
 #include "ferry/ttrpc.h"
 #include "ferry/vm.h"
@@ -55,5 +56,22 @@ gboolean ferry_task_service_register(FerryTaskService *service, FerryTtrpcServer
 GPid ferry_task_service_vm_pid(FerryTaskService *service);
 /* Tasks known now. */
 guint ferry_task_service_task_count(FerryTaskService *service);
+
+/* ------------------------------------------------------------ VM sizing -- */
+
+/* What a VM needs beyond its containers' memory limits: the guest kernel, the agent,
+ * crun and their page cache, measured on the guest image (docs/shim.md, sizing). */
+#define FERRY_SHIM_VM_OVERHEAD_MB 128u
+
+/*
+ * A sandbox's VM size from its first container's OCI spec (borrowed; may be NULL), in
+ * this order: the annotations io.ferry.vm.memory-mb / io.ferry.vm.cpus; else the
+ * spec's linux.resources (memory.limit rounded up to MiB plus
+ * FERRY_SHIM_VM_OVERHEAD_MB; cpu.quota / cpu.period rounded up); else the config's
+ * values (0: the sandbox defaults). With `tcg` the vCPUs stay 1: a TCG guest with more
+ * than one vCPU does not migrate reliably (docs/vm-builder.md). Pure.
+ */
+void ferry_shim_vm_size(json_t *spec, guint config_memory_mb, guint config_cpus, gboolean tcg,
+                        guint *memory_mb, guint *cpus);
 
 G_END_DECLS

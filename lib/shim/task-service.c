@@ -1365,3 +1365,41 @@ guint ferry_task_service_task_count(FerryTaskService *svc)
 {
   return g_hash_table_size(svc->tasks);
 }
+
+/* ------------------------------------------------------------ VM sizing -- */
+
+static gboolean annotation_uint(json_t *spec, const char *key, guint *out)
+{
+  const char *v = json_string_value(json_object_get(json_object_get(spec, "annotations"), key));
+  guint64 n;
+  if (v == NULL || !g_ascii_string_to_unsigned(v, 10, 1, 1u << 20, &n, NULL))
+    return FALSE;
+  *out = (guint)n;
+  return TRUE;
+}
+
+void ferry_shim_vm_size(json_t *spec, guint config_memory_mb, guint config_cpus, gboolean tcg,
+                        guint *memory_mb, guint *cpus)
+{
+  *memory_mb = config_memory_mb;
+  *cpus = config_cpus;
+  json_t *res = json_object_get(json_object_get(spec, "linux"), "resources");
+  if (!annotation_uint(spec, "io.ferry.vm.memory-mb", memory_mb)) {
+    json_t *limit = json_object_get(json_object_get(res, "memory"), "limit");
+    if (json_is_integer(limit) && json_integer_value(limit) > 0) {
+      guint64 mb = ((guint64)json_integer_value(limit) + (1u << 20) - 1) >> 20;
+      *memory_mb = (guint)MIN(mb + FERRY_SHIM_VM_OVERHEAD_MB, 1u << 20);
+    }
+  }
+  if (!annotation_uint(spec, "io.ferry.vm.cpus", cpus)) {
+    json_t *cpu = json_object_get(res, "cpu");
+    json_t *quota = json_object_get(cpu, "quota"), *period = json_object_get(cpu, "period");
+    if (json_is_integer(quota) && json_is_integer(period) && json_integer_value(quota) > 0 &&
+        json_integer_value(period) > 0) {
+      guint64 q = (guint64)json_integer_value(quota), p = (guint64)json_integer_value(period);
+      *cpus = (guint)MIN((q + p - 1) / p, 256);
+    }
+  }
+  if (tcg && *cpus > 1)
+    *cpus = 1;
+}
