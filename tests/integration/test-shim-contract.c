@@ -5,7 +5,8 @@
  * the daemon's pid), a second container of the same sandbox (annotation
  * io.kubernetes.cri.sandbox-id) gets the same address, Shutdown ends the daemon and its
  * socket, delete kills the QEMU a dead daemon recorded (and only a QEMU) and prints a
- * DeleteResponse, a malformed config.json fails start with the reason.
+ * DeleteResponse, a malformed config.json fails start with the reason; and over ttrpc,
+ * bad input gets typed errors while the daemon keeps serving.
  */
 #include <errno.h>
 #include <gio/gio.h>
@@ -295,6 +296,20 @@ static void expect_error(FerryTtrpcClient *c, const char *method, const Protobuf
             error->message);
 }
 
+typedef struct {
+  gboolean done;
+  GError *error;
+} AsyncReply;
+
+static void on_async_reply(FerryTtrpcClient *client, const ProtobufCMessage *response,
+                           const GError *error, gpointer ud)
+{
+  AsyncReply *r = ud;
+  r->done = TRUE;
+  if (error != NULL)
+    r->error = g_error_copy(error);
+}
+
 /* The daemon answers bad calls with typed errors and keeps serving; a guest that never
  * comes up fails Create after the bounded wait, naming the console log. */
 static void test_bad_input_typed_errors(void)
@@ -356,8 +371,19 @@ static void test_bad_input_typed_errors(void)
   g_assert_true(test_build_busybox_rootfs(rootfs, &error));
   create.id = "c1";
   create.bundle = good;
+  AsyncReply first = { 0 };
+  FerryTtrpcCallOptions options = { .timeout_ns = 60 * G_GINT64_CONSTANT(1000000000) };
+  ferry_ttrpc_client_call(c, "containerd.task.v2.Task", "Create", &create.base,
+                          &containerd__task__v2__create_task_response__descriptor, &options,
+                          on_async_reply, &first);
+  /* While that one waits for the guest, the same id again. */
   expect_error(c, "Create", &create.base, &containerd__task__v2__create_task_response__descriptor,
-               FERRY_ERROR_DEADLINE_EXCEEDED, "console log");
+               FERRY_ERROR_ALREADY_EXISTS, "task c1 already exists");
+  g_assert_true(test_run_until(&first.done, 60000));
+  g_assert_nonnull(first.error);
+  g_assert_cmpint(first.error->code, ==, FERRY_ERROR_DEADLINE_EXCEEDED);
+  g_assert_nonnull(strstr(first.error->message, "console log"));
+  g_clear_error(&first.error);
   /* The id is free again, and the daemon still answers. */
   Containerd__Task__V2__ConnectResponse *resp = connect_call(c, &error);
   g_assert_no_error(error);
