@@ -56,6 +56,8 @@ GPid ferry_vm_get_pid(FerryVm *vm);
 char *ferry_vm_port_socket(FerryVm *vm, const char *name);
 /* The guest's serial console, as QEMU writes it. */
 const char *ferry_vm_console_path(FerryVm *vm);
+/* QEMU's own stderr (its errors and warnings). */
+const char *ferry_vm_log_path(FerryVm *vm);
 
 typedef void (*FerryVmDoneFunc)(FerryVm *vm, const GError *error, gpointer user_data);
 

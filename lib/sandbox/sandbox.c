@@ -172,11 +172,12 @@ static gboolean on_boot_timeout(gpointer ud)
   FerrySandbox *sandbox = ud;
   ferry_source_clear(&sandbox->boot_timer);
   g_autofree char *tail = console_tail(sandbox);
-  start_fail(sandbox, g_error_new(FERRY_ERROR, FERRY_ERROR_DEADLINE_EXCEEDED,
-                                  "sandbox %s: the guest agent did not come up within %u ms; "
-                                  "console log %s ends:\n%s",
-                                  sandbox->id, sandbox->boot_timeout_ms,
-                                  ferry_vm_console_path(sandbox->vm), tail));
+  start_fail(sandbox,
+             g_error_new(FERRY_ERROR, FERRY_ERROR_DEADLINE_EXCEEDED,
+                         "sandbox %s: the guest agent did not come up within %u ms "
+                         "(QEMU log %s); console log %s ends:\n%s",
+                         sandbox->id, sandbox->boot_timeout_ms, ferry_vm_log_path(sandbox->vm),
+                         ferry_vm_console_path(sandbox->vm), tail));
   return G_SOURCE_REMOVE;
 }
 

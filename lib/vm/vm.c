@@ -306,6 +306,11 @@ char *ferry_vm_port_socket(FerryVm *vm, const char *name)
   return ferry_vm_doc_port_socket(vm->doc, vm->state_dir, name);
 }
 
+const char *ferry_vm_log_path(FerryVm *vm)
+{
+  return vm->log_path;
+}
+
 const char *ferry_vm_console_path(FerryVm *vm)
 {
   return vm->console_path;

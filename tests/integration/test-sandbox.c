@@ -209,6 +209,7 @@ static void test_boot_timeout(void)
   g_assert_true(test_run_until(&d.done, 60000));
   g_assert_error(d.error, FERRY_ERROR, FERRY_ERROR_DEADLINE_EXCEEDED);
   g_assert_nonnull(strstr(d.error->message, "console"));
+  g_assert_nonnull(strstr(d.error->message, "qemu.log"));
   g_assert_nonnull(strstr(d.error->message, dir));
   GPid pid = ferry_vm_get_pid(ferry_sandbox_get_vm(sb));
   g_assert_false(pid_alive(pid));

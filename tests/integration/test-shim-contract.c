@@ -383,6 +383,7 @@ static void test_bad_input_typed_errors(void)
   g_assert_nonnull(first.error);
   g_assert_cmpint(first.error->code, ==, FERRY_ERROR_DEADLINE_EXCEEDED);
   g_assert_nonnull(strstr(first.error->message, "console log"));
+  g_assert_nonnull(strstr(first.error->message, "QEMU log"));
   g_clear_error(&first.error);
   /* The id is free again, and the daemon still answers. */
   Containerd__Task__V2__ConnectResponse *resp = connect_call(c, &error);
