@@ -2,8 +2,8 @@
 # The main story, as far as it goes today: a utility VM boots under QEMU, Ferry's guest
 # agent answers over the virtio-serial channel mux, a crun container runs inside it,
 # and the VM live-migrates to a second QEMU while a guest process keeps printing -- its
-# output exactly-once across the switch. It grows with the project (the shim and the
-# CLI's `ferry migrate` come next).
+# output exactly-once across the switch; then containerd runs containers through the
+# shim. It grows with the project (the CLI's `ferry migrate` comes next).
 set -euo pipefail
 build=${1:-build}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -44,7 +44,15 @@ bash "$root/bench/run-boot.sh" "$build" 1 | tail -n 1 | sed 's/^/   /'
 
 cat <<'TXT'
 
-Not yet: the shim (containerd's Task API and hcsshim's Migration service) and the CLI
-that drives a migration between two shims (see the issues). `make check` runs every
-test; `make bench-ttrpc` races our ttrpc against containerd's Go ttrpc.
+5. containerd (1.6, a private instance) runs containers through Ferry's shim, each
+   sandbox in its own utility VM, its root an EROFS layer image on virtio-scsi:
+TXT
+bash "$root/scripts/demo-shim.sh" "$build"
+
+cat <<'TXT'
+
+Not yet: hcsshim's Migration service in the shim and the CLI that drives a migration
+between two hosts (see the issues). `make check` runs every test; `make bench-shim`
+measures the shim against runc's; `make bench-ttrpc` races our ttrpc against
+containerd's Go ttrpc.
 TXT
