@@ -27,14 +27,18 @@ image: build
 # containerd-shim-ferry-v1 on containerd's PATH. The shim's compiled-in defaults name
 # PREFIX's share/ferry and etc/ferry (/etc for PREFIX=/usr), so the build is reconfigured
 # for PREFIX first. An existing config is kept.
+# IMAGE_DIR names a guest image built elsewhere (a sanitizer build makes none).
 PREFIX ?= /usr/local
 DESTDIR ?=
-install: image
+IMAGE_DIR ?=
+install: build
+	@[ -n "$(IMAGE_DIR)" ] || $(MAKE) --no-print-directory image BUILD=$(BUILD)
 	meson configure $(BUILD) -Dprefix=$(PREFIX)
 	ninja -C $(BUILD)
 	meson install -C $(BUILD) --no-rebuild --quiet --destdir "$(DESTDIR)"
-	install -D -m 0644 $(BUILD)/image/vmlinux "$(DESTDIR)$(PREFIX)/share/ferry/vmlinux"
-	install -D -m 0644 $(BUILD)/image/initramfs.cpio "$(DESTDIR)$(PREFIX)/share/ferry/initramfs.cpio"
+	@img="$(or $(IMAGE_DIR),$(BUILD)/image)"; \
+	  install -D -m 0644 "$$img/vmlinux" "$(DESTDIR)$(PREFIX)/share/ferry/vmlinux" && \
+	  install -D -m 0644 "$$img/initramfs.cpio" "$(DESTDIR)$(PREFIX)/share/ferry/initramfs.cpio"
 	@etc=$$([ "$(PREFIX)" = /usr ] && echo /etc || echo "$(PREFIX)/etc"); \
 	  conf="$(DESTDIR)$$etc/ferry/shim.json"; \
 	  if [ -e "$$conf" ]; then echo "install: keeping $$conf"; \

@@ -196,10 +196,10 @@ static void on_connected(const GError *error, gpointer ud)
 }
 
 /* The agent dialed the bridge port. */
-static void on_bridge(FerryTransport *transport, FerryChannel *channel, gpointer ud)
+static void on_bridge(FerryTransport *transport, FerryChannel *accepted, gpointer ud)
 {
   FerrySandbox *sandbox = ud;
-  g_autoptr(FerryChannel) owned = channel;
+  g_autoptr(FerryChannel) channel = accepted; /* ours to drop */
   if (sandbox->gc != NULL || sandbox->state != SB_STARTING) {
     /* One bridge per sandbox: a second dial (an agent that lost its bridge) is refused;
      * the guest connection reports its own loss. */

@@ -460,15 +460,15 @@ static void on_root_attached(FerrySandbox *sandbox, const GError *error, gpointe
   ferry_sandbox_create_container(sandbox, t->id, config, on_container_created, op);
 }
 
-static void on_images(FerryRootfsBuilder *builder, FerryRootfsImages *images, const GError *error,
+static void on_images(FerryRootfsBuilder *builder, FerryRootfsImages *built, const GError *error,
                       gpointer ud)
 {
+  g_autoptr(FerryRootfsImages) images = built; /* ours to free */
   CreateOp *op = ud;
   if (error != NULL) {
     create_fail(op, error);
     return;
   }
-  g_autoptr(FerryRootfsImages) owned = images;
   g_autofree FerrySandboxLayer *layers = g_new0(FerrySandboxLayer, images->n_images);
   for (guint i = 0; i < images->n_images; i++) {
     layers[i].path = images->images[i].path;

@@ -15,8 +15,9 @@
 # and the last case checks that no shim, mount or shim socket is left behind.
 #
 # Environment: FERRY_SHIM_TIMEOUT (seconds a container may take to be RUNNING, or an
-# event to arrive; default 60, a VM under TCG boots in a few seconds), plus the
-# harness's CTRD_* variables.
+# event to arrive; default 60, a VM under TCG boots in a few seconds), FERRY_IMAGE_DIR
+# or FERRY_IMAGE_DIR_DEFAULT (the guest image Ferry's shim boots, unless
+# FERRY_SHIM_CONFIG names a config), plus the harness's CTRD_* variables.
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -181,6 +182,16 @@ python3 "$here/busybox-image.py" rootfs "$rootfs" --busybox "$busybox" || {
   echo "Bail out! could not build the busybox tree"
   exit 1
 }
+# Ferry's shim boots a guest image: FERRY_IMAGE_DIR (a sanitizer build boots the one
+# `make check` built), else FERRY_IMAGE_DIR_DEFAULT, told through its config file unless
+# FERRY_SHIM_CONFIG names one. containerd hands its environment to its shims, so this
+# goes before it starts.
+image_dir=${FERRY_IMAGE_DIR:-${FERRY_IMAGE_DIR_DEFAULT:-}}
+if [[ -z ${FERRY_SHIM_CONFIG:-} && -n $image_dir ]]; then
+  export FERRY_SHIM_CONFIG=$CTRD_DIR/ferry-shim.json
+  printf '{"kernel": "%s", "initrd": "%s", "memory_mb": 256}\n' \
+    "$image_dir/vmlinux" "$image_dir/initramfs.cpio" >"$FERRY_SHIM_CONFIG"
+fi
 if ! ctrd_start; then
   echo "Bail out! containerd did not start"
   exit 1

@@ -23,7 +23,10 @@ not_ok() { n=$((n + 1)); failed=1; echo "not ok $n - $1"; shift; for l in "$@"; 
 dest=$(mktemp -d /tmp/ferry-install.XXXXXX)
 trap 'rm -rf "$dest"' EXIT
 prefix=/usr/local
-if out=$(make -C "$src" --no-print-directory install BUILD="$build" DESTDIR="$dest" PREFIX="$prefix" 2>&1); then
+# The guest image to install: FERRY_IMAGE_DIR (a sanitizer build has none of its own),
+# else this build's.
+image=${FERRY_IMAGE_DIR:-${FERRY_IMAGE_DIR_DEFAULT:-$build/image}}
+if out=$(make -C "$src" --no-print-directory install BUILD="$build" IMAGE_DIR="$image" DESTDIR="$dest" PREFIX="$prefix" 2>&1); then
   ok "make install DESTDIR PREFIX=$prefix"
 else
   not_ok "make install DESTDIR PREFIX=$prefix" "$(tail -n 5 <<<"$out")"
@@ -33,7 +36,7 @@ for f in bin/containerd-shim-ferry-v1 share/ferry/vmlinux share/ferry/initramfs.
 done
 # A second install keeps an edited config.
 echo '{"memory_mb": 300}' >"$dest$prefix/etc/ferry/shim.json"
-make -C "$src" --no-print-directory install BUILD="$build" DESTDIR="$dest" PREFIX="$prefix" >/dev/null 2>&1
+make -C "$src" --no-print-directory install BUILD="$build" IMAGE_DIR="$image" DESTDIR="$dest" PREFIX="$prefix" >/dev/null 2>&1
 if grep -q 300 "$dest$prefix/etc/ferry/shim.json"; then ok "a second install keeps the config"; else not_ok "a second install keeps the config"; fi
 
 # The installed shim by name. Its compiled-in defaults name $prefix without DESTDIR, so
