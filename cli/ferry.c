@@ -1,0 +1,973 @@
+/*
+ * ferry: sandboxes without containerd (docs/cli.md). It starts Ferry's shim exactly as
+ * containerd does (the shim's `start` in the sandbox's bundle, then the Task API over
+ * ttrpc at the address it prints) and holds no state the shim holds: a sandbox is a
+ * directory under --root with its bundle, the shim's address and the logs of detached
+ * processes.
+ *
+ *   ferry [--root DIR] run [--name N] [-d] [-i] [-e K=V]... [-w DIR] [-u UID[:GID]]
+ *         [--memory MB] [--cpus N] [--annotation K=V]... ROOTFS [CMD [ARG...]]
+ *   ferry exec [-d] [-i] [-e K=V]... NAME CMD [ARG...]
+ *   ferry ps [-a] [--json]       ferry logs NAME       ferry kill [-s SIGNAL] NAME
+ *   ferry stop [-t SECONDS] NAME ferry rm [-f] NAME... ferry inspect NAME
+ *   ferry version
+ *
+ * Exit status as docker's CLI: 125 for ferry's own errors, 126/127 for a command that
+ * cannot run, else the container's.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <gio/gio.h>
+#include <glib-unix.h>
+#include <glib/gstdio.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "containerd/task/v2/shim.pb-c.h"
+#include "ferry/error.h"
+#include "ferry/fd.h"
+#include "ferry/json.h"
+#include "ferry/ttrpc.h"
+
+#define EXIT_FERRY 125
+#define TASK_SERVICE "containerd.task.v2.Task"
+#define NAMESPACE "ferry"
+#define FERRY_VERSION "0.1"
+
+static char *root_dir;
+static char *shim_path;
+
+static int fail(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+static int fail(const char *fmt, ...)
+{
+  va_list ap;
+  va_start(ap, fmt);
+  g_autofree char *msg = g_strdup_vprintf(fmt, ap);
+  va_end(ap);
+  g_printerr("ferry: %s\n", msg);
+  return EXIT_FERRY;
+}
+
+/* ------------------------------------------------------------ sandboxes -- */
+
+static char *sandbox_dir(const char *name)
+{
+  return g_build_filename(root_dir, "sandboxes", name, NULL);
+}
+
+static gboolean valid_name(const char *name)
+{
+  if (name == NULL || name[0] == '\0' || strlen(name) > 64 || name[0] == '.' || name[0] == '-')
+    return FALSE;
+  for (const char *p = name; *p != '\0'; p++)
+    if (!g_ascii_isalnum(*p) && *p != '_' && *p != '-' && *p != '.')
+      return FALSE;
+  return TRUE;
+}
+
+/* The shim serving sandbox `name`, or NULL with a message saying what to do. */
+static FerryTtrpcClient *connect_sandbox(const char *name, gboolean quiet)
+{
+  g_autofree char *dir = sandbox_dir(name);
+  if (!g_file_test(dir, G_FILE_TEST_IS_DIR)) {
+    if (!quiet)
+      fail("no sandbox named \"%s\" (ferry ps -a lists them)", name);
+    return NULL;
+  }
+  g_autofree char *path = g_build_filename(dir, "bundle", "address", NULL);
+  g_autofree char *address = NULL;
+  g_autoptr(GError) error = NULL;
+  if (!g_file_get_contents(path, &address, NULL, NULL)) {
+    if (!quiet)
+      fail("sandbox \"%s\" has no shim address: its shim never started (ferry rm %s)", name, name);
+    return NULL;
+  }
+  FerryTtrpcClient *c = ferry_ttrpc_client_connect_unix(g_strstrip(address), &error);
+  if (c == NULL && !quiet)
+    fail("the shim of sandbox \"%s\" is gone (%s); ferry rm %s cleans up after it", name,
+         error->message, name);
+  return c;
+}
+
+static ProtobufCMessage *call(FerryTtrpcClient *c, const char *method, const ProtobufCMessage *req,
+                              const ProtobufCMessageDescriptor *desc, GError **error)
+{
+  /* Generous: a Create boots the VM (seconds under TCG). */
+  FerryTtrpcCallOptions options = { .timeout_ns = 300 * G_GINT64_CONSTANT(1000000000) };
+  return ferry_ttrpc_client_call_sync(c, TASK_SERVICE, method, req, desc, &options, error);
+}
+
+/* The state of sandbox `name`'s init: "running", "stopped", ... or NULL (no shim). */
+static Containerd__Task__V2__StateResponse *task_state(FerryTtrpcClient *c, const char *id,
+                                                       const char *exec_id, GError **error)
+{
+  Containerd__Task__V2__StateRequest req = CONTAINERD__TASK__V2__STATE_REQUEST__INIT;
+  req.id = (char *)id;
+  req.exec_id = (char *)exec_id;
+  return (Containerd__Task__V2__StateResponse *)call(
+      c, "State", &req.base, &containerd__task__v2__state_response__descriptor, error);
+}
+
+static const char *status_name(Containerd__V1__Types__Status s)
+{
+  switch (s) {
+  case CONTAINERD__V1__TYPES__STATUS__CREATED:
+    return "created";
+  case CONTAINERD__V1__TYPES__STATUS__RUNNING:
+    return "running";
+  case CONTAINERD__V1__TYPES__STATUS__STOPPED:
+    return "stopped";
+  case CONTAINERD__V1__TYPES__STATUS__PAUSED:
+    return "paused";
+  case CONTAINERD__V1__TYPES__STATUS__PAUSING:
+    return "pausing";
+  default:
+    return "unknown";
+  }
+}
+
+/* ------------------------------------------------------------ the spec -- */
+
+typedef struct {
+  char *name;
+  gboolean detach, interactive;
+  GPtrArray *env;         /* K=V */
+  GPtrArray *annotations; /* K=V */
+  char *cwd;
+  char *user;
+  guint memory_mb, cpus;
+} RunOpts;
+
+static gboolean parse_user(const char *text, json_t *user, GError **error)
+{
+  g_auto(GStrv) parts = g_strsplit(text, ":", 2);
+  guint64 uid, gid = 0;
+  if (!g_ascii_string_to_unsigned(parts[0], 10, 0, G_MAXUINT32 - 1, &uid, NULL) ||
+      (parts[1] != NULL &&
+       !g_ascii_string_to_unsigned(parts[1], 10, 0, G_MAXUINT32 - 1, &gid, NULL))) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                "-u %s: a numeric UID[:GID] (names would need the image's passwd)", text);
+    return FALSE;
+  }
+  json_object_set_new(user, "uid", json_integer((json_int_t)uid));
+  json_object_set_new(user, "gid", json_integer((json_int_t)gid));
+  return TRUE;
+}
+
+static json_t *process_spec(char **argv, int argc, GPtrArray *env, const char *cwd,
+                            const char *user, GError **error)
+{
+  json_t *args = json_array();
+  if (argc == 0)
+    json_array_append_new(args, json_string("sh"));
+  for (int i = 0; i < argc; i++)
+    json_array_append_new(args, json_string(argv[i]));
+  json_t *envs = json_array();
+  json_array_append_new(
+      envs, json_string("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"));
+  for (guint i = 0; env != NULL && i < env->len; i++)
+    json_array_append_new(envs, json_string(env->pdata[i]));
+  g_autoptr(json_t) u = json_pack("{s:i, s:i}", "uid", 0, "gid", 0);
+  if (user != NULL && !parse_user(user, u, error)) {
+    json_decref(args);
+    json_decref(envs);
+    return NULL;
+  }
+  return json_pack("{s:b, s:O, s:o, s:o, s:s, s:b}", "terminal", 0, "user", u, "args", args, "env",
+                   envs, "cwd", cwd != NULL ? cwd : "/", "noNewPrivileges", 1);
+}
+
+static json_t *sandbox_spec(const char *name, const char *rootfs, json_t *process, const RunOpts *o)
+{
+  json_t *ann = json_object();
+  for (guint i = 0; i < o->annotations->len; i++) {
+    g_auto(GStrv) kv = g_strsplit(o->annotations->pdata[i], "=", 2);
+    json_object_set_new(ann, kv[0], json_string(kv[1] != NULL ? kv[1] : ""));
+  }
+  if (o->memory_mb > 0)
+    json_object_set_new(ann, "io.ferry.vm.memory-mb", json_sprintf("%u", o->memory_mb));
+  if (o->cpus > 0)
+    json_object_set_new(ann, "io.ferry.vm.cpus", json_sprintf("%u", o->cpus));
+  g_autofree char *cgroup = g_strdup_printf("/ferry/%s", name);
+  return json_pack(
+      "{s:s, s:o, s:{s:s, s:b}, s:s, s:o,"
+      " s:[{s:s, s:s, s:s}, {s:s, s:s, s:s, s:[s,s,s]}, {s:s, s:s, s:s, s:[s,s,s,s,s]},"
+      "    {s:s, s:s, s:s, s:[s,s,s]}, {s:s, s:s, s:s, s:[s,s,s,s]}],"
+      " s:{s:s, s:[{s:s}, {s:s}, {s:s}, {s:s}, {s:s}]}}",
+      "ociVersion", "1.0.2", "process", process, "root", "path", rootfs, "readonly", 0, "hostname",
+      name, "annotations", ann, "mounts", "destination", "/proc", "type", "proc", "source", "proc",
+      "destination", "/dev", "type", "tmpfs", "source", "tmpfs", "options", "nosuid", "mode=755",
+      "size=65536k", "destination", "/dev/pts", "type", "devpts", "source", "devpts", "options",
+      "nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "destination", "/dev/shm",
+      "type", "tmpfs", "source", "shm", "options", "nosuid", "noexec", "nodev", "destination",
+      "/sys", "type", "sysfs", "source", "sysfs", "options", "nosuid", "noexec", "nodev", "ro",
+      "linux", "cgroupsPath", cgroup, "namespaces", "type", "pid", "type", "ipc", "type", "uts",
+      "type", "mount", "type", "network");
+}
+
+/* ------------------------------------------------------------ stdio -- */
+
+/* Attached stdio through FIFOs the shim opens: ours are opened first (the outputs
+ * read-only non-blocking, so the shim's write-only open finds a reader). */
+typedef struct {
+  char *paths[3];
+  int fds[3];
+  gboolean eof[2];
+  GMainLoop *loop;
+  gboolean exited;
+  guint32 status;
+} Attach;
+
+static gboolean attach_make(Attach *a, const char *dir, const char *tag, gboolean with_stdin,
+                            GError **error)
+{
+  const char *names[3] = { "stdin", "stdout", "stderr" };
+  for (int i = 0; i < 3; i++) {
+    a->fds[i] = -1;
+    if (i == 0 && !with_stdin)
+      continue;
+    a->paths[i] = g_strdup_printf("%s/%s-%s", dir, tag, names[i]);
+    unlink(a->paths[i]);
+    if (mkfifo(a->paths[i], 0600) != 0)
+      return ferry_error_set_errno(error, errno, "mkfifo %s", a->paths[i]);
+  }
+  for (int i = 1; i < 3; i++)
+    if ((a->fds[i] = open(a->paths[i], O_RDONLY | O_NONBLOCK | O_CLOEXEC)) < 0)
+      return ferry_error_set_errno(error, errno, "open %s", a->paths[i]);
+  if (with_stdin && (a->fds[0] = open(a->paths[0], O_RDWR | O_NONBLOCK | O_CLOEXEC)) < 0)
+    return ferry_error_set_errno(error, errno, "open %s", a->paths[0]);
+  return TRUE;
+}
+
+static void attach_clear(Attach *a)
+{
+  for (int i = 0; i < 3; i++) {
+    ferry_fd_clear(&a->fds[i]);
+    if (a->paths[i] != NULL)
+      unlink(a->paths[i]);
+    g_clear_pointer(&a->paths[i], g_free);
+  }
+}
+
+static gboolean maybe_quit(Attach *a)
+{
+  if (a->exited && a->eof[0] && a->eof[1])
+    g_main_loop_quit(a->loop);
+  return G_SOURCE_REMOVE;
+}
+
+static gboolean on_output(gint fd, GIOCondition cond, gpointer ud)
+{
+  Attach *a = ud;
+  int which = fd == a->fds[1] ? 0 : 1;
+  char buf[65536];
+  ssize_t n = read(fd, buf, sizeof(buf));
+  if (n > 0) {
+    FILE *out = which == 0 ? stdout : stderr;
+    fwrite(buf, 1, (size_t)n, out);
+    fflush(out);
+    return G_SOURCE_CONTINUE;
+  }
+  if (n < 0 && (errno == EAGAIN || errno == EINTR))
+    return G_SOURCE_CONTINUE;
+  /* EOF: every writer (the shim) closed it. */
+  a->eof[which] = TRUE;
+  maybe_quit(a);
+  return G_SOURCE_REMOVE;
+}
+
+static gboolean on_input(gint fd, GIOCondition cond, gpointer ud)
+{
+  Attach *a = ud;
+  char buf[65536];
+  ssize_t n = read(STDIN_FILENO, buf, sizeof(buf));
+  if (n > 0) {
+    for (ssize_t off = 0; off < n;) {
+      ssize_t w = write(a->fds[0], buf + off, (size_t)(n - off));
+      if (w < 0 && errno == EAGAIN) {
+        struct pollfd p = { .fd = a->fds[0], .events = POLLOUT };
+        poll(&p, 1, -1);
+        continue;
+      }
+      if (w <= 0)
+        break;
+      off += w;
+    }
+    return G_SOURCE_CONTINUE;
+  }
+  ferry_fd_clear(&a->fds[0]); /* the process's end of file */
+  return G_SOURCE_REMOVE;
+}
+
+static void on_waited(FerryTtrpcClient *client, const ProtobufCMessage *response,
+                      const GError *error, gpointer ud)
+{
+  Attach *a = ud;
+  a->exited = TRUE;
+  a->status = error == NULL ? ((const Containerd__Task__V2__WaitResponse *)response)->exit_status
+                            : EXIT_FERRY;
+  if (error != NULL)
+    g_printerr("ferry: wait: %s\n", error->message);
+  /* Output written before the exit is still in the FIFOs: read it to the end. */
+  maybe_quit(a);
+}
+
+/* Relay until the process exited and its output ended; its status. */
+static guint32 attach_run(Attach *a, FerryTtrpcClient *c, const char *id, const char *exec_id)
+{
+  a->loop = g_main_loop_new(NULL, FALSE);
+  g_unix_fd_add(a->fds[1], G_IO_IN | G_IO_HUP, on_output, a);
+  g_unix_fd_add(a->fds[2], G_IO_IN | G_IO_HUP, on_output, a);
+  if (a->fds[0] >= 0)
+    g_unix_fd_add(STDIN_FILENO, G_IO_IN | G_IO_HUP, on_input, a);
+  Containerd__Task__V2__WaitRequest req = CONTAINERD__TASK__V2__WAIT_REQUEST__INIT;
+  req.id = (char *)id;
+  req.exec_id = (char *)exec_id;
+  ferry_ttrpc_client_call(c, TASK_SERVICE, "Wait", &req.base,
+                          &containerd__task__v2__wait_response__descriptor, NULL, on_waited, a);
+  g_main_loop_run(a->loop);
+  g_main_loop_unref(a->loop);
+  return a->status;
+}
+
+/* ------------------------------------------------------------ the shim -- */
+
+/* `start` the shim in `bundle` as containerd does; TRUE once it printed its address. */
+static gboolean shim_start(const char *name, const char *bundle, GError **error)
+{
+  const char *argv[] = { shim_path, "-namespace", NAMESPACE, "-address", "",  "-publish-binary",
+                         "",        "-id",        name,      "start",    NULL };
+  g_autoptr(GSubprocessLauncher) l =
+      g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_STDIN_PIPE | G_SUBPROCESS_FLAGS_STDOUT_PIPE |
+                                G_SUBPROCESS_FLAGS_STDERR_PIPE);
+  g_subprocess_launcher_set_cwd(l, bundle);
+  g_autofree char *run = g_build_filename(root_dir, "shim", NULL);
+  if (g_getenv("FERRY_SHIM_RUN_DIR") == NULL)
+    g_subprocess_launcher_setenv(l, "FERRY_SHIM_RUN_DIR", run, TRUE);
+  g_autoptr(GSubprocess) p = g_subprocess_launcher_spawnv(l, argv, error);
+  if (p == NULL)
+    return FALSE;
+  g_autoptr(GBytes) out = NULL, err = NULL;
+  g_autoptr(GBytes) in = g_bytes_new_static("", 0);
+  if (!g_subprocess_communicate(p, in, NULL, &out, &err, error))
+    return FALSE;
+  if (!g_subprocess_get_if_exited(p) || g_subprocess_get_exit_status(p) != 0) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "the shim %s did not start: %.*s",
+                shim_path, (int)g_bytes_get_size(err), (const char *)g_bytes_get_data(err, NULL));
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* `delete` after a shim that is gone, as containerd does: it kills the VM it recorded. */
+static void shim_delete(const char *name, const char *bundle)
+{
+  const char *argv[] = { shim_path, "-namespace", NAMESPACE, "-id", name,
+                         "-bundle", bundle,       "delete",  NULL };
+  g_autoptr(GSubprocess) p = g_subprocess_newv(
+      argv, G_SUBPROCESS_FLAGS_STDOUT_SILENCE | G_SUBPROCESS_FLAGS_STDERR_SILENCE, NULL);
+  if (p != NULL)
+    g_subprocess_wait(p, NULL, NULL);
+}
+
+/* Delete the task, shut its shim down and remove the sandbox's directory. */
+static void sandbox_remove(FerryTtrpcClient *c, const char *name)
+{
+  g_autofree char *dir = sandbox_dir(name);
+  g_autofree char *bundle = g_build_filename(dir, "bundle", NULL);
+  if (c != NULL) {
+    Containerd__Task__V2__DeleteRequest del = CONTAINERD__TASK__V2__DELETE_REQUEST__INIT;
+    del.id = (char *)name;
+    ProtobufCMessage *r =
+        call(c, "Delete", &del.base, &containerd__task__v2__delete_response__descriptor, NULL);
+    if (r != NULL)
+      protobuf_c_message_free_unpacked(r, NULL);
+    Containerd__Task__V2__ShutdownRequest sd = CONTAINERD__TASK__V2__SHUTDOWN_REQUEST__INIT;
+    sd.id = (char *)name;
+    r = call(c, "Shutdown", &sd.base, &google__protobuf__empty__descriptor, NULL);
+    if (r != NULL)
+      protobuf_c_message_free_unpacked(r, NULL);
+  }
+  shim_delete(name, bundle); /* the VM of a dead shim; a no-op after a clean Shutdown */
+  g_autofree char *cmd = g_strdup_printf("rm -rf -- '%s'", dir);
+  g_spawn_command_line_sync(cmd, NULL, NULL, NULL, NULL);
+}
+
+/* ------------------------------------------------------------ commands -- */
+
+static gboolean take_value(int *i, int argc, char **argv, const char **out)
+{
+  if (*i + 1 >= argc)
+    return FALSE;
+  *out = argv[++*i];
+  return TRUE;
+}
+
+static gboolean rootfs_ok(const char *path, char **abs, GError **error)
+{
+  g_autofree char *a = g_canonicalize_filename(path, NULL);
+  if (!g_file_test(a, G_FILE_TEST_IS_DIR)) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND,
+                "rootfs %s is not a directory (give the directory of a root file system)", path);
+    return FALSE;
+  }
+  const char *probes[] = { "bin", "usr/bin", "sbin" };
+  gboolean looks = FALSE;
+  for (gsize i = 0; i < G_N_ELEMENTS(probes) && !looks; i++) {
+    g_autofree char *p = g_build_filename(a, probes[i], NULL);
+    looks = g_file_test(p, G_FILE_TEST_IS_DIR);
+  }
+  if (!looks) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                "%s does not look like a root file system (no bin/, usr/bin/ or sbin/)", path);
+    return FALSE;
+  }
+  *abs = g_steal_pointer(&a);
+  return TRUE;
+}
+
+static int cmd_run(int argc, char **argv)
+{
+  RunOpts o = { .env = g_ptr_array_new(), .annotations = g_ptr_array_new() };
+  int i = 0;
+  for (; i < argc && argv[i][0] == '-'; i++) {
+    const char *a = argv[i], *v = NULL;
+    if (g_str_equal(a, "-d") || g_str_equal(a, "--detach"))
+      o.detach = TRUE;
+    else if (g_str_equal(a, "-i") || g_str_equal(a, "--interactive"))
+      o.interactive = TRUE;
+    else if (g_str_equal(a, "--name") && take_value(&i, argc, argv, &v))
+      o.name = g_strdup(v);
+    else if (g_str_equal(a, "-e") && take_value(&i, argc, argv, &v))
+      g_ptr_array_add(o.env, (char *)v);
+    else if (g_str_equal(a, "--annotation") && take_value(&i, argc, argv, &v))
+      g_ptr_array_add(o.annotations, (char *)v);
+    else if (g_str_equal(a, "-w") && take_value(&i, argc, argv, &v))
+      o.cwd = g_strdup(v);
+    else if (g_str_equal(a, "-u") && take_value(&i, argc, argv, &v))
+      o.user = g_strdup(v);
+    else if (g_str_equal(a, "--memory") && take_value(&i, argc, argv, &v))
+      o.memory_mb = (guint)g_ascii_strtoull(v, NULL, 10);
+    else if (g_str_equal(a, "--cpus") && take_value(&i, argc, argv, &v))
+      o.cpus = (guint)g_ascii_strtoull(v, NULL, 10);
+    else if (g_str_equal(a, "--"))
+      break;
+    else
+      return fail("run: unknown or incomplete option %s (ferry help run)", a);
+  }
+  if (i < argc && g_str_equal(argv[i], "--"))
+    i++;
+  if (i >= argc)
+    return fail("run: a ROOTFS is required (ferry run [OPTIONS] ROOTFS [CMD [ARG...]])");
+  g_autoptr(GError) error = NULL;
+  g_autofree char *rootfs = NULL;
+  if (!rootfs_ok(argv[i], &rootfs, &error))
+    return fail("run: %s", error->message);
+  i++;
+  if (o.name == NULL) {
+    g_autofree char *r = g_strdup_printf("%08x", g_random_int());
+    o.name = g_strdup_printf("ferry-%s", r);
+  }
+  if (!valid_name(o.name))
+    return fail("run: \"%s\" is not a name (letters, digits, _ - ., at most 64)", o.name);
+  g_autofree char *dir = sandbox_dir(o.name);
+  g_autofree char *bundle = g_build_filename(dir, "bundle", NULL);
+  g_autofree char *parent = g_path_get_dirname(dir);
+  g_mkdir_with_parents(parent, 0711);
+  if (g_mkdir(dir, 0700) != 0) {
+    if (errno == EEXIST)
+      return fail("run: a sandbox named \"%s\" exists already (ferry rm %s)", o.name, o.name);
+    return fail("run: create %s: %s", dir, g_strerror(errno));
+  }
+  g_mkdir(bundle, 0700);
+  json_t *process = process_spec(argv + i, argc - i, o.env, o.cwd, o.user, &error);
+  if (process == NULL) {
+    sandbox_remove(NULL, o.name);
+    return fail("run: %s", error->message);
+  }
+  g_autoptr(json_t) spec = sandbox_spec(o.name, rootfs, process, &o);
+  g_autofree char *config = g_build_filename(bundle, "config.json", NULL);
+  g_autofree char *text = json_dumps(spec, JSON_INDENT(2));
+  if (!g_file_set_contents(config, text, -1, &error) || !shim_start(o.name, bundle, &error)) {
+    sandbox_remove(NULL, o.name);
+    return fail("run: %s", error->message);
+  }
+  FerryTtrpcClient *c = connect_sandbox(o.name, FALSE);
+  if (c == NULL) {
+    sandbox_remove(NULL, o.name);
+    return EXIT_FERRY;
+  }
+  Attach a = { .fds = { -1, -1, -1 } };
+  g_autofree char *logs = g_build_filename(dir, "logs", NULL);
+  g_mkdir(logs, 0700);
+  g_autofree char *out_uri = NULL, *err_uri = NULL;
+  Containerd__Task__V2__CreateTaskRequest req = CONTAINERD__TASK__V2__CREATE_TASK_REQUEST__INIT;
+  req.id = o.name;
+  req.bundle = bundle;
+  if (o.detach) {
+    out_uri = g_strdup_printf("file://%s/init.out", logs);
+    err_uri = g_strdup_printf("file://%s/init.err", logs);
+    req.stdout = out_uri;
+    req.stderr = err_uri;
+  } else {
+    if (!attach_make(&a, dir, "init", o.interactive, &error)) {
+      attach_clear(&a);
+      sandbox_remove(c, o.name);
+      return fail("run: %s", error->message);
+    }
+    req.stdin = a.paths[0];
+    req.stdout = a.paths[1];
+    req.stderr = a.paths[2];
+  }
+  ProtobufCMessage *r =
+      call(c, "Create", &req.base, &containerd__task__v2__create_task_response__descriptor, &error);
+  if (r != NULL) {
+    protobuf_c_message_free_unpacked(r, NULL);
+    Containerd__Task__V2__StartRequest start = CONTAINERD__TASK__V2__START_REQUEST__INIT;
+    start.id = o.name;
+    r = call(c, "Start", &start.base, &containerd__task__v2__start_response__descriptor, &error);
+  }
+  if (r == NULL) {
+    attach_clear(&a);
+    int code = strstr(error->message, "not found") != NULL ||
+                       strstr(error->message, "No such file") != NULL
+                   ? 127
+                   : EXIT_FERRY;
+    g_printerr("ferry: run: %s\n", error->message);
+    sandbox_remove(c, o.name);
+    ferry_ttrpc_client_free(c);
+    return code;
+  }
+  protobuf_c_message_free_unpacked(r, NULL);
+  if (o.detach) {
+    printf("%s\n", o.name);
+    ferry_ttrpc_client_free(c);
+    return 0;
+  }
+  guint32 status = attach_run(&a, c, o.name, NULL);
+  attach_clear(&a);
+  sandbox_remove(c, o.name);
+  ferry_ttrpc_client_free(c);
+  return (int)status;
+}
+
+static int cmd_exec(int argc, char **argv)
+{
+  gboolean detach = FALSE, interactive = FALSE;
+  g_autoptr(GPtrArray) env = g_ptr_array_new();
+  const char *cwd = NULL, *user = NULL;
+  int i = 0;
+  for (; i < argc && argv[i][0] == '-'; i++) {
+    const char *a = argv[i], *v = NULL;
+    if (g_str_equal(a, "-d"))
+      detach = TRUE;
+    else if (g_str_equal(a, "-i"))
+      interactive = TRUE;
+    else if (g_str_equal(a, "-e") && take_value(&i, argc, argv, &v))
+      g_ptr_array_add(env, (char *)v);
+    else if (g_str_equal(a, "-w") && take_value(&i, argc, argv, &v))
+      cwd = v;
+    else if (g_str_equal(a, "-u") && take_value(&i, argc, argv, &v))
+      user = v;
+    else
+      return fail("exec: unknown or incomplete option %s (ferry help exec)", a);
+  }
+  if (argc - i < 2)
+    return fail("exec: NAME and CMD are required (ferry exec [OPTIONS] NAME CMD [ARG...])");
+  const char *name = argv[i++];
+  FerryTtrpcClient *c = connect_sandbox(name, FALSE);
+  if (c == NULL)
+    return EXIT_FERRY;
+  g_autoptr(GError) error = NULL;
+  g_autoptr(json_t) process = process_spec(argv + i, argc - i, env, cwd, user, &error);
+  if (process == NULL) {
+    ferry_ttrpc_client_free(c);
+    return fail("exec: %s", error->message);
+  }
+  g_autofree char *exec_id = g_strdup_printf("exec-%08x", g_random_int());
+  g_autofree char *dir = sandbox_dir(name);
+  g_autofree char *text = json_dumps(process, JSON_COMPACT);
+  Google__Protobuf__Any any = GOOGLE__PROTOBUF__ANY__INIT;
+  any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process";
+  any.value.data = (uint8_t *)text;
+  any.value.len = strlen(text);
+  Containerd__Task__V2__ExecProcessRequest req = CONTAINERD__TASK__V2__EXEC_PROCESS_REQUEST__INIT;
+  req.id = (char *)name;
+  req.exec_id = exec_id;
+  req.spec = &any;
+  Attach a = { .fds = { -1, -1, -1 } };
+  g_autofree char *out_uri = NULL, *err_uri = NULL;
+  if (detach) {
+    out_uri = g_strdup_printf("file://%s/logs/%s.out", dir, exec_id);
+    err_uri = g_strdup_printf("file://%s/logs/%s.err", dir, exec_id);
+    req.stdout = out_uri;
+    req.stderr = err_uri;
+  } else {
+    if (!attach_make(&a, dir, exec_id, interactive, &error)) {
+      attach_clear(&a);
+      ferry_ttrpc_client_free(c);
+      return fail("exec: %s", error->message);
+    }
+    req.stdin = a.paths[0];
+    req.stdout = a.paths[1];
+    req.stderr = a.paths[2];
+  }
+  ProtobufCMessage *r = call(c, "Exec", &req.base, &google__protobuf__empty__descriptor, &error);
+  if (r != NULL) {
+    protobuf_c_message_free_unpacked(r, NULL);
+    Containerd__Task__V2__StartRequest start = CONTAINERD__TASK__V2__START_REQUEST__INIT;
+    start.id = (char *)name;
+    start.exec_id = exec_id;
+    r = call(c, "Start", &start.base, &containerd__task__v2__start_response__descriptor, &error);
+  }
+  if (r == NULL) {
+    attach_clear(&a);
+    ferry_ttrpc_client_free(c);
+    gboolean missing = strstr(error->message, "not found") != NULL ||
+                       strstr(error->message, "No such file") != NULL;
+    g_printerr("ferry: exec: %s\n", error->message);
+    return missing ? 127 : EXIT_FERRY;
+  }
+  protobuf_c_message_free_unpacked(r, NULL);
+  if (detach) {
+    printf("%s\n", exec_id);
+    ferry_ttrpc_client_free(c);
+    return 0;
+  }
+  guint32 status = attach_run(&a, c, name, exec_id);
+  attach_clear(&a);
+  Containerd__Task__V2__DeleteRequest del = CONTAINERD__TASK__V2__DELETE_REQUEST__INIT;
+  del.id = (char *)name;
+  del.exec_id = exec_id;
+  r = call(c, "Delete", &del.base, &containerd__task__v2__delete_response__descriptor, NULL);
+  if (r != NULL)
+    protobuf_c_message_free_unpacked(r, NULL);
+  ferry_ttrpc_client_free(c);
+  return (int)status;
+}
+
+static int cmd_ps(int argc, char **argv)
+{
+  gboolean all = FALSE, as_json = FALSE;
+  for (int i = 0; i < argc; i++) {
+    if (g_str_equal(argv[i], "-a") || g_str_equal(argv[i], "--all"))
+      all = TRUE;
+    else if (g_str_equal(argv[i], "--json"))
+      as_json = TRUE;
+    else
+      return fail("ps: unknown option %s (ferry help ps)", argv[i]);
+  }
+  g_autofree char *base = g_build_filename(root_dir, "sandboxes", NULL);
+  g_autoptr(GDir) d = g_dir_open(base, 0, NULL);
+  g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
+  const char *n;
+  while (d != NULL && (n = g_dir_read_name(d)) != NULL)
+    g_ptr_array_add(names, g_strdup(n));
+  g_ptr_array_sort(names, (GCompareFunc)g_strcmp0);
+  g_autoptr(json_t) list = json_array();
+  if (!as_json)
+    printf("%-24s %-10s %s\n", "NAME", "STATUS", "PID");
+  for (guint i = 0; i < names->len; i++) {
+    const char *name = names->pdata[i];
+    FerryTtrpcClient *c = connect_sandbox(name, TRUE);
+    const char *status = "dead (shim gone)";
+    guint32 pid = 0, exit_status = 0;
+    Containerd__Task__V2__StateResponse *st = c != NULL ? task_state(c, name, NULL, NULL) : NULL;
+    if (st != NULL) {
+      status = status_name(st->status);
+      pid = st->pid;
+      exit_status = st->exit_status;
+    }
+    gboolean running = st != NULL && st->status == CONTAINERD__V1__TYPES__STATUS__RUNNING;
+    if (all || running) {
+      if (as_json)
+        json_array_append_new(list, json_pack("{s:s, s:s, s:I, s:I}", "Name", name, "Status",
+                                              status, "Pid", (json_int_t)pid, "ExitStatus",
+                                              (json_int_t)exit_status));
+      else
+        printf("%-24s %-10s %u\n", name, status, pid);
+    }
+    if (st != NULL)
+      protobuf_c_message_free_unpacked(&st->base, NULL);
+    if (c != NULL)
+      ferry_ttrpc_client_free(c);
+  }
+  if (as_json) {
+    g_autofree char *text = json_dumps(list, JSON_INDENT(2));
+    printf("%s\n", text);
+  }
+  return 0;
+}
+
+static int cmd_logs(int argc, char **argv)
+{
+  if (argc != 1)
+    return fail("logs: NAME is required (ferry logs NAME)");
+  g_autofree char *dir = sandbox_dir(argv[0]);
+  if (!g_file_test(dir, G_FILE_TEST_IS_DIR))
+    return fail("no sandbox named \"%s\" (ferry ps -a lists them)", argv[0]);
+  const char *names[2] = { "init.out", "init.err" };
+  for (int i = 0; i < 2; i++) {
+    g_autofree char *path = g_build_filename(dir, "logs", names[i], NULL);
+    g_autofree char *text = NULL;
+    gsize len = 0;
+    if (g_file_get_contents(path, &text, &len, NULL))
+      fwrite(text, 1, len, i == 0 ? stdout : stderr);
+  }
+  return 0;
+}
+
+static int signal_number(const char *text)
+{
+  guint64 n;
+  if (g_ascii_string_to_unsigned(text, 10, 1, 64, &n, NULL))
+    return (int)n;
+  const char *s = g_str_has_prefix(text, "SIG") ? text + 3 : text;
+  static const struct {
+    const char *name;
+    int sig;
+  } names[] = { { "KILL", SIGKILL }, { "TERM", SIGTERM }, { "INT", SIGINT },  { "HUP", SIGHUP },
+                { "QUIT", SIGQUIT }, { "USR1", SIGUSR1 }, { "USR2", SIGUSR2 } };
+  for (gsize i = 0; i < G_N_ELEMENTS(names); i++)
+    if (g_ascii_strcasecmp(s, names[i].name) == 0)
+      return names[i].sig;
+  return 0;
+}
+
+static gboolean kill_task(FerryTtrpcClient *c, const char *name, int sig, GError **error)
+{
+  Containerd__Task__V2__KillRequest req = CONTAINERD__TASK__V2__KILL_REQUEST__INIT;
+  req.id = (char *)name;
+  req.signal = (uint32_t)sig;
+  req.all = TRUE;
+  ProtobufCMessage *r = call(c, "Kill", &req.base, &google__protobuf__empty__descriptor, error);
+  if (r == NULL)
+    return FALSE;
+  protobuf_c_message_free_unpacked(r, NULL);
+  return TRUE;
+}
+
+static int cmd_kill(int argc, char **argv)
+{
+  int sig = SIGKILL, i = 0;
+  if (argc >= 2 && g_str_equal(argv[0], "-s")) {
+    sig = signal_number(argv[1]);
+    if (sig == 0)
+      return fail("kill: %s is not a signal", argv[1]);
+    i = 2;
+  }
+  if (argc - i != 1)
+    return fail("kill: NAME is required (ferry kill [-s SIGNAL] NAME)");
+  FerryTtrpcClient *c = connect_sandbox(argv[i], FALSE);
+  if (c == NULL)
+    return EXIT_FERRY;
+  g_autoptr(GError) error = NULL;
+  gboolean ok = kill_task(c, argv[i], sig, &error);
+  ferry_ttrpc_client_free(c);
+  return ok ? 0 : fail("kill: %s", error->message);
+}
+
+/* Wait (bounded) for the init to stop. */
+static gboolean wait_stopped(FerryTtrpcClient *c, const char *name, guint seconds)
+{
+  Containerd__Task__V2__WaitRequest req = CONTAINERD__TASK__V2__WAIT_REQUEST__INIT;
+  req.id = (char *)name;
+  FerryTtrpcCallOptions options = { .timeout_ns = (gint64)seconds * 1000000000 };
+  ProtobufCMessage *r = ferry_ttrpc_client_call_sync(
+      c, TASK_SERVICE, "Wait", &req.base, &containerd__task__v2__wait_response__descriptor,
+      &options, NULL);
+  if (r == NULL)
+    return FALSE;
+  protobuf_c_message_free_unpacked(r, NULL);
+  return TRUE;
+}
+
+static int cmd_stop(int argc, char **argv)
+{
+  guint seconds = 10;
+  int i = 0;
+  if (argc >= 2 && g_str_equal(argv[0], "-t")) {
+    seconds = (guint)g_ascii_strtoull(argv[1], NULL, 10);
+    i = 2;
+  }
+  if (argc - i != 1)
+    return fail("stop: NAME is required (ferry stop [-t SECONDS] NAME)");
+  const char *name = argv[i];
+  FerryTtrpcClient *c = connect_sandbox(name, FALSE);
+  if (c == NULL)
+    return EXIT_FERRY;
+  g_autoptr(GError) error = NULL;
+  if (kill_task(c, name, SIGTERM, &error) && !wait_stopped(c, name, MAX(seconds, 1))) {
+    kill_task(c, name, SIGKILL, NULL);
+    wait_stopped(c, name, 30);
+  }
+  ferry_ttrpc_client_free(c);
+  return 0;
+}
+
+static int cmd_rm(int argc, char **argv)
+{
+  gboolean force = FALSE;
+  int i = 0, status = 0;
+  if (i < argc && g_str_equal(argv[i], "-f")) {
+    force = TRUE;
+    i++;
+  }
+  if (i >= argc)
+    return fail("rm: NAME is required (ferry rm [-f] NAME...)");
+  for (; i < argc; i++) {
+    const char *name = argv[i];
+    g_autofree char *dir = sandbox_dir(name);
+    if (!g_file_test(dir, G_FILE_TEST_IS_DIR)) {
+      status = fail("no sandbox named \"%s\" (ferry ps -a lists them)", name);
+      continue;
+    }
+    FerryTtrpcClient *c = connect_sandbox(name, TRUE);
+    Containerd__Task__V2__StateResponse *st = c != NULL ? task_state(c, name, NULL, NULL) : NULL;
+    gboolean running = st != NULL && st->status == CONTAINERD__V1__TYPES__STATUS__RUNNING;
+    if (st != NULL)
+      protobuf_c_message_free_unpacked(&st->base, NULL);
+    if (running && !force) {
+      status = fail("rm: sandbox \"%s\" is running (ferry stop %s, or ferry rm -f %s)", name, name,
+                    name);
+      ferry_ttrpc_client_free(c);
+      continue;
+    }
+    if (running) {
+      kill_task(c, name, SIGKILL, NULL);
+      wait_stopped(c, name, 30);
+    }
+    sandbox_remove(c, name);
+    if (c != NULL)
+      ferry_ttrpc_client_free(c);
+  }
+  return status;
+}
+
+static int cmd_inspect(int argc, char **argv)
+{
+  if (argc != 1)
+    return fail("inspect: NAME is required (ferry inspect NAME)");
+  const char *name = argv[0];
+  g_autofree char *dir = sandbox_dir(name);
+  if (!g_file_test(dir, G_FILE_TEST_IS_DIR))
+    return fail("no sandbox named \"%s\" (ferry ps -a lists them)", name);
+  g_autofree char *config = g_build_filename(dir, "bundle", "config.json", NULL);
+  g_autofree char *text = NULL;
+  g_file_get_contents(config, &text, NULL, NULL);
+  json_t *spec = text != NULL ? json_loads(text, 0, NULL) : NULL;
+  g_autoptr(json_t) out = json_pack("{s:s, s:s, s:o}", "Name", name, "Directory", dir, "Spec",
+                                    spec != NULL ? spec : json_null());
+  FerryTtrpcClient *c = connect_sandbox(name, TRUE);
+  Containerd__Task__V2__StateResponse *st = c != NULL ? task_state(c, name, NULL, NULL) : NULL;
+  if (st != NULL) {
+    json_object_set_new(out, "State",
+                        json_pack("{s:s, s:I, s:I}", "Status", status_name(st->status), "Pid",
+                                  (json_int_t)st->pid, "ExitStatus", (json_int_t)st->exit_status));
+    protobuf_c_message_free_unpacked(&st->base, NULL);
+  } else {
+    json_object_set_new(out, "State", json_pack("{s:s}", "Status", "dead (shim gone)"));
+  }
+  if (c != NULL) {
+    Containerd__Task__V2__ConnectRequest creq = CONTAINERD__TASK__V2__CONNECT_REQUEST__INIT;
+    creq.id = (char *)name;
+    Containerd__Task__V2__ConnectResponse *cr = (Containerd__Task__V2__ConnectResponse *)call(
+        c, "Connect", &creq.base, &containerd__task__v2__connect_response__descriptor, NULL);
+    if (cr != NULL) {
+      json_object_set_new(out, "ShimPid", json_integer(cr->shim_pid));
+      protobuf_c_message_free_unpacked(&cr->base, NULL);
+    }
+    ferry_ttrpc_client_free(c);
+  }
+  g_autofree char *dump = json_dumps(out, JSON_INDENT(2));
+  printf("%s\n", dump);
+  return 0;
+}
+
+static const char *usage =
+    "usage: ferry [--root DIR] [--shim PATH] COMMAND [ARG...]\n"
+    "  run [--name N] [-d] [-i] [-e K=V]... [-w DIR] [-u UID[:GID]] [--memory MB] [--cpus N]\n"
+    "      [--annotation K=V]... ROOTFS [CMD [ARG...]]   run a container in its own VM\n"
+    "  exec [-d] [-i] [-e K=V]... [-w DIR] [-u UID[:GID]] NAME CMD [ARG...]\n"
+    "  ps [-a] [--json]      sandboxes (running ones; -a all)\n"
+    "  logs NAME             a detached container's output\n"
+    "  kill [-s SIGNAL] NAME  stop [-t SECONDS] NAME  rm [-f] NAME...  inspect NAME\n"
+    "  version\n";
+
+int main(int argc, char **argv)
+{
+  signal(SIGPIPE, SIG_IGN);
+  int i = 1;
+  const char *root = g_getenv("FERRY_ROOT");
+  const char *shim = g_getenv("FERRY_SHIM");
+  for (; i < argc && argv[i][0] == '-'; i++) {
+    if (g_str_equal(argv[i], "--root") && i + 1 < argc)
+      root = argv[++i];
+    else if (g_str_equal(argv[i], "--shim") && i + 1 < argc)
+      shim = argv[++i];
+    else if (g_str_equal(argv[i], "-h") || g_str_equal(argv[i], "--help")) {
+      printf("%s", usage);
+      return 0;
+    } else {
+      g_printerr("ferry: unknown option %s\n%s", argv[i], usage);
+      return EXIT_FERRY;
+    }
+  }
+  if (i >= argc) {
+    g_printerr("%s", usage);
+    return EXIT_FERRY;
+  }
+  root_dir = g_strdup(root != NULL ? root : "/run/ferry");
+  if (shim != NULL) {
+    shim_path = g_strdup(shim);
+  } else {
+    /* Beside this program (an installed or a built tree), else on PATH. */
+    g_autofree char *self = g_file_read_link("/proc/self/exe", NULL);
+    g_autofree char *dir = self != NULL ? g_path_get_dirname(self) : NULL;
+    g_autofree char *beside =
+        dir != NULL ? g_build_filename(dir, "containerd-shim-ferry-v1", NULL) : NULL;
+    g_autofree char *sibling =
+        dir != NULL ? g_build_filename(dir, "..", "shim", "containerd-shim-ferry-v1", NULL) : NULL;
+    if (beside != NULL && g_file_test(beside, G_FILE_TEST_IS_EXECUTABLE))
+      shim_path = g_steal_pointer(&beside);
+    else if (sibling != NULL && g_file_test(sibling, G_FILE_TEST_IS_EXECUTABLE))
+      shim_path = g_canonicalize_filename(sibling, NULL);
+    else
+      shim_path = g_find_program_in_path("containerd-shim-ferry-v1");
+    if (shim_path == NULL)
+      return fail("containerd-shim-ferry-v1 is not installed (make install, or --shim PATH)");
+  }
+  const char *cmd = argv[i++];
+  int n = argc - i;
+  char **rest = argv + i;
+  if (g_str_equal(cmd, "run"))
+    return cmd_run(n, rest);
+  if (g_str_equal(cmd, "exec"))
+    return cmd_exec(n, rest);
+  if (g_str_equal(cmd, "ps"))
+    return cmd_ps(n, rest);
+  if (g_str_equal(cmd, "logs"))
+    return cmd_logs(n, rest);
+  if (g_str_equal(cmd, "kill"))
+    return cmd_kill(n, rest);
+  if (g_str_equal(cmd, "stop"))
+    return cmd_stop(n, rest);
+  if (g_str_equal(cmd, "rm"))
+    return cmd_rm(n, rest);
+  if (g_str_equal(cmd, "inspect"))
+    return cmd_inspect(n, rest);
+  if (g_str_equal(cmd, "version")) {
+    printf("ferry %s\n", FERRY_VERSION);
+    return 0;
+  }
+  if (g_str_equal(cmd, "help")) {
+    printf("%s", usage);
+    return 0;
+  }
+  return fail("unknown command %s (ferry help)", cmd);
+}

@@ -1,0 +1,99 @@
+#!/bin/bash
+# The `ferry` command driven as a person or a script would (docs/cli.md): run (attached
+# and -d), exec (attached, -i, -d), ps, logs, kill, stop, rm, inspect, with their output
+# and exit codes; a second `ferry` process sees the first one's sandboxes; a shim killed
+# with SIGKILL shows as dead and `ferry rm` leaves nothing behind; bad input gets a clear
+# message and a non-zero status. Prints TAP; skips as a whole when not root or without
+# QEMU or the guest image.
+#
+#   test-ferry-cli.sh SOURCE_ROOT BUILDDIR
+set -uo pipefail
+src=$(cd "${1:?usage: test-ferry-cli.sh SOURCE_ROOT BUILDDIR}" && pwd)
+build=$(cd "${2:?usage: test-ferry-cli.sh SOURCE_ROOT BUILDDIR}" && pwd)
+image=${FERRY_IMAGE_DIR:-${FERRY_IMAGE_DIR_DEFAULT:-$build/image}}
+[[ $(id -u) == 0 ]] || { echo "1..0 # SKIP needs root (the shim runs QEMU and crun)"; exit 0; }
+command -v qemu-system-x86_64 >/dev/null || { echo "1..0 # SKIP qemu-system-x86_64 is not installed"; exit 0; }
+[[ -f $image/vmlinux ]] || { echo "1..0 # SKIP no guest image in $image (make image)"; exit 0; }
+
+dir=$(mktemp -d /tmp/ferry-cli.XXXXXX)
+root=$dir/root
+export FERRY_SHIM_CONFIG=$dir/shim.json
+printf '{"kernel": "%s", "initrd": "%s", "memory_mb": 256}\n' "$image/vmlinux" "$image/initramfs.cpio" >"$FERRY_SHIM_CONFIG"
+ferry() { "$build/cli/ferry" --root "$root" "$@"; }
+cleanup() {
+  # Whatever a failed case left: every sandbox removed through ferry, then the directory.
+  for s in "$root"/sandboxes/*; do [[ -d $s ]] && ferry rm -f "$(basename "$s")" >/dev/null 2>&1; done
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+python3 "$src/tests/scripts/busybox-image.py" rootfs "$dir/rootfs" --busybox /bin/busybox >/dev/null || exit 1
+
+n=0
+failed=0
+ok() { n=$((n + 1)); echo "ok $n - $*"; }
+not_ok() { n=$((n + 1)); failed=1; echo "not ok $n - $1"; shift; for l in "$@"; do echo "# $l"; done; }
+check() { # check DESCRIPTION WANT_STATUS WANT_OUT STATUS OUT [ERR]
+  if [[ $4 == "$2" && $5 == "$3" ]]; then ok "$1"; else not_ok "$1" "status $4 (want $2)" "out '$5' (want '$3')" "${6:-}"; fi
+}
+
+out=$(ferry run "$dir/rootfs" sh -c 'echo hello; exit 6' 2>"$dir/err"); st=$?
+check "run attached: output and the container's status" 6 hello "$st" "$out" "$(cat "$dir/err")"
+out=$(ferry run "$dir/rootfs" sh -c 'echo to-stderr >&2' 2>&1 >/dev/null); st=$?
+check "run attached: stderr apart" 0 to-stderr "$st" "$out"
+out=$(echo piped | ferry run -i "$dir/rootfs" cat); st=$?
+check "run -i: stdin reaches the container, its end is EOF" 0 piped "$st" "$out"
+out=$(ferry run -e GREETING=hi -w /tmp -u 1000:1000 "$dir/rootfs" sh -c 'echo $GREETING $(pwd) $(id -u):$(id -g)'); st=$?
+check "run -e -w -u" 0 "hi /tmp 1000:1000" "$st" "$out"
+out=$(ferry run -d --name web "$dir/rootfs" sh -c 'echo up; echo warn >&2; while true; do sleep 1; done'); st=$?
+check "run -d prints the name" 0 web "$st" "$out"
+out=$(ferry ps | awk '$1 == "web" { print $2 }'); check "ps lists it running" 0 running 0 "$out"
+out=$("$build/cli/ferry" --root "$root" ps --json | python3 -c 'import json,sys; print([s["Status"] for s in json.load(sys.stdin) if s["Name"] == "web"][0])')
+check "a second ferry process sees it (ps --json)" 0 running 0 "$out"
+out=$(ferry exec web sh -c 'echo in-exec; exit 4'); st=$?
+check "exec: output and status" 4 in-exec "$st" "$out"
+out=$(echo data | ferry exec -i web cat); st=$?
+check "exec -i" 0 data "$st" "$out"
+out=$(ferry exec web no-such-program 2>/dev/null); st=$?
+check "exec of a missing program is 127" 127 "" "$st" "$out"
+for _ in $(seq 50); do [[ $(ferry logs web 2>/dev/null) == up ]] && break; sleep 0.1; done
+out=$(ferry logs web 2>/dev/null); check "logs: the detached container's stdout" 0 up 0 "$out"
+out=$(ferry logs web 2>&1 >/dev/null); check "logs: its stderr on stderr" 0 warn 0 "$out"
+out=$(ferry inspect web | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["State"]["Status"], d["Spec"]["hostname"])')
+check "inspect: state and spec" 0 "running web" 0 "$out"
+out=$(ferry run --name web "$dir/rootfs" true 2>&1); st=$?
+check "a second sandbox with one name is refused" 125 'ferry: run: a sandbox named "web" exists already (ferry rm web)' "$st" "$out"
+out=$(ferry rm web 2>&1); st=$?
+check "rm of a running sandbox is refused" 125 'ferry: rm: sandbox "web" is running (ferry stop web, or ferry rm -f web)' "$st" "$out"
+ferry stop -t 2 web; st=$?
+out=$(ferry ps -a | awk '$1 == "web" { print $2 }')
+check "stop: the sandbox is stopped" 0 stopped "$st" "$out"
+ferry rm web; st=$?
+out=$(ferry ps -a | awk '$1 == "web"'); check "rm removes it" 0 "" "$st" "$out"
+
+# A shim killed with SIGKILL: ps says so, rm cleans up after it (its VM too).
+ferry run -d --name k1 "$dir/rootfs" sleep 1000 >/dev/null
+shim_pid=$(ferry inspect k1 | python3 -c 'import json,sys; print(json.load(sys.stdin).get("ShimPid", ""))')
+qemu_pid=$(cat "$root/sandboxes/k1/bundle/qemu.pid" 2>/dev/null)
+if [[ -n $shim_pid ]]; then kill -KILL "$shim_pid"; fi
+for _ in $(seq 50); do kill -0 "$shim_pid" 2>/dev/null || break; sleep 0.1; done
+out=$(ferry ps -a | awk '$1 == "k1" { print $2 }'); check "a killed shim shows as dead" 0 dead 0 "$out"
+ferry rm k1; st=$?
+left=""
+[[ -n $qemu_pid ]] && kill -0 "$qemu_pid" 2>/dev/null && left="QEMU $qemu_pid"
+[[ -e $root/sandboxes/k1 ]] && left="$left the sandbox directory"
+check "rm after a dead shim leaves nothing (QEMU $qemu_pid)" 0 "" "$st" "$left"
+
+out=$(ferry exec nope true 2>&1); st=$?
+check "an unknown name" 125 'ferry: no sandbox named "nope" (ferry ps -a lists them)' "$st" "$out"
+out=$(ferry run "$dir/missing" true 2>&1); st=$?
+check "a missing rootfs" 125 "ferry: run: rootfs $dir/missing is not a directory (give the directory of a root file system)" "$st" "$out"
+out=$(ferry run /etc true 2>&1); st=$?
+check "a directory that is not a rootfs" 125 "ferry: run: /etc does not look like a root file system (no bin/, usr/bin/ or sbin/)" "$st" "$out"
+out=$(ferry run --bogus "$dir/rootfs" 2>&1); st=$?
+check "a bad flag" 125 "ferry: run: unknown or incomplete option --bogus (ferry help run)" "$st" "$out"
+out=$(ferry kill -s NOPE web 2>&1); st=$?
+check "a bad signal" 125 "ferry: kill: NOPE is not a signal" "$st" "$out"
+left=$(ls "$root/sandboxes" 2>/dev/null)
+check "nothing left running or on disk" 0 "" 0 "$left"
+echo "1..$n"
+exit $failed
