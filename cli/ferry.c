@@ -24,8 +24,10 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include "containerd/task/v2/shim.pb-c.h"
@@ -135,7 +137,7 @@ static const char *status_name(Containerd__V1__Types__Status s)
 
 typedef struct {
   char *name;
-  gboolean detach, interactive;
+  gboolean detach, interactive, tty;
   GPtrArray *env;         /* K=V */
   GPtrArray *annotations; /* K=V */
   char *cwd;
@@ -221,15 +223,67 @@ typedef struct {
   GMainLoop *loop;
   gboolean exited;
   guint32 status;
+  gboolean tty; /* one stream (stdout) carries the terminal; stderr is none */
+  FerryTtrpcClient *client;
+  const char *id, *exec_id;
 } Attach;
 
+/* The local terminal in raw mode while a -t process runs; restored on every way out. */
+static struct termios saved_termios;
+static gboolean termios_saved;
+
+static void restore_terminal(void)
+{
+  if (termios_saved) {
+    tcsetattr(STDIN_FILENO, TCSANOW, &saved_termios);
+    termios_saved = FALSE;
+  }
+}
+
+static void raw_terminal(void)
+{
+  if (!isatty(STDIN_FILENO) || tcgetattr(STDIN_FILENO, &saved_termios) != 0)
+    return;
+  termios_saved = TRUE;
+  atexit(restore_terminal);
+  struct termios raw = saved_termios;
+  cfmakeraw(&raw);
+  tcsetattr(STDIN_FILENO, TCSANOW, &raw);
+}
+
+/* The local window's size to the process's terminal. */
+static void send_window_size(Attach *a)
+{
+  struct winsize ws;
+  if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) != 0 && ioctl(STDIN_FILENO, TIOCGWINSZ, &ws) != 0)
+    return;
+  Containerd__Task__V2__ResizePtyRequest req = CONTAINERD__TASK__V2__RESIZE_PTY_REQUEST__INIT;
+  req.id = (char *)a->id;
+  req.exec_id = (char *)a->exec_id;
+  req.width = ws.ws_col;
+  req.height = ws.ws_row;
+  ProtobufCMessage *r =
+      ferry_ttrpc_client_call_sync(a->client, TASK_SERVICE, "ResizePty", &req.base,
+                                   &google__protobuf__empty__descriptor, NULL, NULL);
+  if (r != NULL)
+    protobuf_c_message_free_unpacked(r, NULL);
+}
+
+static gboolean on_winch(gpointer ud)
+{
+  send_window_size(ud);
+  return G_SOURCE_CONTINUE;
+}
+
 static gboolean attach_make(Attach *a, const char *dir, const char *tag, gboolean with_stdin,
-                            GError **error)
+                            gboolean tty, GError **error)
 {
   const char *names[3] = { "stdin", "stdout", "stderr" };
+  a->tty = tty;
+  a->eof[1] = tty;
   for (int i = 0; i < 3; i++) {
     a->fds[i] = -1;
-    if (i == 0 && !with_stdin)
+    if ((i == 0 && !with_stdin) || (i == 2 && tty))
       continue;
     a->paths[i] = g_strdup_printf("%s/%s-%s", dir, tag, names[i]);
     unlink(a->paths[i]);
@@ -237,7 +291,8 @@ static gboolean attach_make(Attach *a, const char *dir, const char *tag, gboolea
       return ferry_error_set_errno(error, errno, "mkfifo %s", a->paths[i]);
   }
   for (int i = 1; i < 3; i++)
-    if ((a->fds[i] = open(a->paths[i], O_RDONLY | O_NONBLOCK | O_CLOEXEC)) < 0)
+    if (a->paths[i] != NULL &&
+        (a->fds[i] = open(a->paths[i], O_RDONLY | O_NONBLOCK | O_CLOEXEC)) < 0)
       return ferry_error_set_errno(error, errno, "open %s", a->paths[i]);
   if (with_stdin && (a->fds[0] = open(a->paths[0], O_RDWR | O_NONBLOCK | O_CLOEXEC)) < 0)
     return ferry_error_set_errno(error, errno, "open %s", a->paths[0]);
@@ -321,16 +376,29 @@ static void on_waited(FerryTtrpcClient *client, const ProtobufCMessage *response
 static guint32 attach_run(Attach *a, FerryTtrpcClient *c, const char *id, const char *exec_id)
 {
   a->loop = g_main_loop_new(NULL, FALSE);
+  a->client = c;
+  a->id = id;
+  a->exec_id = exec_id;
   g_unix_fd_add(a->fds[1], G_IO_IN | G_IO_HUP, on_output, a);
-  g_unix_fd_add(a->fds[2], G_IO_IN | G_IO_HUP, on_output, a);
+  if (a->fds[2] >= 0)
+    g_unix_fd_add(a->fds[2], G_IO_IN | G_IO_HUP, on_output, a);
   if (a->fds[0] >= 0)
     g_unix_fd_add(STDIN_FILENO, G_IO_IN | G_IO_HUP, on_input, a);
+  guint winch = 0;
+  if (a->tty) {
+    raw_terminal();
+    send_window_size(a);
+    winch = g_unix_signal_add(SIGWINCH, on_winch, a);
+  }
   Containerd__Task__V2__WaitRequest req = CONTAINERD__TASK__V2__WAIT_REQUEST__INIT;
   req.id = (char *)id;
   req.exec_id = (char *)exec_id;
   ferry_ttrpc_client_call(c, TASK_SERVICE, "Wait", &req.base,
                           &containerd__task__v2__wait_response__descriptor, NULL, on_waited, a);
   g_main_loop_run(a->loop);
+  if (winch != 0)
+    g_source_remove(winch);
+  restore_terminal();
   g_main_loop_unref(a->loop);
   return a->status;
 }
@@ -441,6 +509,10 @@ static int cmd_run(int argc, char **argv)
       o.detach = TRUE;
     else if (g_str_equal(a, "-i") || g_str_equal(a, "--interactive"))
       o.interactive = TRUE;
+    else if (g_str_equal(a, "-t") || g_str_equal(a, "--tty"))
+      o.tty = TRUE;
+    else if (g_str_equal(a, "-it") || g_str_equal(a, "-ti"))
+      o.interactive = o.tty = TRUE;
     else if (g_str_equal(a, "--name") && take_value(&i, argc, argv, &v))
       o.name = g_strdup(v);
     else if (g_str_equal(a, "-e") && take_value(&i, argc, argv, &v))
@@ -509,13 +581,14 @@ static int cmd_run(int argc, char **argv)
   Containerd__Task__V2__CreateTaskRequest req = CONTAINERD__TASK__V2__CREATE_TASK_REQUEST__INIT;
   req.id = o.name;
   req.bundle = bundle;
+  req.terminal = o.tty;
   if (o.detach) {
     out_uri = g_strdup_printf("file://%s/init.out", logs);
     err_uri = g_strdup_printf("file://%s/init.err", logs);
     req.stdout = out_uri;
     req.stderr = err_uri;
   } else {
-    if (!attach_make(&a, dir, "init", o.interactive, &error)) {
+    if (!attach_make(&a, dir, "init", o.interactive, o.tty, &error)) {
       attach_clear(&a);
       sandbox_remove(c, o.name);
       return fail("run: %s", error->message);
@@ -558,7 +631,7 @@ static int cmd_run(int argc, char **argv)
 
 static int cmd_exec(int argc, char **argv)
 {
-  gboolean detach = FALSE, interactive = FALSE;
+  gboolean detach = FALSE, interactive = FALSE, tty = FALSE;
   g_autoptr(GPtrArray) env = g_ptr_array_new();
   const char *cwd = NULL, *user = NULL;
   int i = 0;
@@ -568,6 +641,10 @@ static int cmd_exec(int argc, char **argv)
       detach = TRUE;
     else if (g_str_equal(a, "-i"))
       interactive = TRUE;
+    else if (g_str_equal(a, "-t"))
+      tty = TRUE;
+    else if (g_str_equal(a, "-it") || g_str_equal(a, "-ti"))
+      interactive = tty = TRUE;
     else if (g_str_equal(a, "-e") && take_value(&i, argc, argv, &v))
       g_ptr_array_add(env, (char *)v);
     else if (g_str_equal(a, "-w") && take_value(&i, argc, argv, &v))
@@ -600,6 +677,7 @@ static int cmd_exec(int argc, char **argv)
   req.id = (char *)name;
   req.exec_id = exec_id;
   req.spec = &any;
+  req.terminal = tty;
   Attach a = { .fds = { -1, -1, -1 } };
   g_autofree char *out_uri = NULL, *err_uri = NULL;
   if (detach) {
@@ -608,7 +686,7 @@ static int cmd_exec(int argc, char **argv)
     req.stdout = out_uri;
     req.stderr = err_uri;
   } else {
-    if (!attach_make(&a, dir, exec_id, interactive, &error)) {
+    if (!attach_make(&a, dir, exec_id, interactive, tty, &error)) {
       attach_clear(&a);
       ferry_ttrpc_client_free(c);
       return fail("exec: %s", error->message);
@@ -891,9 +969,9 @@ static int cmd_inspect(int argc, char **argv)
 
 static const char *usage =
     "usage: ferry [--root DIR] [--shim PATH] COMMAND [ARG...]\n"
-    "  run [--name N] [-d] [-i] [-e K=V]... [-w DIR] [-u UID[:GID]] [--memory MB] [--cpus N]\n"
+    "  run [--name N] [-d] [-i] [-t] [-e K=V]... [-w DIR] [-u UID[:GID]] [--memory MB] [--cpus N]\n"
     "      [--annotation K=V]... ROOTFS [CMD [ARG...]]   run a container in its own VM\n"
-    "  exec [-d] [-i] [-e K=V]... [-w DIR] [-u UID[:GID]] NAME CMD [ARG...]\n"
+    "  exec [-d] [-i] [-t] [-e K=V]... [-w DIR] [-u UID[:GID]] NAME CMD [ARG...]\n"
     "  ps [-a] [--json]      sandboxes (running ones; -a all)\n"
     "  logs NAME             a detached container's output\n"
     "  kill [-s SIGNAL] NAME  stop [-t SECONDS] NAME  rm [-f] NAME...  inspect NAME\n"

@@ -5,8 +5,8 @@
 #   interop  Go and containerd's Go ttrpc, the real peer for the interop tests (default)
 #   ci       clang with its sanitizer and libFuzzer runtime, clang-format
 #   vm       QEMU (with the microvm bios) and what image/build.sh needs to make the guest image
-#   shim     containerd (the shim's real peer), runc (the benchmark's baseline) and
-#            erofs-utils (container root images)
+#   shim     containerd (the shim's real peer), runc (the benchmark's baseline), tmux (the
+#            CLI's terminal test), erofs-utils and e2fsprogs (container root images)
 set -euo pipefail
 
 declare -A groups=(
@@ -15,7 +15,7 @@ declare -A groups=(
   [interop]="golang-go golang-github-containerd-ttrpc-dev"
   [ci]="clang libclang-rt-14-dev clang-format"
   [vm]="qemu-system-x86 qemu-system-data cpio busybox-static crun python3"
-  [shim]="containerd runc erofs-utils e2fsprogs"
+  [shim]="containerd runc erofs-utils e2fsprogs tmux"
 )
 
 wanted=("$@")

@@ -83,6 +83,45 @@ left=""
 [[ -e $root/sandboxes/k1 ]] && left="$left the sandbox directory"
 check "rm after a dead shim leaves nothing (QEMU $qemu_pid)" 0 "" "$st" "$left"
 
+# -t: a terminal of the local window's size, the exit status through, the local terminal
+# restored (script(1) gives this test a terminal).
+out=$(script -qec "stty rows 30 cols 100; \"$build/cli/ferry\" --root \"$root\" run -t \"$dir/rootfs\" sh -c 'stty size; tty; exit 5'; echo rc=\$?" /dev/null | tr -d '\r')
+want=$'30 100\n/dev/pts/0\nrc=5'
+check "run -t: the window's size, a pty, the status" 0 "$want" 0 "$out"
+
+# As a person would, in tmux: type a command and read its output on the screen, resize
+# the window and see stty size follow, exit and find the terminal as it was.
+if command -v tmux >/dev/null; then
+  sock=$dir/tmux.sock
+  tmx() { tmux -S "$sock" "$@"; }
+  tmx new-session -d -x 100 -y 30 -s demo \
+    "stty -g >'$dir/before'; '$build/cli/ferry' --root '$root' run -it --name tty1 '$dir/rootfs' sh; stty -g >'$dir/after'; echo DONE; sleep 600"
+  screen() { tmx capture-pane -p -t demo; }
+  wait_screen() { for _ in $(seq 300); do screen | grep -q -- "$1" && return 0; sleep 0.1; done; return 1; }
+  wait_screen '#' || true # the shell's prompt
+  tmx send-keys -t demo 'echo typed-$((6*7))' Enter
+  if wait_screen '^typed-42'; then ok "tmux: a typed command's output on the screen"; else not_ok "tmux: a typed command's output on the screen" "$(screen | tail -n 5)"; fi
+  tmx resize-window -t demo -x 120 -y 40
+  # The resize reaches the container's terminal asynchronously (tmux's SIGWINCH, then
+  # ResizePty): ask again until the answer shows it, a bounded number of times.
+  resized=0
+  for _ in $(seq 20); do
+    tmx send-keys -t demo 'stty size' Enter
+    for _ in $(seq 10); do screen | grep -q '^40 120' && { resized=1; break; }; sleep 0.1; done
+    [[ $resized == 1 ]] && break
+  done
+  if [[ $resized == 1 ]]; then ok "tmux: stty size follows a resize"; else not_ok "tmux: stty size follows a resize" "$(screen | tail -n 5)"; fi
+  tmx send-keys -t demo 'exit' Enter
+  if wait_screen '^DONE' && cmp -s "$dir/before" "$dir/after"; then
+    ok "tmux: exit restores the terminal"
+  else
+    not_ok "tmux: exit restores the terminal" "before $(cat "$dir/before" 2>/dev/null)" "after $(cat "$dir/after" 2>/dev/null)"
+  fi
+  tmx kill-server 2>/dev/null
+else
+  ok "tmux terminal session # SKIP tmux is not installed (scripts/install-deps.sh shim)"
+fi
+
 out=$(ferry exec nope true 2>&1); st=$?
 check "an unknown name" 125 'ferry: no sandbox named "nope" (ferry ps -a lists them)' "$st" "$out"
 out=$(ferry run "$dir/missing" true 2>&1); st=$?
