@@ -24,6 +24,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -782,21 +783,88 @@ static int cmd_ps(int argc, char **argv)
   return 0;
 }
 
+/* `logs -f`: what the files hold, then what is appended (inotify), until the process
+ * exited and the files hold no more. */
+typedef struct {
+  int fds[2]; /* init.out, init.err */
+  GMainLoop *loop;
+  gboolean exited;
+} Follow;
+
+static void follow_drain(Follow *f)
+{
+  char buf[65536];
+  for (int i = 0; i < 2; i++) {
+    ssize_t n;
+    while (f->fds[i] >= 0 && (n = read(f->fds[i], buf, sizeof(buf))) > 0) {
+      FILE *out = i == 0 ? stdout : stderr;
+      fwrite(buf, 1, (size_t)n, out);
+      fflush(out);
+    }
+  }
+}
+
+static gboolean on_log_change(gint fd, GIOCondition cond, gpointer ud)
+{
+  Follow *f = ud;
+  char events[4096];
+  while (read(fd, events, sizeof(events)) > 0)
+    ;
+  follow_drain(f);
+  return G_SOURCE_CONTINUE;
+}
+
+static void on_follow_exit(FerryTtrpcClient *client, const ProtobufCMessage *response,
+                           const GError *error, gpointer ud)
+{
+  Follow *f = ud;
+  f->exited = TRUE;
+  follow_drain(f); /* the shim wrote the last bytes before it answered */
+  g_main_loop_quit(f->loop);
+}
+
 static int cmd_logs(int argc, char **argv)
 {
-  if (argc != 1)
-    return fail("logs: NAME is required (ferry logs NAME)");
-  g_autofree char *dir = sandbox_dir(argv[0]);
-  if (!g_file_test(dir, G_FILE_TEST_IS_DIR))
-    return fail("no sandbox named \"%s\" (ferry ps -a lists them)", argv[0]);
-  const char *names[2] = { "init.out", "init.err" };
-  for (int i = 0; i < 2; i++) {
-    g_autofree char *path = g_build_filename(dir, "logs", names[i], NULL);
-    g_autofree char *text = NULL;
-    gsize len = 0;
-    if (g_file_get_contents(path, &text, &len, NULL))
-      fwrite(text, 1, len, i == 0 ? stdout : stderr);
+  gboolean follow = FALSE;
+  int i = 0;
+  if (i < argc && (g_str_equal(argv[i], "-f") || g_str_equal(argv[i], "--follow"))) {
+    follow = TRUE;
+    i++;
   }
+  if (argc - i != 1)
+    return fail("logs: NAME is required (ferry logs [-f] NAME)");
+  const char *name = argv[i];
+  g_autofree char *dir = sandbox_dir(name);
+  if (!g_file_test(dir, G_FILE_TEST_IS_DIR))
+    return fail("no sandbox named \"%s\" (ferry ps -a lists them)", name);
+  g_autofree char *logs = g_build_filename(dir, "logs", NULL);
+  Follow f = { .fds = { -1, -1 } };
+  const char *names[2] = { "init.out", "init.err" };
+  for (int k = 0; k < 2; k++) {
+    g_autofree char *path = g_build_filename(logs, names[k], NULL);
+    f.fds[k] = open(path, O_RDONLY | O_CLOEXEC);
+  }
+  /* The watch before the first read: nothing appended in between is missed. */
+  g_auto(FerryFd) watch = follow ? inotify_init1(IN_CLOEXEC | IN_NONBLOCK) : -1;
+  if (watch >= 0)
+    inotify_add_watch(watch, logs, IN_MODIFY | IN_CREATE);
+  follow_drain(&f);
+  FerryTtrpcClient *c = follow ? connect_sandbox(name, TRUE) : NULL;
+  if (c != NULL && watch >= 0) {
+    Containerd__Task__V2__WaitRequest req = CONTAINERD__TASK__V2__WAIT_REQUEST__INIT;
+    req.id = (char *)name;
+    f.loop = g_main_loop_new(NULL, FALSE);
+    g_unix_fd_add(watch, G_IO_IN, on_log_change, &f);
+    ferry_ttrpc_client_call(c, TASK_SERVICE, "Wait", &req.base,
+                            &containerd__task__v2__wait_response__descriptor, NULL, on_follow_exit,
+                            &f);
+    g_main_loop_run(f.loop);
+    g_main_loop_unref(f.loop);
+  }
+  if (c != NULL)
+    ferry_ttrpc_client_free(c);
+  for (int k = 0; k < 2; k++)
+    ferry_fd_clear(&f.fds[k]);
   return 0;
 }
 
@@ -967,15 +1035,68 @@ static int cmd_inspect(int argc, char **argv)
   return 0;
 }
 
+/* `ferry help COMMAND`. */
+static const struct {
+  const char *name;
+  const char *text;
+} help_texts[] = {
+  { "run",
+    "usage: ferry run [OPTIONS] ROOTFS [CMD [ARG...]]\n"
+    "Run CMD (default sh) in a container in its own utility VM. ROOTFS is the directory of a\n"
+    "root file system. Attached, the container's stdio is relayed and ferry exits with its\n"
+    "status; the sandbox is removed afterwards.\n"
+    "  --name NAME        the sandbox's name (default ferry-<random>)\n"
+    "  -d, --detach       print the name and leave it running; output goes to ferry logs\n"
+    "  -i, --interactive  relay stdin too\n"
+    "  -t, --tty          a terminal (with -i: an interactive session)\n"
+    "  -e K=V             an environment variable (repeatable)\n"
+    "  -w DIR             the working directory\n"
+    "  -u UID[:GID]       the numeric user (and group)\n"
+    "  --memory MB        the VM's memory       --cpus N   the VM's vCPUs (1 under TCG)\n"
+    "  --annotation K=V   an OCI annotation (repeatable)\n" },
+  { "exec",
+    "usage: ferry exec [-d] [-i] [-t] [-e K=V]... [-w DIR] [-u UID[:GID]] NAME CMD [ARG...]\n"
+    "Run CMD in the running container of sandbox NAME; exits with its status (-d: prints\n"
+    "its id, output to the sandbox's logs directory).\n" },
+  { "ps", "usage: ferry ps [-a] [--json]\nThe running sandboxes (-a: all, a dead shim's too).\n" },
+  { "logs", "usage: ferry logs [-f] NAME\nA detached container's output (-f: follow it until the "
+            "container exits).\n" },
+  { "kill", "usage: ferry kill [-s SIGNAL] NAME\nSend SIGNAL (default KILL) to every process of "
+            "the container.\n" },
+  { "stop", "usage: ferry stop [-t SECONDS] NAME\nSIGTERM, then SIGKILL after SECONDS (default "
+            "10).\n" },
+  { "rm", "usage: ferry rm [-f] NAME...\nRemove stopped sandboxes (-f: kill running ones first); "
+          "a dead shim's VM is killed too.\n" },
+  { "inspect",
+    "usage: ferry inspect NAME\nJSON: the sandbox's directory, spec, state and shim pid.\n" },
+  { "version", "usage: ferry version\n" },
+};
+
+static int cmd_help(int argc, char **argv);
+
 static const char *usage =
     "usage: ferry [--root DIR] [--shim PATH] COMMAND [ARG...]\n"
     "  run [--name N] [-d] [-i] [-t] [-e K=V]... [-w DIR] [-u UID[:GID]] [--memory MB] [--cpus N]\n"
     "      [--annotation K=V]... ROOTFS [CMD [ARG...]]   run a container in its own VM\n"
     "  exec [-d] [-i] [-t] [-e K=V]... [-w DIR] [-u UID[:GID]] NAME CMD [ARG...]\n"
     "  ps [-a] [--json]      sandboxes (running ones; -a all)\n"
-    "  logs NAME             a detached container's output\n"
+    "  logs [-f] NAME        a detached container's output (-f: follow until it exits)\n"
     "  kill [-s SIGNAL] NAME  stop [-t SECONDS] NAME  rm [-f] NAME...  inspect NAME\n"
     "  version\n";
+
+static int cmd_help(int argc, char **argv)
+{
+  if (argc == 0) {
+    printf("%s", usage);
+    return 0;
+  }
+  for (gsize i = 0; i < G_N_ELEMENTS(help_texts); i++)
+    if (g_str_equal(argv[0], help_texts[i].name)) {
+      printf("%s", help_texts[i].text);
+      return 0;
+    }
+  return fail("no command %s (ferry help lists them)", argv[0]);
+}
 
 int main(int argc, char **argv)
 {
@@ -1043,9 +1164,7 @@ int main(int argc, char **argv)
     printf("ferry %s\n", FERRY_VERSION);
     return 0;
   }
-  if (g_str_equal(cmd, "help")) {
-    printf("%s", usage);
-    return 0;
-  }
+  if (g_str_equal(cmd, "help"))
+    return cmd_help(n, rest);
   return fail("unknown command %s (ferry help)", cmd);
 }

@@ -461,6 +461,14 @@ static int do_serve(const Flags *f)
   }
   g_unsetenv(LISTEN_FD_ENV);
   signal(SIGPIPE, SIG_IGN);
+  /* The socket's path from the socket itself: the bundle (and its address file) may be
+   * gone by the time the daemon exits, containerd removes it right after Shutdown. */
+  struct sockaddr_un bound = { 0 };
+  socklen_t bound_len = sizeof(bound);
+  g_autofree char *socket_file = NULL;
+  if (getsockname((int)fd, (struct sockaddr *)&bound, &bound_len) == 0 &&
+      bound.sun_family == AF_UNIX && bound.sun_path[0] == '/')
+    socket_file = g_strndup(bound.sun_path, sizeof(bound.sun_path));
   g_autoptr(GError) error = NULL;
   ShimConfig cfg = { 0 };
   if (!load_config(&cfg, &error)) {
@@ -506,9 +514,8 @@ static int do_serve(const Flags *f)
   g_main_loop_unref(d.loop);
   shim_config_clear(&cfg);
   /* The socket goes with the daemon: a later start of the group makes a new one. */
-  g_autofree char *address = NULL;
-  if (g_file_get_contents("address", &address, NULL, NULL) && g_str_has_prefix(address, "unix://"))
-    unlink(address + strlen("unix://"));
+  if (socket_file != NULL)
+    unlink(socket_file);
   return 0;
 }
 

@@ -70,6 +70,13 @@ check "stop: the sandbox is stopped" 0 stopped "$st" "$out"
 ferry rm web; st=$?
 out=$(ferry ps -a | awk '$1 == "web"'); check "rm removes it" 0 "" "$st" "$out"
 
+ferry run -d --name lf "$dir/rootfs" sh -c 'for i in 1 2 3; do echo line$i; sleep 1; done; exit 2' >/dev/null
+out=$(ferry logs -f lf); st=$?
+check "run -d, then logs -f follows the output until the exit" 0 $'line1\nline2\nline3' "$st" "$out"
+ferry rm lf
+out=$(ferry help run | head -n 1); check "help run" 0 "usage: ferry run [OPTIONS] ROOTFS [CMD [ARG...]]" 0 "$out"
+out=$(ferry help nope 2>&1); st=$?; check "help of an unknown command" 125 "ferry: no command nope (ferry help lists them)" "$st" "$out"
+
 # A shim killed with SIGKILL: ps says so, rm cleans up after it (its VM too).
 ferry run -d --name k1 "$dir/rootfs" sleep 1000 >/dev/null
 shim_pid=$(ferry inspect k1 | python3 -c 'import json,sys; print(json.load(sys.stdin).get("ShimPid", ""))')

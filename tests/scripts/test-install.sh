@@ -31,7 +31,7 @@ if out=$(make -C "$src" --no-print-directory install BUILD="$build" IMAGE_DIR="$
 else
   not_ok "make install DESTDIR PREFIX=$prefix" "$(tail -n 5 <<<"$out")"
 fi
-for f in bin/containerd-shim-ferry-v1 bin/ferry share/ferry/vmlinux share/ferry/initramfs.cpio etc/ferry/shim.json; do
+for f in bin/containerd-shim-ferry-v1 bin/ferry share/bash-completion/completions/ferry share/ferry/vmlinux share/ferry/initramfs.cpio etc/ferry/shim.json; do
   if [[ -s $dest$prefix/$f ]]; then ok "installed $prefix/$f"; else not_ok "installed $prefix/$f" "missing"; fi
 done
 # A second install keeps an edited config.
