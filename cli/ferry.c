@@ -36,6 +36,7 @@
 #include "ferry/fd.h"
 #include "ferry/json.h"
 #include "ferry/ttrpc.h"
+#include "ferry/vm-builder.h"
 
 #define EXIT_FERRY 125
 #define TASK_SERVICE "containerd.task.v2.Task"
@@ -482,7 +483,7 @@ static gboolean rootfs_ok(const char *path, char **abs, GError **error)
   g_autofree char *a = g_canonicalize_filename(path, NULL);
   if (!g_file_test(a, G_FILE_TEST_IS_DIR)) {
     g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND,
-                "rootfs %s is not a directory (give the directory of a root file system)", path);
+                "rootfs %s is neither a directory nor a tar archive of one", path);
     return FALSE;
   }
   const char *probes[] = { "bin", "usr/bin", "sbin" };
@@ -498,6 +499,13 @@ static gboolean rootfs_ok(const char *path, char **abs, GError **error)
   }
   *abs = g_steal_pointer(&a);
   return TRUE;
+}
+
+/* Once per run: a VM under TCG is slow, and the user should know why. */
+static void say_if_tcg(void)
+{
+  if (ferry_vm_detect_accel(NULL, NULL, NULL) == FERRY_VM_ACCEL_TCG)
+    g_printerr("ferry: /dev/kvm is not usable here: the VM runs under TCG (emulated, slower)\n");
 }
 
 static int cmd_run(int argc, char **argv)
@@ -539,7 +547,11 @@ static int cmd_run(int argc, char **argv)
     return fail("run: a ROOTFS is required (ferry run [OPTIONS] ROOTFS [CMD [ARG...]])");
   g_autoptr(GError) error = NULL;
   g_autofree char *rootfs = NULL;
-  if (!rootfs_ok(argv[i], &rootfs, &error))
+  /* A tar of a root file system is unpacked into the sandbox's directory below. */
+  g_autofree char *tarball = NULL;
+  if (g_file_test(argv[i], G_FILE_TEST_IS_REGULAR))
+    tarball = g_canonicalize_filename(argv[i], NULL);
+  else if (!rootfs_ok(argv[i], &rootfs, &error))
     return fail("run: %s", error->message);
   i++;
   if (o.name == NULL) {
@@ -558,6 +570,24 @@ static int cmd_run(int argc, char **argv)
     return fail("run: create %s: %s", dir, g_strerror(errno));
   }
   g_mkdir(bundle, 0700);
+  if (tarball != NULL) {
+    g_autofree char *unpacked = g_build_filename(dir, "rootfs", NULL);
+    g_mkdir(unpacked, 0755);
+    const char *tar_argv[] = { "tar", "-xf", tarball, "-C", unpacked, NULL };
+    g_autofree char *tar_err = NULL;
+    gint wait_status = 0;
+    if (!g_spawn_sync(NULL, (char **)tar_argv, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, NULL,
+                      &tar_err, &wait_status, &error) ||
+        !g_spawn_check_wait_status(wait_status, NULL)) {
+      sandbox_remove(NULL, o.name);
+      return fail("run: rootfs %s is neither a directory nor a tar archive of one (tar: %s)",
+                  tarball, error != NULL ? error->message : g_strstrip(tar_err));
+    }
+    if (!rootfs_ok(unpacked, &rootfs, &error)) {
+      sandbox_remove(NULL, o.name);
+      return fail("run: the archive %s: %s", tarball, error->message);
+    }
+  }
   json_t *process = process_spec(argv + i, argc - i, o.env, o.cwd, o.user, &error);
   if (process == NULL) {
     sandbox_remove(NULL, o.name);
@@ -575,6 +605,7 @@ static int cmd_run(int argc, char **argv)
     sandbox_remove(NULL, o.name);
     return EXIT_FERRY;
   }
+  say_if_tcg();
   Attach a = { .fds = { -1, -1, -1 } };
   g_autofree char *logs = g_build_filename(dir, "logs", NULL);
   g_mkdir(logs, 0700);

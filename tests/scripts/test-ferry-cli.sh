@@ -39,7 +39,21 @@ check() { # check DESCRIPTION WANT_STATUS WANT_OUT STATUS OUT [ERR]
 out=$(ferry run "$dir/rootfs" sh -c 'echo hello; exit 6' 2>"$dir/err"); st=$?
 check "run attached: output and the container's status" 6 hello "$st" "$out" "$(cat "$dir/err")"
 out=$(ferry run "$dir/rootfs" sh -c 'echo to-stderr >&2' 2>&1 >/dev/null); st=$?
+tcg_notice=$(grep -c '^ferry: /dev/kvm is not usable here: the VM runs under TCG' <<<"$out")
+out=$(grep -v '^ferry: /dev/kvm' <<<"$out")
 check "run attached: stderr apart" 0 to-stderr "$st" "$out"
+if grep -qE 'vmx|svm' /proc/cpuinfo && [[ -w /dev/kvm ]]; then
+  ok "the TCG notice # SKIP this host may use KVM"
+else
+  check "run under TCG says so once, on stderr" 0 1 0 "$tcg_notice"
+fi
+# A tar of a root file system.
+tar -cf "$dir/rootfs.tar" -C "$dir/rootfs" .
+out=$(ferry run "$dir/rootfs.tar" sh -c 'echo from-tar' 2>/dev/null); st=$?
+check "run from a tar of a rootfs" 0 from-tar "$st" "$out"
+echo "not a tar" >"$dir/junk.tar"
+out=$(ferry run "$dir/junk.tar" true 2>&1); st=$?
+if [[ $st == 125 && $out == *"is neither a directory nor a tar archive of one"* ]]; then ok "a file that is not a tar"; else not_ok "a file that is not a tar" "status $st" "$out"; fi
 out=$(echo piped | ferry run -i "$dir/rootfs" cat); st=$?
 check "run -i: stdin reaches the container, its end is EOF" 0 piped "$st" "$out"
 out=$(ferry run -e GREETING=hi -w /tmp -u 1000:1000 "$dir/rootfs" sh -c 'echo $GREETING $(pwd) $(id -u):$(id -g)'); st=$?
@@ -64,6 +78,15 @@ out=$(ferry run --name web "$dir/rootfs" true 2>&1); st=$?
 check "a second sandbox with one name is refused" 125 'ferry: run: a sandbox named "web" exists already (ferry rm web)' "$st" "$out"
 out=$(ferry rm web 2>&1); st=$?
 check "rm of a running sandbox is refused" 125 'ferry: rm: sandbox "web" is running (ferry stop web, or ferry rm -f web)' "$st" "$out"
+# The container's init is its pid namespace's init: SIGTERM reaches it only once its trap
+# is set, which it says in its log.
+ferry run -d --name k2 "$dir/rootfs" sh -c 'trap "exit 9" TERM; echo trapped; while true; do sleep 1; done' >/dev/null 2>&1
+for _ in $(seq 100); do [[ $(ferry logs k2 2>/dev/null) == trapped ]] && break; sleep 0.1; done
+ferry kill -s TERM k2; st=$?
+for _ in $(seq 100); do [[ $(ferry ps -a | awk '$1 == "k2" { print $2 }') == stopped ]] && break; sleep 0.1; done
+out=$(ferry ps -a | awk '$1 == "k2" { print $2 }')
+check "kill -s TERM: the container stops" 0 stopped "$st" "$out"
+ferry rm k2
 ferry stop -t 2 web; st=$?
 out=$(ferry ps -a | awk '$1 == "web" { print $2 }')
 check "stop: the sandbox is stopped" 0 stopped "$st" "$out"
@@ -92,7 +115,7 @@ check "rm after a dead shim leaves nothing (QEMU $qemu_pid)" 0 "" "$st" "$left"
 
 # -t: a terminal of the local window's size, the exit status through, the local terminal
 # restored (script(1) gives this test a terminal).
-out=$(script -qec "stty rows 30 cols 100; \"$build/cli/ferry\" --root \"$root\" run -t \"$dir/rootfs\" sh -c 'stty size; tty; exit 5'; echo rc=\$?" /dev/null | tr -d '\r')
+out=$(script -qec "stty rows 30 cols 100; \"$build/cli/ferry\" --root \"$root\" run -t \"$dir/rootfs\" sh -c 'stty size; tty; exit 5'; echo rc=\$?" /dev/null | tr -d '\r' | grep -v '^ferry: /dev/kvm')
 want=$'30 100\n/dev/pts/0\nrc=5'
 check "run -t: the window's size, a pty, the status" 0 "$want" 0 "$out"
 
@@ -132,7 +155,7 @@ fi
 out=$(ferry exec nope true 2>&1); st=$?
 check "an unknown name" 125 'ferry: no sandbox named "nope" (ferry ps -a lists them)' "$st" "$out"
 out=$(ferry run "$dir/missing" true 2>&1); st=$?
-check "a missing rootfs" 125 "ferry: run: rootfs $dir/missing is not a directory (give the directory of a root file system)" "$st" "$out"
+check "a missing rootfs" 125 "ferry: run: rootfs $dir/missing is neither a directory nor a tar archive of one" "$st" "$out"
 out=$(ferry run /etc true 2>&1); st=$?
 check "a directory that is not a rootfs" 125 "ferry: run: /etc does not look like a root file system (no bin/, usr/bin/ or sbin/)" "$st" "$out"
 out=$(ferry run --bogus "$dir/rootfs" 2>&1); st=$?
