@@ -147,6 +147,16 @@ typedef struct {
   guint memory_mb, cpus;
 } RunOpts;
 
+static void run_opts_clear(RunOpts *o)
+{
+  g_free(o->name);
+  g_free(o->cwd);
+  g_free(o->user);
+  g_clear_pointer(&o->env, g_ptr_array_unref);
+  g_clear_pointer(&o->annotations, g_ptr_array_unref);
+}
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(RunOpts, run_opts_clear)
+
 static gboolean parse_user(const char *text, json_t *user, GError **error)
 {
   g_auto(GStrv) parts = g_strsplit(text, ":", 2);
@@ -510,7 +520,7 @@ static void say_if_tcg(void)
 
 static int cmd_run(int argc, char **argv)
 {
-  RunOpts o = { .env = g_ptr_array_new(), .annotations = g_ptr_array_new() };
+  g_auto(RunOpts) o = { .env = g_ptr_array_new(), .annotations = g_ptr_array_new() };
   int i = 0;
   for (; i < argc && argv[i][0] == '-'; i++) {
     const char *a = argv[i], *v = NULL;
