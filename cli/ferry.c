@@ -1060,7 +1060,32 @@ static int cmd_inspect(int argc, char **argv)
   } else {
     json_object_set_new(out, "State", json_pack("{s:s}", "Status", "dead (shim gone)"));
   }
+  /* The VM document the shim recorded (with the layer disks attached), and the size it
+   * gives the VM. */
+  g_autofree char *vm_path = g_build_filename(dir, "bundle", "vm.json", NULL);
+  g_autofree char *vm_text = NULL;
+  json_t *vm =
+      g_file_get_contents(vm_path, &vm_text, NULL, NULL) ? json_loads(vm_text, 0, NULL) : NULL;
+  if (vm != NULL) {
+    json_t *topo = json_object_get(json_object_get(vm, "VirtualMachine"), "ComputeTopology");
+    json_t *mem = json_object_get(json_object_get(topo, "Memory"), "SizeInMB");
+    json_t *cpus = json_object_get(json_object_get(topo, "Processor"), "Count");
+    json_object_set_new(out, "Resources",
+                        json_pack("{s:O, s:O}", "MemoryMB", mem != NULL ? mem : json_null(), "Cpus",
+                                  cpus != NULL ? cpus : json_null()));
+  }
+  json_object_set_new(out, "VM", vm != NULL ? vm : json_null());
   if (c != NULL) {
+    Containerd__Task__V2__PidsRequest preq = CONTAINERD__TASK__V2__PIDS_REQUEST__INIT;
+    preq.id = (char *)name;
+    Containerd__Task__V2__PidsResponse *pr = (Containerd__Task__V2__PidsResponse *)call(
+        c, "Pids", &preq.base, &containerd__task__v2__pids_response__descriptor, NULL);
+    json_t *procs = json_array();
+    for (size_t k = 0; pr != NULL && k < pr->n_processes; k++)
+      json_array_append_new(procs, json_pack("{s:I}", "Pid", (json_int_t)pr->processes[k]->pid));
+    json_object_set_new(out, "Processes", procs);
+    if (pr != NULL)
+      protobuf_c_message_free_unpacked(&pr->base, NULL);
     Containerd__Task__V2__ConnectRequest creq = CONTAINERD__TASK__V2__CONNECT_REQUEST__INIT;
     creq.id = (char *)name;
     Containerd__Task__V2__ConnectResponse *cr = (Containerd__Task__V2__ConnectResponse *)call(

@@ -198,14 +198,22 @@ static void maybe_shutdown(FerryTaskService *svc)
     svc->shutdown_idle = ferry_idle_new(svc->context, on_shutdown_idle, svc);
 }
 
-/* Where `delete` finds the QEMU to kill after a crash. */
-static void record_vm_pid(FerryTaskService *svc, Task *t)
+/* Where `delete` finds the QEMU to kill after a crash (qemu.pid), and the VM document as
+ * it stands now (vm.json: with the task's layer disks attached), for tools that inspect
+ * the sandbox (docs/shim.md). */
+static void record_vm(FerryTaskService *svc, Task *t)
 {
   GPid pid = ferry_task_service_vm_pid(svc);
   g_autofree char *path = g_build_filename(t->bundle, "qemu.pid", NULL);
   g_autofree char *text = g_strdup_printf("%d", pid);
   if (pid > 0)
     g_file_set_contents(path, text, -1, NULL);
+  FerryVm *vm = svc->sandbox != NULL ? ferry_sandbox_get_vm(svc->sandbox) : NULL;
+  if (vm != NULL) {
+    g_autofree char *doc = ferry_vm_doc_to_string(ferry_vm_get_doc(vm));
+    g_autofree char *doc_path = g_build_filename(t->bundle, "vm.json", NULL);
+    g_file_set_contents(doc_path, doc, -1, NULL);
+  }
 }
 
 /* ------------------------------------------------------- exit and events -- */
@@ -425,7 +433,7 @@ static void on_container_created(FerrySandbox *sandbox, const GError *error, gpo
   }
   Task *t = op->task;
   t->ready = TRUE;
-  record_vm_pid(op->svc, t);
+  record_vm(op->svc, t);
   Containerd__Task__V2__CreateTaskResponse resp = CONTAINERD__TASK__V2__CREATE_TASK_RESPONSE__INIT;
   ferry_ttrpc_call_reply(op->call, &resp.base);
   const Containerd__Task__V2__CreateTaskRequest *req = op->req;

@@ -58,7 +58,7 @@ out=$(echo piped | ferry run -i "$dir/rootfs" cat); st=$?
 check "run -i: stdin reaches the container, its end is EOF" 0 piped "$st" "$out"
 out=$(ferry run -e GREETING=hi -w /tmp -u 1000:1000 "$dir/rootfs" sh -c 'echo $GREETING $(pwd) $(id -u):$(id -g)'); st=$?
 check "run -e -w -u" 0 "hi /tmp 1000:1000" "$st" "$out"
-out=$(ferry run -d --name web "$dir/rootfs" sh -c 'echo up; echo warn >&2; while true; do sleep 1; done'); st=$?
+out=$(ferry run -d --name web --memory 300 "$dir/rootfs" sh -c 'echo up; echo warn >&2; while true; do sleep 1; done'); st=$?
 check "run -d prints the name" 0 web "$st" "$out"
 out=$(ferry ps | awk '$1 == "web" { print $2 }'); check "ps lists it running" 0 running 0 "$out"
 out=$("$build/cli/ferry" --root "$root" ps --json | python3 -c 'import json,sys; print([s["Status"] for s in json.load(sys.stdin) if s["Name"] == "web"][0])')
@@ -74,6 +74,12 @@ out=$(ferry logs web 2>/dev/null); check "logs: the detached container's stdout"
 out=$(ferry logs web 2>&1 >/dev/null); check "logs: its stderr on stderr" 0 warn 0 "$out"
 out=$(ferry inspect web | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["State"]["Status"], d["Spec"]["hostname"])')
 check "inspect: state and spec" 0 "running web" 0 "$out"
+out=$(ferry inspect web | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+disks = [a for c in d["VM"]["VirtualMachine"]["Devices"]["Scsi"].values() for a in c["Attachments"].values()]
+print(d["Resources"]["MemoryMB"], len(disks) >= 1, len(d["Processes"]) >= 1)')
+check "inspect: the VM document (--memory 300, the layer disk) and the processes" 0 "300 True True" 0 "$out"
 out=$(ferry run --name web "$dir/rootfs" true 2>&1); st=$?
 check "a second sandbox with one name is refused" 125 'ferry: run: a sandbox named "web" exists already (ferry rm web)' "$st" "$out"
 out=$(ferry rm web 2>&1); st=$?
