@@ -47,6 +47,7 @@ static char *root_dir;
 static char *shim_path;
 
 static int fail(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+static char *logger_uri(const char *logs_dir, const char *name);
 static int fail(const char *fmt, ...)
 {
   va_list ap;
@@ -619,16 +620,15 @@ static int cmd_run(int argc, char **argv)
   Attach a = { .fds = { -1, -1, -1 } };
   g_autofree char *logs = g_build_filename(dir, "logs", NULL);
   g_mkdir(logs, 0700);
-  g_autofree char *out_uri = NULL, *err_uri = NULL;
+  g_autofree char *out_uri = NULL;
   Containerd__Task__V2__CreateTaskRequest req = CONTAINERD__TASK__V2__CREATE_TASK_REQUEST__INIT;
   req.id = o.name;
   req.bundle = bundle;
   req.terminal = o.tty;
   if (o.detach) {
-    out_uri = g_strdup_printf("file://%s/init.out", logs);
-    err_uri = g_strdup_printf("file://%s/init.err", logs);
+    out_uri = logger_uri(logs, "init");
     req.stdout = out_uri;
-    req.stderr = err_uri;
+    req.stderr = out_uri;
   } else {
     if (!attach_make(&a, dir, "init", o.interactive, o.tty, &error)) {
       attach_clear(&a);
@@ -721,12 +721,12 @@ static int cmd_exec(int argc, char **argv)
   req.spec = &any;
   req.terminal = tty;
   Attach a = { .fds = { -1, -1, -1 } };
-  g_autofree char *out_uri = NULL, *err_uri = NULL;
+  g_autofree char *out_uri = NULL;
   if (detach) {
-    out_uri = g_strdup_printf("file://%s/logs/%s.out", dir, exec_id);
-    err_uri = g_strdup_printf("file://%s/logs/%s.err", dir, exec_id);
+    g_autofree char *logs = g_build_filename(dir, "logs", NULL);
+    out_uri = logger_uri(logs, exec_id);
     req.stdout = out_uri;
-    req.stderr = err_uri;
+    req.stderr = out_uri;
   } else {
     if (!attach_make(&a, dir, exec_id, interactive, tty, &error)) {
       attach_clear(&a);
@@ -824,24 +824,134 @@ static int cmd_ps(int argc, char **argv)
   return 0;
 }
 
-/* `logs -f`: what the files hold, then what is appended (inotify), until the process
- * exited and the files hold no more. */
+/* ------------------------------------------------------------- logs -- */
+
+/* A detached process's output goes through this program as the shim's binary:// logger
+ * (docs/cli.md, logs): it gets stdout on fd 3 and stderr on fd 4, closes fd 5 once
+ * ready, and writes one JSON object per line to <logs>/<name>.log, docker's json-file
+ * shape: {"time": RFC 3339 with nanoseconds, "stream": "stdout"|"stderr", "log": line}. */
+#define LOGGER_COMMAND "_logger"
+/* A line longer than this is written in pieces. */
+#define LOG_LINE_MAX (16u * 1024u)
+
+static char *logger_uri(const char *logs_dir, const char *name)
+{
+  g_autofree char *self = g_file_read_link("/proc/self/exe", NULL);
+  g_autofree char *dir = g_uri_escape_string(logs_dir, "/", FALSE);
+  g_autofree char *n = g_uri_escape_string(name, NULL, FALSE);
+  return g_strdup_printf("binary://%s?--log-dir=%s&--log-name=%s&" LOGGER_COMMAND "=", self, dir,
+                         n);
+}
+
+static void log_line(FILE *out, const char *stream, const char *data, gsize len)
+{
+  g_autoptr(GDateTime) now = g_date_time_new_now_utc();
+  g_autofree char *base = g_date_time_format(now, "%Y-%m-%dT%H:%M:%S");
+  g_autofree char *time = g_strdup_printf("%s.%06dZ", base, g_date_time_get_microsecond(now));
+  g_autoptr(json_t) obj = json_object();
+  json_object_set_new(obj, "time", json_string(time));
+  json_object_set_new(obj, "stream", json_string(stream));
+  json_object_set_new(obj, "log", json_stringn_nocheck(data, len));
+  g_autofree char *text = json_dumps(obj, JSON_COMPACT);
+  fprintf(out, "%s\n", text);
+  fflush(out);
+}
+
+static int run_logger(const char *dir, const char *name)
+{
+  g_autofree char *path = g_strdup_printf("%s/%s.log", dir, name);
+  FILE *out = fopen(path, "a");
+  close(5); /* ready */
+  if (out == NULL)
+    return 1;
+  GString *pending[2] = { g_string_new(""), g_string_new("") };
+  const char *streams[2] = { "stdout", "stderr" };
+  struct pollfd pfd[2] = { { .fd = 3, .events = POLLIN }, { .fd = 4, .events = POLLIN } };
+  while (pfd[0].fd >= 0 || pfd[1].fd >= 0) {
+    if (poll(pfd, 2, -1) < 0 && errno != EINTR)
+      break;
+    for (int i = 0; i < 2; i++) {
+      if (pfd[i].fd < 0 || pfd[i].revents == 0)
+        continue;
+      char buf[65536];
+      ssize_t n = read(pfd[i].fd, buf, sizeof(buf));
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n > 0)
+        g_string_append_len(pending[i], buf, n);
+      /* Whole lines out; a long one in pieces; the rest at the end of the stream. */
+      char *nl;
+      while ((nl = memchr(pending[i]->str, '\n', pending[i]->len)) != NULL ||
+             pending[i]->len >= LOG_LINE_MAX || (n <= 0 && pending[i]->len > 0)) {
+        gsize len = nl != NULL ? (gsize)(nl - pending[i]->str) + 1
+                               : MIN(pending[i]->len, (gsize)LOG_LINE_MAX);
+        log_line(out, streams[i], pending[i]->str, len);
+        g_string_erase(pending[i], 0, (gssize)len);
+      }
+      if (n <= 0) {
+        close(pfd[i].fd);
+        pfd[i].fd = -1;
+      }
+    }
+  }
+  fclose(out);
+  g_string_free(pending[0], TRUE);
+  g_string_free(pending[1], TRUE);
+  return 0;
+}
+
+/* --since: a duration back from now (30s, 5m, 2h) or an RFC 3339 time; unix usec. */
+static gboolean parse_since(const char *text, gint64 *since_us)
+{
+  char *end = NULL;
+  guint64 n = g_ascii_strtoull(text, &end, 10);
+  if (end != text && end != NULL && end[0] != '\0' && end[1] == '\0') {
+    gint64 unit = end[0] == 's' ? 1 : end[0] == 'm' ? 60 : end[0] == 'h' ? 3600 : 0;
+    if (unit == 0)
+      return FALSE;
+    *since_us = g_get_real_time() - (gint64)n * unit * G_USEC_PER_SEC;
+    return TRUE;
+  }
+  g_autoptr(GDateTime) t = g_date_time_new_from_iso8601(text, NULL);
+  if (t == NULL)
+    return FALSE;
+  *since_us = g_date_time_to_unix(t) * G_USEC_PER_SEC + g_date_time_get_microsecond(t);
+  return TRUE;
+}
+
 typedef struct {
-  int fds[2]; /* init.out, init.err */
+  int fd;
+  GString *partial;
+  gint64 since_us; /* 0: everything */
   GMainLoop *loop;
-  gboolean exited;
 } Follow;
 
+/* Print every whole JSON line read so far, to stdout or stderr by its stream. */
 static void follow_drain(Follow *f)
 {
   char buf[65536];
-  for (int i = 0; i < 2; i++) {
-    ssize_t n;
-    while (f->fds[i] >= 0 && (n = read(f->fds[i], buf, sizeof(buf))) > 0) {
-      FILE *out = i == 0 ? stdout : stderr;
-      fwrite(buf, 1, (size_t)n, out);
-      fflush(out);
+  ssize_t n;
+  while (f->fd >= 0 && (n = read(f->fd, buf, sizeof(buf))) > 0)
+    g_string_append_len(f->partial, buf, n);
+  char *nl;
+  while ((nl = memchr(f->partial->str, '\n', f->partial->len)) != NULL) {
+    gsize len = (gsize)(nl - f->partial->str);
+    g_autoptr(json_t) obj = json_loadb(f->partial->str, len, 0, NULL);
+    g_string_erase(f->partial, 0, (gssize)len + 1);
+    const char *line = json_string_value(json_object_get(obj, "log"));
+    if (line == NULL)
+      continue;
+    if (f->since_us > 0) {
+      g_autoptr(GDateTime) t =
+          g_date_time_new_from_iso8601(json_string_value(json_object_get(obj, "time")), NULL);
+      if (t == NULL ||
+          g_date_time_to_unix(t) * G_USEC_PER_SEC + g_date_time_get_microsecond(t) < f->since_us)
+        continue;
     }
+    gboolean err = g_strcmp0(json_string_value(json_object_get(obj, "stream")), "stderr") == 0;
+    FILE *out = err ? stderr : stdout;
+    fwrite(line, 1, json_string_length(json_object_get(obj, "log")), out);
+    fflush(out);
   }
 }
 
@@ -859,36 +969,39 @@ static void on_follow_exit(FerryTtrpcClient *client, const ProtobufCMessage *res
                            const GError *error, gpointer ud)
 {
   Follow *f = ud;
-  f->exited = TRUE;
-  follow_drain(f); /* the shim wrote the last bytes before it answered */
+  follow_drain(f); /* the logger wrote the last lines before the shim answered */
   g_main_loop_quit(f->loop);
 }
 
 static int cmd_logs(int argc, char **argv)
 {
   gboolean follow = FALSE;
+  gint64 since_us = 0;
   int i = 0;
-  if (i < argc && (g_str_equal(argv[i], "-f") || g_str_equal(argv[i], "--follow"))) {
-    follow = TRUE;
-    i++;
+  for (; i < argc && argv[i][0] == '-'; i++) {
+    if (g_str_equal(argv[i], "-f") || g_str_equal(argv[i], "--follow"))
+      follow = TRUE;
+    else if (g_str_equal(argv[i], "--since") && i + 1 < argc) {
+      if (!parse_since(argv[++i], &since_us))
+        return fail("logs: --since %s: a duration (30s, 5m, 2h) or an RFC 3339 time", argv[i]);
+    } else
+      return fail("logs: unknown or incomplete option %s (ferry help logs)", argv[i]);
   }
   if (argc - i != 1)
-    return fail("logs: NAME is required (ferry logs [-f] NAME)");
+    return fail("logs: NAME is required (ferry logs [-f] [--since WHEN] NAME)");
   const char *name = argv[i];
   g_autofree char *dir = sandbox_dir(name);
   if (!g_file_test(dir, G_FILE_TEST_IS_DIR))
     return fail("no sandbox named \"%s\" (ferry ps -a lists them)", name);
   g_autofree char *logs = g_build_filename(dir, "logs", NULL);
-  Follow f = { .fds = { -1, -1 } };
-  const char *names[2] = { "init.out", "init.err" };
-  for (int k = 0; k < 2; k++) {
-    g_autofree char *path = g_build_filename(logs, names[k], NULL);
-    f.fds[k] = open(path, O_RDONLY | O_CLOEXEC);
-  }
+  g_autofree char *path = g_build_filename(logs, "init.log", NULL);
   /* The watch before the first read: nothing appended in between is missed. */
   g_auto(FerryFd) watch = follow ? inotify_init1(IN_CLOEXEC | IN_NONBLOCK) : -1;
   if (watch >= 0)
     inotify_add_watch(watch, logs, IN_MODIFY | IN_CREATE);
+  Follow f = { .fd = open(path, O_RDONLY | O_CLOEXEC),
+               .partial = g_string_new(""),
+               .since_us = since_us };
   follow_drain(&f);
   FerryTtrpcClient *c = follow ? connect_sandbox(name, TRUE) : NULL;
   if (c != NULL && watch >= 0) {
@@ -904,8 +1017,8 @@ static int cmd_logs(int argc, char **argv)
   }
   if (c != NULL)
     ferry_ttrpc_client_free(c);
-  for (int k = 0; k < 2; k++)
-    ferry_fd_clear(&f.fds[k]);
+  ferry_fd_clear(&f.fd);
+  g_string_free(f.partial, TRUE);
   return 0;
 }
 
@@ -1125,8 +1238,10 @@ static const struct {
     "Run CMD in the running container of sandbox NAME; exits with its status (-d: prints\n"
     "its id, output to the sandbox's logs directory).\n" },
   { "ps", "usage: ferry ps [-a] [--json]\nThe running sandboxes (-a: all, a dead shim's too).\n" },
-  { "logs", "usage: ferry logs [-f] NAME\nA detached container's output (-f: follow it until the "
-            "container exits).\n" },
+  { "logs", "usage: ferry logs [-f] [--since WHEN] NAME\nA detached container's output, stdout "
+            "and stderr apart (-f: follow it until the container exits; --since: only lines "
+            "from WHEN on, a duration back from now such as 30s, 5m, 2h, or an RFC 3339 "
+            "time).\n" },
   { "kill", "usage: ferry kill [-s SIGNAL] NAME\nSend SIGNAL (default KILL) to every process of "
             "the container.\n" },
   { "stop", "usage: ferry stop [-t SECONDS] NAME\nSIGTERM, then SIGKILL after SECONDS (default "
@@ -1146,7 +1261,7 @@ static const char *usage =
     "      [--annotation K=V]... ROOTFS [CMD [ARG...]]   run a container in its own VM\n"
     "  exec [-d] [-i] [-t] [-e K=V]... [-w DIR] [-u UID[:GID]] NAME CMD [ARG...]\n"
     "  ps [-a] [--json]      sandboxes (running ones; -a all)\n"
-    "  logs [-f] NAME        a detached container's output (-f: follow until it exits)\n"
+    "  logs [-f] [--since WHEN] NAME  a detached container's output (-f: follow it)\n"
     "  kill [-s SIGNAL] NAME  stop [-t SECONDS] NAME  rm [-f] NAME...  inspect NAME\n"
     "  version\n";
 
@@ -1167,6 +1282,10 @@ static int cmd_help(int argc, char **argv)
 int main(int argc, char **argv)
 {
   signal(SIGPIPE, SIG_IGN);
+  /* The shim runs us as a binary:// logger: --log-dir D --log-name N _logger. */
+  if (argc == 6 && g_str_equal(argv[5], LOGGER_COMMAND) && g_str_equal(argv[1], "--log-dir") &&
+      g_str_equal(argv[3], "--log-name"))
+    return run_logger(argv[2], argv[4]);
   int i = 1;
   const char *root = g_getenv("FERRY_ROOT");
   const char *shim = g_getenv("FERRY_SHIM");

@@ -103,6 +103,17 @@ ferry run -d --name lf "$dir/rootfs" sh -c 'for i in 1 2 3; do echo line$i; slee
 out=$(ferry logs -f lf); st=$?
 check "run -d, then logs -f follows the output until the exit" 0 $'line1\nline2\nline3' "$st" "$out"
 ferry rm lf
+# --since: only the lines logged from a time on (the container writes its second line
+# only once told to, after the time was taken).
+ferry run -d --name ls "$dir/rootfs" sh -c 'echo early; while [ ! -e /go ]; do sleep 0.1; done; echo late; sleep 1000' >/dev/null 2>&1
+for _ in $(seq 100); do [[ $(ferry logs ls 2>/dev/null) == early ]] && break; sleep 0.1; done
+since=$(date -u +%Y-%m-%dT%H:%M:%S.%6NZ)
+ferry exec ls touch /go
+for _ in $(seq 100); do [[ $(ferry logs ls 2>/dev/null | tail -n 1) == late ]] && break; sleep 0.1; done
+out=$(ferry logs --since "$since" ls); check "logs --since TIME" 0 late 0 "$out"
+out=$(ferry logs --since 1x ls 2>&1); st=$?
+check "logs --since with a bad time" 125 "ferry: logs: --since 1x: a duration (30s, 5m, 2h) or an RFC 3339 time" "$st" "$out"
+ferry rm -f ls
 out=$(ferry help run | head -n 1); check "help run" 0 "usage: ferry run [OPTIONS] ROOTFS [CMD [ARG...]]" 0 "$out"
 out=$(ferry help nope 2>&1); st=$?; check "help of an unknown command" 125 "ferry: no command nope (ferry help lists them)" "$st" "$out"
 
