@@ -481,6 +481,49 @@ static void sandbox_remove(FerryTtrpcClient *c, const char *name)
 
 /* ------------------------------------------------------------ commands -- */
 
+/* docker's codes for a process that did not start: 127 not found, 126 not runnable
+ * (crun's message carries the errno's text), else ferry's own 125. */
+static int start_failure_status(const GError *error)
+{
+  if (strstr(error->message, "not found") != NULL || strstr(error->message, "No such file") != NULL)
+    return 127;
+  if (strstr(error->message, "Permission denied") != NULL ||
+      strstr(error->message, "Exec format error") != NULL)
+    return 126;
+  return EXIT_FERRY;
+}
+
+/* --memory: MB, or with a unit (512m, 1g; k and b round up to whole MB). */
+static gboolean parse_memory(const char *text, guint *mb)
+{
+  char *end = NULL;
+  guint64 n = g_ascii_strtoull(text, &end, 10);
+  if (end == text || n == 0)
+    return FALSE;
+  guint64 bytes;
+  switch (g_ascii_tolower(*end)) {
+  case '\0':
+  case 'm':
+    bytes = n << 20;
+    break;
+  case 'g':
+    bytes = n << 30;
+    break;
+  case 'k':
+    bytes = n << 10;
+    break;
+  case 'b':
+    bytes = n;
+    break;
+  default:
+    return FALSE;
+  }
+  if (*end != '\0' && end[1] != '\0' && !(g_ascii_tolower(end[1]) == 'b' && end[2] == '\0'))
+    return FALSE;
+  *mb = (guint)MIN((bytes + (1u << 20) - 1) >> 20, (guint64)G_MAXUINT32);
+  return TRUE;
+}
+
 static gboolean take_value(int *i, int argc, char **argv, const char **out)
 {
   if (*i + 1 >= argc)
@@ -543,9 +586,10 @@ static int cmd_run(int argc, char **argv)
       o.cwd = g_strdup(v);
     else if (g_str_equal(a, "-u") && take_value(&i, argc, argv, &v))
       o.user = g_strdup(v);
-    else if (g_str_equal(a, "--memory") && take_value(&i, argc, argv, &v))
-      o.memory_mb = (guint)g_ascii_strtoull(v, NULL, 10);
-    else if (g_str_equal(a, "--cpus") && take_value(&i, argc, argv, &v))
+    else if (g_str_equal(a, "--memory") && take_value(&i, argc, argv, &v)) {
+      if (!parse_memory(v, &o.memory_mb))
+        return fail("run: --memory %s: a size in MB, or with a unit (512m, 1g)", v);
+    } else if (g_str_equal(a, "--cpus") && take_value(&i, argc, argv, &v))
       o.cpus = (guint)g_ascii_strtoull(v, NULL, 10);
     else if (g_str_equal(a, "--"))
       break;
@@ -649,10 +693,7 @@ static int cmd_run(int argc, char **argv)
   }
   if (r == NULL) {
     attach_clear(&a);
-    int code = strstr(error->message, "not found") != NULL ||
-                       strstr(error->message, "No such file") != NULL
-                   ? 127
-                   : EXIT_FERRY;
+    int code = start_failure_status(error);
     g_printerr("ferry: run: %s\n", error->message);
     sandbox_remove(c, o.name);
     ferry_ttrpc_client_free(c);
@@ -748,10 +789,8 @@ static int cmd_exec(int argc, char **argv)
   if (r == NULL) {
     attach_clear(&a);
     ferry_ttrpc_client_free(c);
-    gboolean missing = strstr(error->message, "not found") != NULL ||
-                       strstr(error->message, "No such file") != NULL;
     g_printerr("ferry: exec: %s\n", error->message);
-    return missing ? 127 : EXIT_FERRY;
+    return start_failure_status(error);
   }
   protobuf_c_message_free_unpacked(r, NULL);
   if (detach) {
@@ -1231,7 +1270,7 @@ static const struct {
     "  -e K=V             an environment variable (repeatable)\n"
     "  -w DIR             the working directory\n"
     "  -u UID[:GID]       the numeric user (and group)\n"
-    "  --memory MB        the VM's memory       --cpus N   the VM's vCPUs (1 under TCG)\n"
+    "  --memory SIZE      the VM's memory (MB, or 512m, 1g)  --cpus N  vCPUs (1 under TCG)\n"
     "  --annotation K=V   an OCI annotation (repeatable)\n" },
   { "exec",
     "usage: ferry exec [-d] [-i] [-t] [-e K=V]... [-w DIR] [-u UID[:GID]] NAME CMD [ARG...]\n"

@@ -58,7 +58,7 @@ out=$(echo piped | ferry run -i "$dir/rootfs" cat); st=$?
 check "run -i: stdin reaches the container, its end is EOF" 0 piped "$st" "$out"
 out=$(ferry run -e GREETING=hi -w /tmp -u 1000:1000 "$dir/rootfs" sh -c 'echo $GREETING $(pwd) $(id -u):$(id -g)'); st=$?
 check "run -e -w -u" 0 "hi /tmp 1000:1000" "$st" "$out"
-out=$(ferry run -d --name web --memory 300 "$dir/rootfs" sh -c 'echo up; echo warn >&2; while true; do sleep 1; done'); st=$?
+out=$(ferry run -d --name web --memory 300m "$dir/rootfs" sh -c 'echo up; echo warn >&2; while true; do sleep 1; done'); st=$?
 check "run -d prints the name" 0 web "$st" "$out"
 out=$(ferry ps | awk '$1 == "web" { print $2 }'); check "ps lists it running" 0 running 0 "$out"
 out=$("$build/cli/ferry" --root "$root" ps --json | python3 -c 'import json,sys; print([s["Status"] for s in json.load(sys.stdin) if s["Name"] == "web"][0])')
@@ -69,6 +69,8 @@ out=$(echo data | ferry exec -i web cat); st=$?
 check "exec -i" 0 data "$st" "$out"
 out=$(ferry exec web no-such-program 2>/dev/null); st=$?
 check "exec of a missing program is 127" 127 "" "$st" "$out"
+out=$(ferry exec web /etc/passwd 2>/dev/null); st=$?
+check "exec of a file that cannot run is 126" 126 "" "$st" "$out"
 for _ in $(seq 50); do [[ $(ferry logs web 2>/dev/null) == up ]] && break; sleep 0.1; done
 out=$(ferry logs web 2>/dev/null); check "logs: the detached container's stdout" 0 up 0 "$out"
 out=$(ferry logs web 2>&1 >/dev/null); check "logs: its stderr on stderr" 0 warn 0 "$out"
@@ -177,6 +179,8 @@ out=$(ferry run /etc true 2>&1); st=$?
 check "a directory that is not a rootfs" 125 "ferry: run: /etc does not look like a root file system (no bin/, usr/bin/ or sbin/)" "$st" "$out"
 out=$(ferry run --bogus "$dir/rootfs" 2>&1); st=$?
 check "a bad flag" 125 "ferry: run: unknown or incomplete option --bogus (ferry help run)" "$st" "$out"
+out=$(ferry run --memory lots "$dir/rootfs" true 2>&1); st=$?
+check "a bad --memory" 125 "ferry: run: --memory lots: a size in MB, or with a unit (512m, 1g)" "$st" "$out"
 out=$(ferry kill -s NOPE web 2>&1); st=$?
 check "a bad signal" 125 "ferry: kill: NOPE is not a signal" "$st" "$out"
 left=$(ls "$root/sandboxes" 2>/dev/null)
