@@ -30,6 +30,22 @@ gboolean ferry_fd_set_nonblocking(int fd, gboolean nonblocking, GError **error);
 gboolean ferry_socketpair(int fds[2], gboolean nonblocking, GError **error);
 
 /*
+ * A SOCK_STREAM unix socket (O_CLOEXEC) connected to the filesystem socket `path`;
+ * blocks for the connect(2) only, EINTR is retried. -1 on error: INVALID_ARGUMENT for an
+ * empty path or one too long for sun_path, UNAVAILABLE when nobody listens there
+ * (ECONNREFUSED, ENOENT), else the errno's code; the message names `path`.
+ */
+int ferry_unix_connect(const char *path, GError **error);
+
+/*
+ * A SOCK_STREAM unix socket (O_CLOEXEC | O_NONBLOCK) listening on `path`. A socket file
+ * a server that is gone left there is replaced; a live server's socket is
+ * ALREADY_EXISTS, and so is any other kind of file (bind fails). -1 on error with the
+ * message naming `path`.
+ */
+int ferry_unix_listen(const char *path, GError **error);
+
+/*
  * Send `fd` over the connected unix socket `sock` with SCM_RIGHTS, together with the
  * bytes `data` (1 to 4096 of them; a message with rights must carry at least one
  * byte). The caller keeps its fd. Blocks unless sock is non-blocking; EINTR is

@@ -5,6 +5,8 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "ferry/error.h"
@@ -166,4 +168,71 @@ gboolean ferry_write_all(int fd, const void *buf, gsize len, GError **error)
     len -= (gsize)n;
   }
   return TRUE;
+}
+
+/* `path` into `addr`; FALSE with INVALID_ARGUMENT when it does not fit. */
+static gboolean unix_address(const char *path, const char *what, struct sockaddr_un *addr,
+                             GError **error)
+{
+  *addr = (struct sockaddr_un){ .sun_family = AF_UNIX };
+  if (path[0] == '\0' || strlen(path) >= sizeof(addr->sun_path)) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                "%s %s: not a usable unix socket path (at most %zu bytes)", what, path,
+                sizeof(addr->sun_path) - 1);
+    return FALSE;
+  }
+  strcpy(addr->sun_path, path);
+  return TRUE;
+}
+
+int ferry_unix_connect(const char *path, GError **error)
+{
+  struct sockaddr_un addr;
+  if (!unix_address(path, "connect to", &addr, error))
+    return -1;
+  g_auto(FerryFd) fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return ferry_error_set_errno(error, errno, "connect to %s: socket", path), -1;
+  int r;
+  do
+    r = connect(fd, (struct sockaddr *)&addr, sizeof(addr));
+  while (r < 0 && errno == EINTR);
+  if (r < 0) {
+    int errsv = errno;
+    ferry_error_set_errno(error, errsv, "connect to %s", path);
+    if (error != NULL && (errsv == ECONNREFUSED || errsv == ENOENT))
+      (*error)->code = FERRY_ERROR_UNAVAILABLE;
+    return -1;
+  }
+  return ferry_fd_steal(&fd);
+}
+
+int ferry_unix_listen(const char *path, GError **error)
+{
+  struct sockaddr_un addr;
+  if (!unix_address(path, "listen on", &addr, error))
+    return -1;
+  g_auto(FerryFd) fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0)
+    return ferry_error_set_errno(error, errno, "listen on %s: socket", path), -1;
+  /* Replace a socket file left by a server that is gone, but neither a live server's
+   * socket nor another kind of file. */
+  struct stat st;
+  if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode)) {
+    g_auto(FerryFd) probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (probe >= 0 && connect(probe, (struct sockaddr *)&addr, sizeof(addr)) == 0) {
+      g_set_error(error, FERRY_ERROR, FERRY_ERROR_ALREADY_EXISTS,
+                  "listen on %s: another server is listening there", path);
+      return -1;
+    }
+    unlink(path);
+  }
+  if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0)
+    return ferry_error_set_errno(error, errno, "listen on %s: bind", path), -1;
+  if (listen(fd, 128) < 0) {
+    int errsv = errno;
+    unlink(path);
+    return ferry_error_set_errno(error, errsv, "listen on %s", path), -1;
+  }
+  return ferry_fd_steal(&fd);
 }

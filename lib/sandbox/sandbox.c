@@ -238,23 +238,6 @@ static void on_vm_gone(FerryVm *vm, const GError *error, gpointer ud)
     sandbox->handlers.vm_exited(sandbox, why, sandbox->user_data);
 }
 
-static int connect_unix(const char *path, GError **error)
-{
-  g_auto(FerryFd) fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0)
-    return ferry_error_set_errno(error, errno, "socket"), -1;
-  struct sockaddr_un addr = { .sun_family = AF_UNIX };
-  if (strlen(path) >= sizeof(addr.sun_path)) {
-    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
-                "the socket path %s is too long for a unix socket", path);
-    return -1;
-  }
-  g_strlcpy(addr.sun_path, path, sizeof(addr.sun_path));
-  if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0)
-    return ferry_error_set_errno(error, errno, "connect to %s", path), -1;
-  return ferry_fd_steal(&fd);
-}
-
 static void on_vm_started(FerryVm *vm, const GError *error, gpointer ud)
 {
   FerrySandbox *sandbox = ud;
@@ -270,7 +253,7 @@ static void on_vm_started(FerryVm *vm, const GError *error, gpointer ud)
   ferry_vm_wait(vm, on_vm_gone, sandbox);
   g_autoptr(GError) local = NULL;
   g_autofree char *path = ferry_vm_port_socket(vm, FERRY_SANDBOX_AGENT_PORT);
-  int fd = connect_unix(path, &local);
+  int fd = ferry_unix_connect(path, &local);
   if (fd < 0 || !ferry_mux_attach(sandbox->mux, fd, &local)) {
     g_prefix_error(&local, "sandbox %s: the agent's port: ", sandbox->id);
     start_fail(sandbox, g_steal_pointer(&local));

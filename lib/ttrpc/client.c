@@ -228,30 +228,8 @@ FerryTtrpcClient *ferry_ttrpc_client_new(int fd, GError **error)
 FerryTtrpcClient *ferry_ttrpc_client_connect_unix(const char *address, GError **error)
 {
   const char *path = g_str_has_prefix(address, "unix://") ? address + 7 : address;
-  struct sockaddr_un addr = { .sun_family = AF_UNIX };
-  if (*path == '\0' || strlen(path) >= sizeof(addr.sun_path)) {
-    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
-                "connect to %s: not a usable unix socket path", address);
-    return NULL;
-  }
-  strcpy(addr.sun_path, path);
-  g_auto(FerryFd) fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    ferry_error_set_errno(error, errno, "connect to %s: socket", address);
-    return NULL;
-  }
-  int r;
-  do
-    r = connect(fd, (struct sockaddr *)&addr, sizeof(addr));
-  while (r < 0 && errno == EINTR);
-  if (r < 0) {
-    int errsv = errno;
-    ferry_error_set_errno(error, errsv, "connect to %s", address);
-    if (errsv == ECONNREFUSED || errsv == ENOENT)
-      (*error)->code = FERRY_ERROR_UNAVAILABLE;
-    return NULL;
-  }
-  return ferry_ttrpc_client_new(ferry_fd_steal(&fd), error);
+  int fd = ferry_unix_connect(path, error);
+  return fd >= 0 ? ferry_ttrpc_client_new(fd, error) : NULL;
 }
 
 /* ---------------------------------------------------------------- calls -- */

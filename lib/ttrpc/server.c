@@ -548,36 +548,8 @@ gboolean ferry_ttrpc_server_listen_fd(FerryTtrpcServer *server, int listen_fd, G
 
 gboolean ferry_ttrpc_server_listen_unix(FerryTtrpcServer *server, const char *path, GError **error)
 {
-  struct sockaddr_un addr = { .sun_family = AF_UNIX };
-  if (strlen(path) >= sizeof(addr.sun_path)) {
-    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
-                "listen on %s: path longer than %zu bytes", path, sizeof(addr.sun_path) - 1);
-    return FALSE;
-  }
-  strcpy(addr.sun_path, path);
-  g_auto(FerryFd) fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd < 0)
-    return ferry_error_set_errno(error, errno, "listen on %s: socket", path);
-  /* Replace a socket file left by a server that is gone, but neither a live server's
-   * socket nor another kind of file. */
-  struct stat st;
-  if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode)) {
-    g_auto(FerryFd) probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (probe >= 0 && connect(probe, (struct sockaddr *)&addr, sizeof(addr)) == 0) {
-      g_set_error(error, FERRY_ERROR, FERRY_ERROR_ALREADY_EXISTS,
-                  "listen on %s: another server is listening there", path);
-      return FALSE;
-    }
-    unlink(path);
-  }
-  if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0)
-    return ferry_error_set_errno(error, errno, "listen on %s: bind", path);
-  if (listen(fd, 128) < 0) {
-    int errsv = errno;
-    unlink(path);
-    return ferry_error_set_errno(error, errsv, "listen on %s", path);
-  }
-  return add_listener(server, ferry_fd_steal(&fd), path, error);
+  int fd = ferry_unix_listen(path, error);
+  return fd >= 0 && add_listener(server, fd, path, error);
 }
 
 void ferry_ttrpc_server_shutdown(FerryTtrpcServer *server)

@@ -7,16 +7,15 @@
 #include <unistd.h>
 
 #include "ferry/bridge-protocol.h"
+#include "ferry/fd.h"
 #include "ferry/transport.h"
 
 int test_connect_unix(const char *path)
 {
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  g_assert_cmpint(fd, >=, 0);
-  struct sockaddr_un addr = { .sun_family = AF_UNIX };
-  g_strlcpy(addr.sun_path, path, sizeof(addr.sun_path));
-  if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0)
-    g_error("connect %s: %s", path, g_strerror(errno));
+  g_autoptr(GError) error = NULL;
+  int fd = ferry_unix_connect(path, &error);
+  if (fd < 0)
+    g_error("%s", error->message);
   return fd;
 }
 
