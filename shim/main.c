@@ -161,27 +161,6 @@ static char *socket_path(const Flags *f, const char *group)
   return g_build_filename(run_dir(), "s", name, NULL);
 }
 
-static int unix_socket(const char *path, gboolean do_listen, GError **error)
-{
-  struct sockaddr_un addr = { .sun_family = AF_UNIX };
-  if (strlen(path) >= sizeof(addr.sun_path)) {
-    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
-                "socket path %s is too long for a unix socket", path);
-    return -1;
-  }
-  g_strlcpy(addr.sun_path, path, sizeof(addr.sun_path));
-  g_auto(FerryFd) fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0)
-    return ferry_error_set_errno(error, errno, "socket"), -1;
-  if (do_listen) {
-    if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0 || listen(fd, 64) != 0)
-      return ferry_error_set_errno(error, errno, "listen on %s", path), -1;
-  } else if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0) {
-    return ferry_error_set_errno(error, errno, "connect to %s", path), -1;
-  }
-  return ferry_fd_steal(&fd);
-}
-
 /* Read stdin to its end: a legacy options Any (containerd 1.6/1.7) or a
  * BootstrapParams (2.3); neither carries anything Ferry needs yet. */
 static void drain_stdin(void)
@@ -201,6 +180,24 @@ static gboolean write_address(const char *bundle, const char *address, GError **
 
 /* ---------------------------------------------------------------- start -- */
 
+static gboolean daemon_serves(const char *path)
+{
+  g_auto(FerryFd) probe = ferry_unix_connect(path, NULL);
+  return probe >= 0;
+}
+
+/* The container joins the group's daemon: its address, as a new daemon's would be. */
+static int join_daemon(const char *bundle, const char *address)
+{
+  g_autoptr(GError) error = NULL;
+  if (!write_address(bundle, address, &error)) {
+    g_printerr("start: %s\n", error->message);
+    return 1;
+  }
+  printf("%s", address);
+  return 0;
+}
+
 static int do_start(const Flags *f, const char *self)
 {
   g_autoptr(GError) error = NULL;
@@ -218,23 +215,17 @@ static int do_start(const Flags *f, const char *self)
   g_autofree char *path = socket_path(f, group);
   g_autofree char *address = g_strdup_printf("unix://%s", path);
   /* A daemon of this group already serves: join it. */
-  int probe = unix_socket(path, FALSE, NULL);
-  if (probe >= 0) {
-    close(probe);
-    if (!write_address(bundle, address, &error)) {
-      g_printerr("start: %s\n", error->message);
-      return 1;
-    }
-    printf("%s", address);
-    return 0;
-  }
+  if (daemon_serves(path))
+    return join_daemon(bundle, address);
   g_autofree char *dir = g_path_get_dirname(path);
   if (g_mkdir_with_parents(dir, 0711) != 0) {
     g_printerr("start: create %s: %s\n", dir, g_strerror(errno));
     return 1;
   }
-  unlink(path); /* a stale socket nobody answers on */
-  g_auto(FerryFd) listener = unix_socket(path, TRUE, &error);
+  /* A stale socket nobody answers on is replaced. */
+  g_auto(FerryFd) listener = ferry_unix_listen(path, &error);
+  if (listener < 0 && daemon_serves(path))
+    return join_daemon(bundle, address); /* another `start` of the group was quicker */
   if (listener < 0) {
     g_printerr("start: %s\n", error->message);
     return 1;
@@ -323,11 +314,8 @@ static int do_delete(const Flags *f)
   if (g_file_get_contents(address_path, &address, NULL, NULL) &&
       g_str_has_prefix(address, "unix://")) {
     const char *sock = address + strlen("unix://");
-    int probe = unix_socket(sock, FALSE, NULL);
-    if (probe < 0)
+    if (!daemon_serves(sock))
       unlink(sock); /* nobody serves on it any more */
-    else
-      close(probe);
   }
   struct timespec now;
   clock_gettime(CLOCK_REALTIME, &now);
