@@ -315,24 +315,18 @@ static json_t *process_list(FerryGcs *gcs, const GcsContainer *c)
    * knows. A container without one (local mode, crun's cgroups disabled) lists the
    * processes the agent started. */
   g_autoptr(GArray) pids = gcs_container_pids(c, NULL);
-  if (pids != NULL && pids->len > 0) {
-    g_array_sort(pids, compare_pids);
-    json_t *list = json_array();
-    for (guint i = 0; i < pids->len; i++)
-      json_array_append_new(
-          list, json_pack("{s:I}", "ProcessId", (json_int_t)g_array_index(pids, GPid, i)));
-    return list;
-  }
-  g_clear_pointer(&pids, g_array_unref);
-  pids = g_array_new(FALSE, FALSE, sizeof(GPid));
-  GHashTableIter iter;
-  gpointer key;
-  g_hash_table_iter_init(&iter, gcs->records);
-  while (g_hash_table_iter_next(&iter, &key, NULL)) {
-    const GcsProcess *record = key;
-    if (!record->exited && record->container_id != NULL &&
-        strcmp(record->container_id, c->id) == 0 && record->container_serial == c->serial)
-      g_array_append_val(pids, record->pid);
+  if (pids == NULL || pids->len == 0) {
+    g_clear_pointer(&pids, g_array_unref);
+    pids = g_array_new(FALSE, FALSE, sizeof(GPid));
+    GHashTableIter iter;
+    gpointer key;
+    g_hash_table_iter_init(&iter, gcs->records);
+    while (g_hash_table_iter_next(&iter, &key, NULL)) {
+      const GcsProcess *record = key;
+      if (!record->exited && record->container_id != NULL &&
+          strcmp(record->container_id, c->id) == 0 && record->container_serial == c->serial)
+        g_array_append_val(pids, record->pid);
+    }
   }
   g_array_sort(pids, compare_pids);
   json_t *list = json_array();

@@ -52,24 +52,23 @@ json_t *gcs_parse_io_stat(const char *text)
   return list;
 }
 
-/* A single number, or "max" (no limit: 0, as containerd reports it). */
-static json_t *read_single(const char *dir, const char *name)
-{
-  g_autofree char *path = g_build_filename(dir, name, NULL);
-  g_autofree char *text = NULL;
-  if (!g_file_get_contents(path, &text, NULL, NULL))
-    return json_integer(0);
-  guint64 v = 0;
-  g_ascii_string_to_unsigned(g_strstrip(text), 10, 0, G_MAXUINT64, &v, NULL);
-  return json_integer((json_int_t)MIN(v, (guint64)G_MAXINT64));
-}
-
+/* The file `name` of the cgroup `dir`, or NULL. */
 static char *read_text(const char *dir, const char *name)
 {
   g_autofree char *path = g_build_filename(dir, name, NULL);
   char *text = NULL;
   g_file_get_contents(path, &text, NULL, NULL);
   return text;
+}
+
+/* A single number, or "max" (no limit: 0, as containerd reports it). */
+static json_t *read_single(const char *dir, const char *name)
+{
+  g_autofree char *text = read_text(dir, name);
+  guint64 v = 0;
+  if (text != NULL)
+    g_ascii_string_to_unsigned(g_strstrip(text), 10, 0, G_MAXUINT64, &v, NULL);
+  return json_integer((json_int_t)MIN(v, (guint64)G_MAXINT64));
 }
 
 /* The cgroup v2 directory of `pid` (its "0::" line in /proc/<pid>/cgroup). */
