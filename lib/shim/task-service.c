@@ -218,6 +218,21 @@ static void record_vm(FerryTaskService *svc, Task *t)
 
 /* ------------------------------------------------------- exit and events -- */
 
+/* TaskExit of `p`: its id is the task's for the init, else the exec's. */
+static void publish_exit(Process *p)
+{
+  Task *t = p->task;
+  Google__Protobuf__Timestamp at = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+  set_timestamp(&at, p->exited_at_us);
+  Containerd__Events__TaskExit ev = CONTAINERD__EVENTS__TASK_EXIT__INIT;
+  ev.container_id = t->id;
+  ev.id = p == t->init ? t->id : p->exec_id;
+  ev.pid = p->pid;
+  ev.exit_status = p->exit_status;
+  ev.exited_at = &at;
+  publish(t->svc, "/tasks/exit", &ev.base);
+}
+
 /* containerd's order: an exec's TaskExit before the init's. */
 static void publish_init_exit_if_due(Task *t)
 {
@@ -232,16 +247,7 @@ static void publish_init_exit_if_due(Task *t)
       return;
   }
   t->init_exit_due = FALSE;
-  Process *p = t->init;
-  Google__Protobuf__Timestamp at = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
-  set_timestamp(&at, p->exited_at_us);
-  Containerd__Events__TaskExit ev = CONTAINERD__EVENTS__TASK_EXIT__INIT;
-  ev.container_id = t->id;
-  ev.id = t->id;
-  ev.pid = p->pid;
-  ev.exit_status = p->exit_status;
-  ev.exited_at = &at;
-  publish(t->svc, "/tasks/exit", &ev.base);
+  publish_exit(t->init);
 }
 
 static void answer_wait(FerryTtrpcCall *call, Process *p)
@@ -274,15 +280,7 @@ static void on_exited(int code, const GError *error, gpointer ud)
   if (p == t->init) {
     t->init_exit_due = TRUE;
   } else {
-    Google__Protobuf__Timestamp at = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
-    set_timestamp(&at, p->exited_at_us);
-    Containerd__Events__TaskExit ev = CONTAINERD__EVENTS__TASK_EXIT__INIT;
-    ev.container_id = t->id;
-    ev.id = p->exec_id;
-    ev.pid = p->pid;
-    ev.exit_status = p->exit_status;
-    ev.exited_at = &at;
-    publish(t->svc, "/tasks/exit", &ev.base);
+    publish_exit(p);
   }
   publish_init_exit_if_due(t);
 }
