@@ -475,8 +475,10 @@ static void sandbox_remove(FerryTtrpcClient *c, const char *name)
       protobuf_c_message_free_unpacked(r, NULL);
   }
   shim_delete(name, bundle); /* the VM of a dead shim; a no-op after a clean Shutdown */
-  g_autofree char *cmd = g_strdup_printf("rm -rf -- '%s'", dir);
-  g_spawn_command_line_sync(cmd, NULL, NULL, NULL, NULL);
+  /* Not through a shell: --root may hold any character. */
+  const char *rm_argv[] = { "rm", "-rf", "--", dir, NULL };
+  g_spawn_sync(NULL, (char **)rm_argv, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, NULL, NULL, NULL,
+               NULL);
 }
 
 /* ------------------------------------------------------------ commands -- */
