@@ -104,17 +104,18 @@ static void on_waited(int code, const GError *error, gpointer ud)
     r->error = g_error_copy(error);
 }
 
-static char *uvm_sh(FerrySandbox *sb, const char *script, int *code)
+/* Run `params` in container `c` (NULL: the UVM) through the sandbox's guest
+ * connection; its stdout, and its exit code in *code. */
+static char *run_output(FerrySandbox *sb, FerryGuestContainer *c, json_t *params, guint start_ms,
+                        int *code)
 {
   int p[2];
   g_assert_cmpint(pipe2(p, O_CLOEXEC), ==, 0);
-  g_autoptr(json_t) params = json_pack("{s:[s,s,s], s:{s:s}}", "CommandArgs", "sh", "-c", script,
-                                       "Environment", "PATH", "/bin:/sbin:/usr/bin:/usr/sbin");
-  FerryCmd *cmd = ferry_cmd_new(ferry_sandbox_get_guest(sb), NULL, ferry_sandbox_get_ports(sb),
-                                params, (FerryCmdIo){ -1, p[1], -1 });
+  FerryCmd *cmd = ferry_cmd_new(ferry_sandbox_get_guest(sb), c, ferry_sandbox_get_ports(sb), params,
+                                (FerryCmdIo){ -1, p[1], -1 });
   Run r = { 0 };
   ferry_cmd_start(cmd, on_started, &r);
-  g_assert_true(test_run_until(&r.started, 30000));
+  g_assert_true(test_run_until(&r.started, start_ms));
   ferry_cmd_wait(cmd, on_waited, &r);
   g_assert_true(test_run_until(&r.waited, 60000));
   g_assert_no_error(r.error);
@@ -127,6 +128,13 @@ static char *uvm_sh(FerrySandbox *sb, const char *script, int *code)
     g_string_append_len(out, buf, n);
   close(p[0]);
   return g_string_free(out, FALSE);
+}
+
+static char *uvm_sh(FerrySandbox *sb, const char *script, int *code)
+{
+  g_autoptr(json_t) params = json_pack("{s:[s,s,s], s:{s:s}}", "CommandArgs", "sh", "-c", script,
+                                       "Environment", "PATH", "/bin:/sbin:/usr/bin:/usr/sbin");
+  return run_output(sb, NULL, params, 30000, code);
 }
 
 /* ---------------------------------------------------------------- tests -- */
@@ -340,26 +348,10 @@ static char *container_sh(FerrySandbox *sb, const char *id, const char *script)
   g_assert_no_error(d.error);
   FerryGuestContainer *c = ferry_sandbox_get_container(sb, id);
   g_assert_nonnull(c);
-  int p[2];
-  g_assert_cmpint(pipe2(p, O_CLOEXEC), ==, 0);
   g_autoptr(json_t) params = json_pack("{s:{s:[s,s,s], s:[s], s:s}}", "OciProcess", "args", "sh",
                                        "-c", script, "env", "PATH=/bin", "cwd", "/");
-  FerryCmd *cmd = ferry_cmd_new(ferry_sandbox_get_guest(sb), c, ferry_sandbox_get_ports(sb), params,
-                                (FerryCmdIo){ -1, p[1], -1 });
-  Run r = { 0 };
-  ferry_cmd_start(cmd, on_started, &r);
-  g_assert_true(test_run_until(&r.started, 60000));
-  ferry_cmd_wait(cmd, on_waited, &r);
-  g_assert_true(test_run_until(&r.waited, 60000));
-  g_assert_no_error(r.error);
-  ferry_cmd_free(cmd);
-  GString *out = g_string_new("");
-  char buf[512];
-  ssize_t n;
-  while ((n = read(p[0], buf, sizeof(buf))) > 0)
-    g_string_append_len(out, buf, n);
-  close(p[0]);
-  return g_string_free(out, FALSE);
+  int code;
+  return run_output(sb, c, params, 60000, &code);
 }
 
 static void delete_container(FerrySandbox *sb, const char *id)

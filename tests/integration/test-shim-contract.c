@@ -131,6 +131,16 @@ static gboolean pid_alive(pid_t pid)
   return kill(pid, 0) == 0;
 }
 
+/* Wait (at most 10 s) until the daemon `pid` is gone. It is not our child: there is
+ * nothing to wait on but its pid. */
+static void wait_gone(pid_t pid)
+{
+  gint64 until = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+  while (pid_alive(pid) && g_get_monotonic_time() < until)
+    g_usleep(10000);
+  g_assert_false(pid_alive(pid));
+}
+
 /* ---------------------------------------------------------------- tests -- */
 
 static void test_start_serves_and_groups(void)
@@ -171,10 +181,7 @@ static void test_start_serves_and_groups(void)
   g_assert_no_error(error);
   protobuf_c_message_free_unpacked(empty, NULL);
   ferry_ttrpc_client_free(c);
-  gint64 until = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
-  while (pid_alive(daemon) && g_get_monotonic_time() < until)
-    g_usleep(10000); /* not our child: nothing to wait on but its pid */
-  g_assert_false(pid_alive(daemon));
+  wait_gone(daemon);
   g_assert_false(g_file_test(address + strlen("unix://"), G_FILE_TEST_EXISTS));
   rig_clear(&r);
 }
@@ -199,10 +206,7 @@ static void test_start_distinct_sandboxes(void)
     protobuf_c_message_free_unpacked(&resp->base, NULL);
     ferry_ttrpc_client_free(c);
     g_assert_cmpint(kill(daemon, SIGTERM), ==, 0);
-    gint64 until = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
-    while (pid_alive(daemon) && g_get_monotonic_time() < until)
-      g_usleep(10000);
-    g_assert_false(pid_alive(daemon));
+    wait_gone(daemon);
   }
   rig_clear(&r);
 }
@@ -395,10 +399,7 @@ static void test_bad_input_typed_errors(void)
                FERRY_ERROR_NOT_FOUND, "task c1 not found");
   ferry_ttrpc_client_free(c);
   g_assert_cmpint(kill(daemon, SIGTERM), ==, 0);
-  gint64 until = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
-  while (pid_alive(daemon) && g_get_monotonic_time() < until)
-    g_usleep(10000);
-  g_assert_false(pid_alive(daemon));
+  wait_gone(daemon);
   rig_clear(&r);
 }
 
