@@ -38,26 +38,14 @@ for bin in containerd ctr containerd-shim-runc-v2 runc python3; do
 done
 [[ -x $busybox ]] || skip "$busybox is missing (Debian's busybox-static)"
 
-# shim_binary RUNTIME: the executable containerd runs for RUNTIME (its rule: a name
-# io.containerd.X.Y is containerd-shim-X-Y on PATH, an absolute path is used as is).
-shim_binary() {
-  case $1 in
-    /*) echo "$1" ;;
-    io.containerd.*.*)
-      local name=${1#io.containerd.}
-      command -v "containerd-shim-${name//./-}"
-      ;;
-    *) return 1 ;;
-  esac
-}
+# shellcheck source=../tests/scripts/containerd-harness.sh
+source "$root/tests/scripts/containerd-harness.sh"
 
 ferry_missing=
-if ! ferry_bin=$(shim_binary "$ferry_runtime") || [[ ! -x $ferry_bin ]]; then
+if ! ferry_bin=$(ctrd_shim_binary "$ferry_runtime") || [[ ! -x $ferry_bin ]]; then
   ferry_missing="ferry shim not built yet: $ferry_runtime is not an executable shim"
 fi
 
-# shellcheck source=../tests/scripts/containerd-harness.sh
-source "$root/tests/scripts/containerd-harness.sh"
 ctrd_setup || exit 1
 rootfs=$CTRD_DIR/busybox-rootfs
 python3 "$root/tests/scripts/busybox-image.py" rootfs "$rootfs" --busybox "$busybox" || exit 1
@@ -65,8 +53,7 @@ python3 "$root/tests/scripts/busybox-image.py" rootfs "$rootfs" --busybox "$busy
 # hands its environment to its shims, so this goes before it starts).
 if [[ -z ${FERRY_SHIM_CONFIG:-} ]]; then
   export FERRY_SHIM_CONFIG=$CTRD_DIR/ferry-shim.json
-  printf '{"kernel": "%s", "initrd": "%s", "memory_mb": 256}\n' \
-    "$builddir/image/vmlinux" "$builddir/image/initramfs.cpio" >"$FERRY_SHIM_CONFIG"
+  ctrd_ferry_shim_config "$builddir/image" "$FERRY_SHIM_CONFIG"
 fi
 export FERRY_SHIM_RUN_DIR=${FERRY_SHIM_RUN_DIR:-$builddir/shim-run}
 ctrd_start || exit 1

@@ -13,8 +13,7 @@ export FERRY_SHIM_RUN_DIR=$build/shim-run
 source "$root/tests/scripts/containerd-harness.sh"
 ctrd_setup || exit 1
 export FERRY_SHIM_CONFIG=$CTRD_DIR/ferry-shim.json
-printf '{"kernel": "%s", "initrd": "%s", "memory_mb": 256}\n' \
-  "$build/image/vmlinux" "$build/image/initramfs.cpio" >"$FERRY_SHIM_CONFIG"
+ctrd_ferry_shim_config "$build/image" "$FERRY_SHIM_CONFIG"
 rootfs=$CTRD_DIR/rootfs
 python3 "$root/tests/scripts/busybox-image.py" rootfs "$rootfs" --busybox /bin/busybox >/dev/null || exit 1
 ctrd_start || exit 1

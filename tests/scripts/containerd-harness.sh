@@ -30,6 +30,28 @@ ctrd__finished=0
 
 ctrd__say() { echo "containerd-harness: $*" >&2; }
 
+# ctrd_ferry_shim_config IMAGE_DIR FILE: a config for Ferry's shim (docs/shim.md) in FILE
+# that boots the guest image in IMAGE_DIR (its vmlinux and initramfs.cpio) with 256 MiB.
+ctrd_ferry_shim_config() {
+  printf '{"kernel": "%s", "initrd": "%s", "memory_mb": 256}\n' \
+    "$1/vmlinux" "$1/initramfs.cpio" >"$2"
+}
+
+# ctrd_shim_binary RUNTIME: the executable containerd runs for RUNTIME, by its rule: an
+# absolute path as is, a name io.containerd.X.Y as containerd-shim-X-Y on PATH (the bare
+# name when it is not there, so that the caller's executable check names it). Fails for
+# anything else.
+ctrd_shim_binary() {
+  case $1 in
+    /*) echo "$1" ;;
+    io.containerd.*.*)
+      local name=${1#io.containerd.}
+      command -v "containerd-shim-${name//./-}" || echo "containerd-shim-${name//./-}"
+      ;;
+    *) return 1 ;;
+  esac
+}
+
 # ctrd_setup: make the temp dir and the config; install the EXIT trap. A test that needs
 # its own cleanup defines ctrd_user_cleanup, which the trap runs first.
 ctrd_setup() {

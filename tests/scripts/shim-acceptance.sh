@@ -36,25 +36,16 @@ for bin in containerd ctr python3; do
 done
 busybox=${FERRY_BUSYBOX:-/bin/busybox}
 [[ -x $busybox ]] || skip_all "$busybox is missing (Debian's busybox-static)"
-case $runtime in
-  /*) shim_bin=$runtime ;;
-  io.containerd.*.*)
-    # containerd's rule: io.containerd.X.Y runs containerd-shim-X-Y.
-    name=${runtime#io.containerd.}
-    shim_bin=$(command -v "containerd-shim-${name//./-}") || shim_bin=containerd-shim-${name//./-}
-    ;;
-  *)
-    echo "shim-acceptance.sh: runtime $runtime is neither an absolute path nor io.containerd.X.Y" >&2
-    exit 2
-    ;;
-esac
+# shellcheck source=containerd-harness.sh
+source "$here/containerd-harness.sh"
+if ! shim_bin=$(ctrd_shim_binary "$runtime"); then
+  echo "shim-acceptance.sh: runtime $runtime is neither an absolute path nor io.containerd.X.Y" >&2
+  exit 2
+fi
 [[ -x $shim_bin ]] || skip_all "shim $shim_bin for runtime $runtime is not built or not installed"
 if [[ $runtime == io.containerd.runc.v2 ]] && ! command -v runc >/dev/null; then
   skip_all "runc is not installed"
 fi
-
-# shellcheck source=containerd-harness.sh
-source "$here/containerd-harness.sh"
 
 # ------------------------------------------------------------------------ TAP --
 
@@ -189,8 +180,7 @@ python3 "$here/busybox-image.py" rootfs "$rootfs" --busybox "$busybox" || {
 image_dir=${FERRY_IMAGE_DIR:-${FERRY_IMAGE_DIR_DEFAULT:-}}
 if [[ -z ${FERRY_SHIM_CONFIG:-} && -n $image_dir ]]; then
   export FERRY_SHIM_CONFIG=$CTRD_DIR/ferry-shim.json
-  printf '{"kernel": "%s", "initrd": "%s", "memory_mb": 256}\n' \
-    "$image_dir/vmlinux" "$image_dir/initramfs.cpio" >"$FERRY_SHIM_CONFIG"
+  ctrd_ferry_shim_config "$image_dir" "$FERRY_SHIM_CONFIG"
 fi
 if ! ctrd_start; then
   echo "Bail out! containerd did not start"

@@ -18,7 +18,9 @@ command -v qemu-system-x86_64 >/dev/null || { echo "1..0 # SKIP qemu-system-x86_
 dir=$(mktemp -d /tmp/ferry-cli.XXXXXX)
 root=$dir/root
 export FERRY_SHIM_CONFIG=$dir/shim.json
-printf '{"kernel": "%s", "initrd": "%s", "memory_mb": 256}\n' "$image/vmlinux" "$image/initramfs.cpio" >"$FERRY_SHIM_CONFIG"
+# shellcheck source=containerd-harness.sh
+source "$src/tests/scripts/containerd-harness.sh" # for ctrd_ferry_shim_config only
+ctrd_ferry_shim_config "$image" "$FERRY_SHIM_CONFIG"
 ferry() { "$build/cli/ferry" --root "$root" "$@"; }
 cleanup() {
   # Whatever a failed case left: every sandbox removed through ferry, then the directory.

@@ -42,12 +42,11 @@ if grep -q 300 "$dest$prefix/etc/ferry/shim.json"; then ok "a second install kee
 # The installed shim by name. Its compiled-in defaults name $prefix without DESTDIR, so
 # the config points it at the installed image.
 export FERRY_SHIM_CONFIG=$dest/shim.json
-printf '{"kernel": "%s", "initrd": "%s", "memory_mb": 256}\n' \
-  "$dest$prefix/share/ferry/vmlinux" "$dest$prefix/share/ferry/initramfs.cpio" >"$FERRY_SHIM_CONFIG"
-export FERRY_SHIM_RUN_DIR=$dest/run
-export PATH=$dest$prefix/bin:$PATH
 # shellcheck source=containerd-harness.sh
 source "$src/tests/scripts/containerd-harness.sh"
+ctrd_ferry_shim_config "$dest$prefix/share/ferry" "$FERRY_SHIM_CONFIG"
+export FERRY_SHIM_RUN_DIR=$dest/run
+export PATH=$dest$prefix/bin:$PATH
 ctrd_user_cleanup() { rm -rf "$dest"; }
 ctrd_setup || exit 1
 rootfs=$CTRD_DIR/rootfs
