@@ -142,6 +142,9 @@ typedef struct {
   const char *cgroup_manager;
   /* How long starting a container process may take; 0: 30 s. */
   guint start_timeout_ms;
+  /* Exec every process through `crun exec`. FALSE (the default): the runtime enters
+   * the container itself where crun would do nothing more (docs/runtime.md). */
+  gboolean exec_with_crun;
 } FerryRuntimeOptions;
 
 /*
@@ -179,10 +182,14 @@ FerryProcess *ferry_runtime_run_container(FerryRuntime *runtime, const char *id,
                                           GError **error);
 
 /*
- * Start `spec` in running container `id` (`crun exec`, not detached: it joins the
- * init's namespaces and crun waits for it). spec->argv is required. Blocks and fails
- * like ferry_runtime_run_container(); FERRY_ERROR_NOT_FOUND when there is no such
- * container.
+ * Start `spec` in running container `id`: it joins the init's namespaces and cgroup
+ * and gets what `crun exec` would give it (the container's capabilities and
+ * environment when the spec has none, HOME, umask 022), and a monitor that waits for
+ * it reports its exit code. The runtime does this itself, or runs `crun exec` (not
+ * detached) where it cannot: a container with a seccomp profile, a personality or a
+ * user namespace, a process with a terminal, or options->exec_with_crun.
+ * spec->argv is required. Blocks and fails like ferry_runtime_run_container();
+ * FERRY_ERROR_NOT_FOUND when there is no such container (or it has stopped).
  */
 FerryProcess *ferry_runtime_exec_in_container(FerryRuntime *runtime, const char *id,
                                               const FerryProcessSpec *spec,

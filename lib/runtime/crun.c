@@ -42,6 +42,8 @@ struct FerryRuntime {
   char *cgroup_manager;
   guint start_timeout_ms;
   guint next_start;
+  gboolean exec_with_crun;
+  GHashTable *inits; /* container id -> RuntimeInit, for exec without crun */
 };
 
 /* ---- the runtime ---- */
@@ -84,6 +86,9 @@ FerryRuntime *ferry_runtime_new(const char *state_dir, const FerryRuntimeOptions
   runtime->cgroup_manager = g_strdup(options->cgroup_manager);
   runtime->start_timeout_ms =
       options->start_timeout_ms != 0 ? options->start_timeout_ms : DEFAULT_START_TIMEOUT_MS;
+  runtime->exec_with_crun = options->exec_with_crun;
+  runtime->inits =
+      g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)runtime_init_free);
   if (!make_private_dir(runtime->state_dir, error) ||
       !make_private_dir(runtime->crun_root, error) || !make_private_dir(runtime->start_dir, error))
     return NULL;
@@ -99,6 +104,8 @@ void ferry_runtime_free(FerryRuntime *runtime)
   g_free(runtime->start_dir);
   g_free(runtime->crun_path);
   g_free(runtime->cgroup_manager);
+  if (runtime->inits != NULL)
+    g_hash_table_destroy(runtime->inits);
   g_free(runtime);
 }
 
@@ -625,6 +632,10 @@ FerryProcess *ferry_runtime_run_container(FerryRuntime *runtime, const char *id,
   if (!finish_argv(argv, files, spec, id, &listen_fd, error))
     return NULL;
   FerryProcess *init = crun_start(runtime, what, argv, files, listen_fd, spec, stdio, error);
+  if (init != NULL)
+    g_hash_table_replace(
+        runtime->inits, g_strdup(id),
+        runtime_init_new(config, ferry_process_get_pid(init), runtime_process_dup_pidfd(init)));
   /* crun cleans up after its own failures, but not when it was killed for taking too
    * long; the id was free before this attempt, so what is there now is its debris. */
   if (init == NULL && container_known(runtime, id)) {
@@ -650,6 +661,22 @@ FerryProcess *ferry_runtime_exec_in_container(FerryRuntime *runtime, const char 
     g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "%s: no such container", what);
     return NULL;
   }
+  const RuntimeInit *init = g_hash_table_lookup(runtime->inits, id);
+  const char *needs_crun = runtime->exec_with_crun ? "the runtime was told to" : NULL;
+  if (init == NULL && needs_crun == NULL)
+    needs_crun = "its init was not started by this runtime";
+  if (needs_crun == NULL) {
+    g_autoptr(GError) local = NULL;
+    FerryProcess *entered =
+        runtime_enter(init, id, spec, runtime->start_timeout_ms, stdio, &needs_crun, &local);
+    if (entered != NULL || needs_crun == NULL) {
+      if (local != NULL)
+        g_propagate_prefixed_error(error, g_steal_pointer(&local), "exec in container %s: ", id);
+      return entered;
+    }
+  }
+  ferry_log(FERRY_LOG_DEBUG, "exec through crun", "container", id, "why", needs_crun, NULL);
+
   g_autoptr(json_t) process = json_object();
   if (!apply_spec(process, spec, FALSE, error))
     return NULL;
@@ -752,13 +779,17 @@ gboolean ferry_runtime_delete_container(FerryRuntime *runtime, const char *id, G
 {
   if (!check_id(id, error))
     return FALSE;
-  if (!container_known(runtime, id))
+  if (!container_known(runtime, id)) {
+    g_hash_table_remove(runtime->inits, id);
     return TRUE;
+  }
   g_autofree char *what = g_strdup_printf("crun delete container %s", id);
   const char *args[] = { "delete", "--force", id, NULL };
   g_autoptr(GError) local = NULL;
-  if (crun_sync(runtime, what, args, NULL, &local) || !container_known(runtime, id))
+  if (crun_sync(runtime, what, args, NULL, &local) || !container_known(runtime, id)) {
+    g_hash_table_remove(runtime->inits, id);
     return TRUE;
+  }
   g_propagate_error(error, g_steal_pointer(&local));
   return FALSE;
 }

@@ -70,6 +70,11 @@ FerryProcess *runtime_process_new(GPid monitor, GPid pid, int pidfd, int termina
   return process;
 }
 
+int runtime_process_dup_pidfd(const FerryProcess *process)
+{
+  return process->pidfd >= 0 ? fcntl(process->pidfd, F_DUPFD_CLOEXEC, 3) : -1;
+}
+
 FerryProcess *ferry_process_spawn(const FerryProcessSpec *spec, FerryProcessStdio *stdio,
                                   GError **error)
 {

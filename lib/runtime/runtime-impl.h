@@ -30,6 +30,16 @@ typedef struct {
  */
 gboolean runtime_spawn(const RuntimeSpawnPlan *plan, GPid *pid_out, int *pidfd_out, GError **error);
 
+/*
+ * In a child after fork, before exec (async-signal-safe): every signal's disposition
+ * back to the default, glibc's reserved ones included. The mask is left alone.
+ */
+void runtime_reset_signal_dispositions(void);
+
+/* How far a child without close_range(2) marks fds close-on-exec: the soft
+ * RLIMIT_NOFILE, at most 2^20. */
+int runtime_highest_fd(void);
+
 /* The stdio of a process being started. */
 typedef struct {
   int child[3];             /* for the child's 0, 1, 2 (owned; may repeat one fd) */
@@ -59,5 +69,31 @@ char *runtime_find_program(const char *program, const char *const *env, GError *
  */
 FerryProcess *runtime_process_new(GPid monitor, GPid pid, int pidfd, int terminal_fd);
 
+/* A new copy of the process's pidfd, or -1 when it has none. */
+int runtime_process_dup_pidfd(const FerryProcess *process);
+
 /* Set a pty's size. */
 gboolean runtime_set_winsize(int fd, guint16 rows, guint16 cols, GError **error);
+
+/* ---- entering a running container without crun (enter.c) ---- */
+
+/* What exec needs of a container, from its config.json and its init. */
+typedef struct RuntimeInit RuntimeInit;
+
+/* `config` is the container's config.json as crun got it (borrowed); `pidfd` (taken,
+ * may be -1) is a pidfd for its init `pid`. */
+RuntimeInit *runtime_init_new(json_t *config, GPid pid, int pidfd);
+void runtime_init_free(RuntimeInit *init);
+GPid runtime_init_get_pid(const RuntimeInit *init);
+
+/*
+ * Start `spec` in the container of `init` (named `id` in errors) as `crun exec`
+ * would, without crun. When this container or this spec needs crun (a seccomp
+ * profile, a user namespace, a terminal, ...), returns NULL with no error and
+ * *needs_crun saying why. Otherwise blocks until the process exec'd or failed (at
+ * most `timeout_ms`) and fails as runtime_spawn() does; NOT_FOUND when the container
+ * has stopped, FAILED_PRECONDITION when it is paused.
+ */
+FerryProcess *runtime_enter(const RuntimeInit *init, const char *id, const FerryProcessSpec *spec,
+                            guint timeout_ms, FerryProcessStdio *stdio, const char **needs_crun,
+                            GError **error);

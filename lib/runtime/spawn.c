@@ -60,7 +60,7 @@ static void G_GNUC_NORETURN child_fail(int report_fd, ChildStep step)
   _exit(127);
 }
 
-static void G_GNUC_NORETURN child_main(const RuntimeSpawnPlan *plan, int report_fd, int max_fd)
+void runtime_reset_signal_dispositions(void)
 {
   /* Handlers would not survive exec anyway, but ignored signals would; the mask
    * (all blocked by the parent around fork) goes last so that no parent handler
@@ -81,7 +81,11 @@ static void G_GNUC_NORETURN child_main(const RuntimeSpawnPlan *plan, int report_
     } kdfl = { SIG_DFL, 0, NULL, 0 };
     (void)syscall(SYS_rt_sigaction, sig, &kdfl, NULL, sizeof(kdfl.mask));
   }
+}
 
+static void G_GNUC_NORETURN child_main(const RuntimeSpawnPlan *plan, int report_fd, int max_fd)
+{
+  runtime_reset_signal_dispositions();
   if (setsid() < 0)
     child_fail(report_fd, STEP_SETSID);
   if (plan->stdin_is_ctty && ioctl(plan->stdio[0], TIOCSCTTY, 0) < 0)
@@ -123,7 +127,7 @@ static void G_GNUC_NORETURN child_main(const RuntimeSpawnPlan *plan, int report_
 
 /* ---- the parent ---- */
 
-static int highest_fd_to_sweep(void)
+int runtime_highest_fd(void)
 {
   struct rlimit rl;
   if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY ||
@@ -177,7 +181,7 @@ gboolean runtime_spawn(const RuntimeSpawnPlan *plan, GPid *pid_out, int *pidfd_o
     return ferry_error_set_errno(error, errno, "start %s: status pipe", plan->path);
   g_auto(FerryFd) report_r = report_pipe[0];
   g_auto(FerryFd) report_w = report_pipe[1];
-  int max_fd = highest_fd_to_sweep();
+  int max_fd = runtime_highest_fd();
 
   /* Block every signal across fork so that no handler of ours runs in the child
    * before it has reset the dispositions. */

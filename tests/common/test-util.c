@@ -79,8 +79,10 @@ void test_rm_rf(const char *path)
 
 gboolean test_build_busybox_rootfs(const char *dir, GError **error)
 {
-  static const char *const applets[] = { "sh", "echo", "cat",  "sleep", "stty", "cut",      "id",
-                                         "ls", "tr",   "true", "pwd",   "env",  "hostname", NULL };
+  static const char *const applets[] = { "sh",       "echo", "cat",      "sleep", "stty",
+                                         "cut",      "id",   "ls",       "tr",    "true",
+                                         "pwd",      "env",  "grep",     "sed",   "sort",
+                                         "readlink", "test", "hostname", NULL };
   static const char *const dirs[] = { "bin", "proc", "dev", "sys", "tmp", NULL };
   for (const char *const *d = dirs; *d != NULL; d++) {
     g_autofree char *path = g_build_filename(dir, *d, NULL);

@@ -385,6 +385,15 @@ else
     else
       not_ok "ctr task pause d1: PAUSED" "$err" "status '$(task_status d1)'"
     fi
+    # A frozen container takes no new process (runc and crun refuse it as well): the
+    # exec fails at once instead of starting a process that cannot run.
+    if err=$(CTRD_CMD_TIMEOUT=60 ctrd_ctr tasks exec --exec-id frozen d1 /bin/true 2>&1); then
+      not_ok "exec into the paused d1 is refused" "it ran"
+    elif [[ $err == *paused* ]]; then
+      ok "exec into the paused d1 is refused, naming the pause"
+    else
+      not_ok "exec into the paused d1 is refused, naming the pause" "$err"
+    fi
     if err=$(ctrd_ctr tasks resume d1 2>&1) && wait_until "$wait_s" task_is d1 RUNNING; then
       ok "ctr task resume d1: RUNNING"
     else

@@ -695,10 +695,12 @@ static void crun_env_free(CrunEnv *env)
 }
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(CrunEnv, crun_env_free)
 
-/* A private state dir and a bundle over the shared root; NULL (the test skipped) when
- * containers cannot run here. */
-static CrunEnv *crun_env_new(void)
+/* A private state dir and a bundle over the shared root, with `config` (taken; NULL:
+ * the busybox spec) and runtime options `base` (NULL: none; cgroups are always
+ * disabled); NULL (the test skipped) when containers cannot run here. */
+static CrunEnv *crun_env_new_with(json_t *config_in, const FerryRuntimeOptions *base)
 {
+  g_autoptr(json_t) config = config_in;
   if (crun_problem != NULL) {
     g_test_skip(crun_problem);
     return NULL;
@@ -710,15 +712,24 @@ static CrunEnv *crun_env_new(void)
   g_autofree char *link = g_build_filename(env->bundle, "rootfs", NULL);
   g_assert_cmpint(symlink(rootfs, link), ==, 0);
   g_autofree char *config_path = g_build_filename(env->bundle, "config.json", NULL);
-  g_autoptr(json_t) config = test_busybox_oci_spec();
+  if (config == NULL)
+    config = test_busybox_oci_spec();
   g_assert_nonnull(config);
   g_assert_cmpint(json_dump_file(config, config_path, JSON_INDENT(1)), ==, 0);
   g_autofree char *state = g_build_filename(env->dir, "state", NULL);
-  FerryRuntimeOptions options = { .cgroup_manager = "disabled" };
+  FerryRuntimeOptions options = { 0 };
+  if (base != NULL)
+    options = *base;
+  options.cgroup_manager = "disabled";
   g_autoptr(GError) error = NULL;
   env->runtime = ferry_runtime_new(state, &options, &error);
   g_assert_no_error(error);
   return g_steal_pointer(&env);
+}
+
+static CrunEnv *crun_env_new(void)
+{
+  return crun_env_new_with(NULL, NULL);
 }
 
 static FerryProcess *run_ok(CrunEnv *env, const char *id, const FerryProcessSpec *spec,
@@ -1054,6 +1065,242 @@ static void test_container_delete_running(void)
   ferry_process_stdio_close(&io);
 }
 
+/* ---- exec without crun ---- */
+
+/* A crun that refuses `exec` and runs everything else with the real one: what still
+ * execs through a runtime using it did so without crun. */
+static char *crun_refusing_exec(const char *dir)
+{
+  g_autofree char *real = g_find_program_in_path("crun");
+  g_assert_nonnull(real);
+  g_autofree char *script = g_strdup_printf(
+      "#!/bin/sh\n"
+      "for a; do\n"
+      "  case $a in --log=*) log=${a#--log=};; exec) echo 'exec refused' >> \"${log:-/dev/null}\"; "
+      "exit 1;; esac\n"
+      "done\n"
+      "exec %s \"$@\"\n",
+      real);
+  char *path = g_build_filename(dir, "crun-refusing-exec", NULL);
+  g_assert_true(g_file_set_contents(path, script, -1, NULL));
+  g_assert_cmpint(chmod(path, 0755), ==, 0);
+  return path;
+}
+
+/* The busybox spec with capabilities and an environment of its own. */
+static json_t *spec_with_caps(void)
+{
+  json_t *config = test_busybox_oci_spec();
+  json_t *process = json_object_get(config, "process");
+  json_object_set_new(process, "env", json_pack("[s, s]", "PATH=/bin", "FROM_CONFIG=yes"));
+  json_object_set_new(process, "capabilities",
+                      json_pack("{s:[s,s,s,s,s], s:[s,s,s,s,s], s:[s,s,s,s,s], s:[s], s:[s]}",
+                                "bounding", "CAP_CHOWN", "CAP_KILL", "CAP_NET_RAW", "CAP_SETUID",
+                                "CAP_SETGID", "effective", "CAP_CHOWN", "CAP_KILL", "CAP_NET_RAW",
+                                "CAP_SETUID", "CAP_SETGID", "permitted", "CAP_CHOWN", "CAP_KILL",
+                                "CAP_NET_RAW", "CAP_SETUID", "CAP_SETGID", "inheritable",
+                                "CAP_KILL", "ambient", "CAP_KILL"));
+  return config;
+}
+
+static char *exec_output(FerryRuntime *runtime, const char *id, const FerryProcessSpec *spec,
+                         int *exit_code)
+{
+  FerryProcessStdio io;
+  ExitRecord ex = { 0 };
+  g_autoptr(GError) error = NULL;
+  g_autoptr(FerryProcess) p = ferry_runtime_exec_in_container(runtime, id, spec, &io, &error);
+  g_assert_no_error(error);
+  g_assert_nonnull(p);
+  guard(ferry_process_get_pid(p));
+  ferry_process_set_exit_func(p, record_exit, &ex, NULL);
+  g_autoptr(Sink) out = sink_new(io.stdout_fd);
+  io.stdout_fd = -1;
+  g_assert_true(wait_eof(out));
+  *exit_code = wait_exit(p, &ex);
+  ferry_process_stdio_close(&io);
+  return g_strdup(out->data->str);
+}
+
+/* The init's namespaces, as the exec'd process prints them. */
+static char *namespaces_of(GPid pid)
+{
+  GString *out = g_string_new(NULL);
+  const char *names[] = { "mnt", "pid", "net", "ipc", "uts" };
+  for (gsize i = 0; i < G_N_ELEMENTS(names); i++) {
+    g_autofree char *path = g_strdup_printf("/proc/%d/ns/%s", (int)pid, names[i]);
+    g_autofree char *target = g_file_read_link(path, NULL);
+    g_assert_nonnull(target);
+    g_string_append_printf(out, "%s\n", target);
+  }
+  return g_string_free(out, FALSE);
+}
+
+/* With a crun that cannot exec, exec still works: in the init's namespaces, with its
+ * exit code, its signals, its errors. */
+static void test_container_exec_without_crun(void)
+{
+  if (crun_problem != NULL) {
+    g_test_skip(crun_problem);
+    return;
+  }
+  g_autofree char *dir = test_make_tmpdir();
+  g_autofree char *crun = crun_refusing_exec(dir);
+  FerryRuntimeOptions options = { .crun_path = crun };
+  g_autoptr(CrunEnv) env = crun_env_new_with(NULL, &options);
+  FerryProcessStdio io;
+  ExitRecord ex = { 0 };
+  Sink *out_raw;
+  g_autoptr(FerryProcess) init = run_waiting_init(env, "c1", &io, &ex, &out_raw);
+  g_autoptr(Sink) out = out_raw;
+
+  const char *ns_argv[] = { "sh", "-c",
+                            "for n in mnt pid net ipc uts; do readlink /proc/self/ns/$n; done",
+                            NULL };
+  FerryProcessSpec spec = { .argv = ns_argv, .stdout_mode = FERRY_STDIO_PIPE };
+  int code = -1;
+  g_autofree char *ns = exec_output(env->runtime, "c1", &spec, &code);
+  g_autofree char *expected = namespaces_of(ferry_process_get_pid(init));
+  g_assert_cmpstr(ns, ==, expected);
+  g_assert_cmpint(code, ==, 0);
+
+  /* Its pid 1 is the init; its own pid is the container's. */
+  const char *pid_argv[] = { "sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; echo; exit 9", NULL };
+  spec.argv = pid_argv;
+  g_autofree char *cmdline = exec_output(env->runtime, "c1", &spec, &code);
+  g_assert_cmpstr(cmdline, ==, "sh -c echo up; read x; echo bye $x \n");
+  g_assert_cmpint(code, ==, 9);
+
+  /* Signals reach the process itself, not its monitor. */
+  const char *sleep_argv[] = { "sleep", "100", NULL };
+  FerryProcessSpec sleep_spec = { .argv = sleep_argv };
+  FerryProcessStdio sio;
+  ExitRecord sex = { 0 };
+  g_autoptr(FerryProcess) sleeper = exec_ok(env, "c1", &sleep_spec, &sio, &sex);
+  g_autofree char *comm_path =
+      g_strdup_printf("/proc/%d/comm", (int)ferry_process_get_pid(sleeper));
+  g_autofree char *comm = NULL;
+  g_assert_true(g_file_get_contents(comm_path, &comm, NULL, NULL));
+  g_assert_cmpstr(comm, ==, "sleep\n");
+  g_autoptr(GError) error = NULL;
+  g_assert_true(ferry_process_signal(sleeper, SIGTERM, &error));
+  g_assert_cmpint(wait_exit(sleeper, &sex), ==, 143);
+
+  /* A program that is not there (looked up in the container's PATH, not ours): an
+   * error naming it, no process. */
+  const char *missing_argv[] = { "ferry-no-such-program", NULL };
+  FerryProcessSpec missing = { .argv = missing_argv, .stdout_mode = FERRY_STDIO_PIPE };
+  FerryProcessStdio mio;
+  g_assert_null(ferry_runtime_exec_in_container(env->runtime, "c1", &missing, &mio, &error));
+  g_assert_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND);
+  g_assert_nonnull(strstr(error->message, "ferry-no-such-program"));
+  g_assert_cmpint(mio.stdout_fd, ==, -1);
+  g_clear_error(&error);
+  /* The test's PATH has programs the container's root does not. */
+  const char *host_only[] = { "meson", NULL };
+  missing.argv = host_only;
+  g_assert_null(ferry_runtime_exec_in_container(env->runtime, "c1", &missing, &mio, &error));
+  g_assert_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND);
+  g_clear_error(&error);
+  const char *bad_cwd_argv[] = { "true", NULL };
+  FerryProcessSpec bad_cwd = { .argv = bad_cwd_argv, .cwd = "/nonexistent" };
+  g_assert_null(ferry_runtime_exec_in_container(env->runtime, "c1", &bad_cwd, &mio, &error));
+  g_assert_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND);
+  g_assert_nonnull(strstr(error->message, "/nonexistent"));
+  g_clear_error(&error);
+
+  stop_waiting_init(init, &io, &ex, out);
+  /* A stopped container: crun took its state with it. */
+  g_assert_null(ferry_runtime_exec_in_container(env->runtime, "c1", &spec, &mio, &error));
+  g_assert_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND);
+  assert_no_children();
+  test_rm_rf(dir);
+}
+
+/* What the agent gives an exec'd process is what crun exec gives it: the same probe,
+ * once each way, prints the same, as root and as another user. */
+static void test_container_exec_matches_crun(void)
+{
+  g_autoptr(CrunEnv) env = crun_env_new_with(spec_with_caps(), NULL);
+  if (env == NULL)
+    return;
+  g_autofree char *state = g_build_filename(env->dir, "state", NULL);
+  FerryRuntimeOptions crun_options = { .cgroup_manager = "disabled", .exec_with_crun = TRUE };
+  g_autoptr(GError) error = NULL;
+  g_autoptr(FerryRuntime) with_crun = ferry_runtime_new(state, &crun_options, &error);
+  g_assert_no_error(error);
+
+  FerryProcessStdio io;
+  ExitRecord ex = { 0 };
+  Sink *out_raw;
+  g_autoptr(FerryProcess) init = run_waiting_init(env, "c1", &io, &ex, &out_raw);
+  g_autoptr(Sink) out = out_raw;
+
+  const char *probe[] = {
+    "sh", "-c",
+    "grep -E '^(Uid|Gid|Groups|Cap[A-Za-z]+|NoNewPrivs|Seccomp):' /proc/self/status; "
+    "for n in mnt pid net ipc uts cgroup; do readlink /proc/self/ns/$n; done; "
+    "cat /proc/self/cgroup /proc/self/oom_score_adj /proc/self/limits; umask; pwd; "
+    "cut -d' ' -f5,6,8 /proc/self/stat; "
+    "env | grep -v '^PWD=' | sort; "
+    "ls -l /proc/self/fd/ | sed -n 's/.* \\([0-9]* ->\\)/\\1/p' | sed 's/pipe:.*/pipe/'; "
+    "test -w /proc/self/fd/1 && echo stdout-writable; exit 3",
+    NULL
+  };
+  const char *own_env[] = { "PATH=/bin", "OWN=1", NULL };
+  const FerryProcessSpec specs[] = {
+    { .argv = probe, .stdout_mode = FERRY_STDIO_PIPE },
+    { .argv = probe, .env = own_env, .cwd = "/tmp", .stdout_mode = FERRY_STDIO_PIPE },
+    { .argv = probe,
+      .has_user = TRUE,
+      .uid = 1000,
+      .gid = 1000,
+      .stdout_mode = FERRY_STDIO_PIPE,
+      .stderr_mode = FERRY_STDIO_PIPE },
+  };
+  for (gsize i = 0; i < G_N_ELEMENTS(specs); i++) {
+    int native_code = -1, crun_code = -1;
+    g_autofree char *native = exec_output(env->runtime, "c1", &specs[i], &native_code);
+    g_autofree char *crun = exec_output(with_crun, "c1", &specs[i], &crun_code);
+    g_test_message("probe %zu:\n%s", i, native);
+    g_assert_cmpstr(native, ==, crun);
+    g_assert_cmpint(native_code, ==, 3);
+    g_assert_cmpint(crun_code, ==, 3);
+    g_assert_nonnull(strstr(native, i == 1 ? "OWN=1" : "FROM_CONFIG=yes"));
+  }
+  stop_waiting_init(init, &io, &ex, out);
+}
+
+/* A container with a seccomp profile is entered by crun (which applies it). */
+static void test_container_exec_seccomp_uses_crun(void)
+{
+  if (crun_problem != NULL) {
+    g_test_skip(crun_problem);
+    return;
+  }
+  g_autofree char *dir = test_make_tmpdir();
+  g_autofree char *crun = crun_refusing_exec(dir);
+  FerryRuntimeOptions options = { .crun_path = crun };
+  json_t *config = test_busybox_oci_spec();
+  json_object_set_new(json_object_get(config, "linux"), "seccomp",
+                      json_pack("{s:s}", "defaultAction", "SCMP_ACT_ALLOW"));
+  g_autoptr(CrunEnv) env = crun_env_new_with(config, &options);
+  FerryProcessStdio io;
+  ExitRecord ex = { 0 };
+  Sink *out_raw;
+  g_autoptr(FerryProcess) init = run_waiting_init(env, "c1", &io, &ex, &out_raw);
+  g_autoptr(Sink) out = out_raw;
+  const char *argv[] = { "true", NULL };
+  FerryProcessSpec spec = { .argv = argv };
+  FerryProcessStdio eio;
+  g_autoptr(GError) error = NULL;
+  g_assert_null(ferry_runtime_exec_in_container(env->runtime, "c1", &spec, &eio, &error));
+  g_assert_nonnull(error);
+  g_assert_nonnull(strstr(error->message, "exec refused"));
+  stop_waiting_init(init, &io, &ex, out);
+  test_rm_rf(dir);
+}
+
 /* A stand-in for crun (a shell script), to reach the runtime's failure paths on any
  * host: a runtime using it and a bundle with an empty config. */
 
@@ -1202,6 +1449,9 @@ int main(int argc, char **argv)
   add_test("/runtime/container/terminal-init-and-resize", test_container_terminal_init_and_resize);
   add_test("/runtime/container/exec-with-terminal", test_container_exec_with_terminal);
   add_test("/runtime/container/delete-running", test_container_delete_running);
+  add_test("/runtime/container/exec-without-crun", test_container_exec_without_crun);
+  add_test("/runtime/container/exec-matches-crun", test_container_exec_matches_crun);
+  add_test("/runtime/container/exec-seccomp-uses-crun", test_container_exec_seccomp_uses_crun);
 
   int result = g_test_run();
   test_rm_rf(rootfs_parent);
