@@ -53,6 +53,12 @@ void ferry_stdio_ports_cancel(FerryStdioPorts *ports, guint32 port);
 /* The channel of `port` if it has arrived (borrowed), else NULL. */
 FerryChannel *ferry_stdio_ports_get(FerryStdioPorts *ports, guint32 port);
 
+/* The ports that have a channel (arrived, or adopted and not listened for yet),
+ * ascending; a GArray of guint32 (free it). With ferry_stdio_ports_channel() (either
+ * kind, borrowed, or NULL), what a migration source exports. */
+GArray *ferry_stdio_ports_list(FerryStdioPorts *ports);
+FerryChannel *ferry_stdio_ports_channel(FerryStdioPorts *ports, guint32 port);
+
 /* ------------------------------------------------------------------- cmd -- */
 
 typedef struct FerryCmd FerryCmd;

@@ -54,6 +54,12 @@ gboolean ferry_mux_is_attached(FerryMux *mux);
  * on a frame boundary: the guest then reads the destination host's HELLO whole. */
 void ferry_mux_set_quiet(FerryMux *mux, gboolean quiet);
 gboolean ferry_mux_output_flushed(FerryMux *mux);
+/* Frozen: no data and no end of file reach an application; what arrives stays in the
+ * mux, unconsumed and unacknowledged; applications find no write room, and a write
+ * side they shut stays open. set_frozen(FALSE) delivers, shuts and reports room (from
+ * an idle). A migration source freezes before it exports its channels, so that
+ * nothing moves here past the state a destination resumes from. */
+void ferry_mux_set_frozen(FerryMux *mux, gboolean frozen);
 /* Attached and the HELLO exchange is complete: channels are flowing. */
 gboolean ferry_mux_is_synced(FerryMux *mux);
 

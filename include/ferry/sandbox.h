@@ -44,6 +44,14 @@ typedef struct {
   /* The VM is gone without ferry_sandbox_stop(): QEMU crashed or the guest powered
    * off (error says which). Every container reads as exited. Once. */
   void (*vm_exited)(FerrySandbox *sandbox, const GError *error, gpointer user_data);
+  /* A live migration's phase, as the VM reports it (vm.h, FerryVmNotification). */
+  void (*migration_note)(FerrySandbox *sandbox, const FerryVmNotification *note,
+                         gpointer user_data);
+  /* A migration destination's guest connection was rebuilt (the agent dialed the
+   * bridge again) and has not negotiated yet: reopen its processes here
+   * (ferry_guest_container_open_process_with_io on ferry_sandbox_get_container), so
+   * that their waits are routed. The containers are open already. */
+  void (*restore)(FerrySandbox *sandbox, FerryGuestConnection *gc, gpointer user_data);
 } FerrySandboxHandlers;
 
 typedef void (*FerrySandboxDoneFunc)(FerrySandbox *sandbox, const GError *error,
@@ -130,5 +138,85 @@ void ferry_sandbox_detach_root(FerrySandbox *sandbox, const char *container_id,
                                FerrySandboxDoneFunc done, gpointer user_data);
 /* How many layer disks the sandbox has attached now. */
 guint ferry_sandbox_disk_count(FerrySandbox *sandbox);
+
+/* ------------------------------------------------------------ live migration -- */
+
+/*
+ * A running sandbox moves to another FerrySandbox (another process, another host) in
+ * these steps (docs/migration.md, "The sandbox's part"):
+ *
+ *   source       prepare                         transfer(fd) .. handover ... cleanup
+ *   destination  start_incoming(description)     transfer(fd) ......... resume(handover)
+ *
+ * The source describes itself (size, disks by digest, roots, containers) for the
+ * destination's start_incoming; the memory goes over a connected stream socket, one end
+ * on each side; once the transfer has completed (OFFLINE_DONE), the source's handover
+ * says where every stdio channel stands and the guest manager's floors, and the
+ * destination resumes from exactly there. Until cleanup the source keeps its paused
+ * QEMU: recover() runs the guest here again if the destination never ran it.
+ * Callbacks come from the loop, never inside the call.
+ */
+
+/* Source: check that the sandbox can migrate (running, no root change under way,
+ * ferry_vm_doc_check_migratable: 1 vCPU under TCG) before QEMU is touched, then put the
+ * VM in migration mode with `options` (copied; may be NULL). FAILED_PRECONDITION with
+ * the reason otherwise. */
+void ferry_sandbox_migration_prepare(FerrySandbox *sandbox, const FerryVmMigrationOptions *options,
+                                     FerrySandboxDoneFunc done, gpointer user_data);
+
+/* Source: what the destination needs to render the same machine: a JSON object with
+ * the schema version, id, memory and vCPUs, the layer disks ({digest, lun}), the
+ * container roots ({id, digests}) and the container ids. No host path is in it. */
+json_t *ferry_sandbox_migration_describe(FerrySandbox *sandbox);
+
+/*
+ * Destination: instead of ferry_sandbox_start(), start QEMU paused for an incoming
+ * stream, with the machine of `description` (borrowed): its memory and vCPUs, and its
+ * disks, each image found in `images` (digest -> this host's path; FAILED_PRECONDITION
+ * naming a digest it lacks). The containers it lists are reopened on resume.
+ */
+void ferry_sandbox_start_incoming(FerrySandbox *sandbox, json_t *description, GHashTable *images,
+                                  const FerryVmMigrationOptions *options, FerrySandboxDoneFunc done,
+                                  gpointer user_data);
+
+/* Both: run the memory transfer over `fd` (a connected stream socket; the caller keeps
+ * its own). `done` runs when it has begun; the phases follow as migration_note. The
+ * source first quiets its mux and waits (at most 10 s) until the guest has read every
+ * byte it sent, so that the guest will read the destination's first frame whole. */
+void ferry_sandbox_migration_transfer(FerrySandbox *sandbox, int fd, FerrySandboxDoneFunc done,
+                                      gpointer user_data);
+
+/* Where the source's stdio channels stood when it handed over: each a serialized
+ * FerryMuxChannelState (mux.h), and the guest manager's floors. */
+typedef struct {
+  guint32 next_port;
+  guint64 next_request_id;
+  GPtrArray *channels; /* GBytes */
+} FerrySandboxHandover;
+void ferry_sandbox_handover_free(FerrySandboxHandover *handover);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(FerrySandboxHandover, ferry_sandbox_handover_free)
+
+/* Source, after the transfer completed: freeze the mux (nothing more is consumed
+ * here) and export every stdio channel. Synchronous; may be asked again (the same
+ * answer). FAILED_PRECONDITION before the transfer completed. */
+FerrySandboxHandover *ferry_sandbox_migration_handover(FerrySandbox *sandbox, GError **error);
+
+/* Source, after handover: the destination runs the guest; QEMU here ends. */
+void ferry_sandbox_migration_cleanup(FerrySandbox *sandbox, FerrySandboxDoneFunc done,
+                                     gpointer user_data);
+
+/* Source, any time from prepare to cleanup, when the destination never ran the guest:
+ * the guest runs here again (RECOVERY_DONE), the mux thaws, nothing lost. */
+void ferry_sandbox_migration_recover(FerrySandbox *sandbox, FerrySandboxDoneFunc done,
+                                     gpointer user_data);
+
+/* Destination, after the transfer completed: import the handover's channels, attach
+ * the mux to the guest's port and run the guest; the agent dials the bridge again,
+ * the containers are reopened and handlers.restore runs, the connection negotiates,
+ * and then `done` runs (the sandbox is running). `blackout_started_us` as in
+ * ferry_vm_migration_finalize(). */
+void ferry_sandbox_migration_resume(FerrySandbox *sandbox, const FerrySandboxHandover *handover,
+                                    gint64 blackout_started_us, FerrySandboxDoneFunc done,
+                                    gpointer user_data);
 
 G_END_DECLS

@@ -191,6 +191,40 @@ FerryChannel *ferry_stdio_ports_get(FerryStdioPorts *ports, guint32 port)
   return p != NULL ? p->channel : NULL;
 }
 
+static gint compare_ports(gconstpointer a, gconstpointer b)
+{
+  guint32 x = *(const guint32 *)a, y = *(const guint32 *)b;
+  return x < y ? -1 : x > y;
+}
+
+GArray *ferry_stdio_ports_list(FerryStdioPorts *ports)
+{
+  GArray *out = g_array_new(FALSE, FALSE, sizeof(guint32));
+  GHashTableIter it;
+  gpointer key, value;
+  g_hash_table_iter_init(&it, ports->ports);
+  while (g_hash_table_iter_next(&it, &key, &value)) {
+    if (((Port *)value)->channel != NULL) {
+      guint32 port = GPOINTER_TO_UINT(key);
+      g_array_append_val(out, port);
+    }
+  }
+  g_hash_table_iter_init(&it, ports->adopted);
+  while (g_hash_table_iter_next(&it, &key, NULL)) {
+    guint32 port = GPOINTER_TO_UINT(key);
+    if (!g_hash_table_contains(ports->ports, key))
+      g_array_append_val(out, port);
+  }
+  g_array_sort(out, compare_ports);
+  return out;
+}
+
+FerryChannel *ferry_stdio_ports_channel(FerryStdioPorts *ports, guint32 port)
+{
+  FerryChannel *ch = ferry_stdio_ports_get(ports, port);
+  return ch != NULL ? ch : g_hash_table_lookup(ports->adopted, GUINT_TO_POINTER(port));
+}
+
 void ferry_stdio_ports_cancel(FerryStdioPorts *ports, guint32 port)
 {
   for (GList *l = ports->later; l != NULL;) {

@@ -440,3 +440,86 @@ void ferry_sandbox_detach_root(FerrySandbox *sandbox, const char *container_id,
   op->user_data = user_data;
   queue_op(sandbox, op);
 }
+
+/* --------------------------------------------------------------- migration -- */
+
+void sandbox_roots_describe(FerrySandbox *sandbox, json_t *disks, json_t *roots)
+{
+  GHashTableIter it;
+  gpointer value;
+  g_hash_table_iter_init(&it, sandbox->disks);
+  while (g_hash_table_iter_next(&it, NULL, &value)) {
+    SandboxDisk *d = value;
+    json_array_append_new(disks,
+                          json_pack("{s:s, s:I}", "digest", d->digest, "lun", (json_int_t)d->lun));
+  }
+  g_hash_table_iter_init(&it, sandbox->roots);
+  while (g_hash_table_iter_next(&it, NULL, &value)) {
+    SandboxRoot *r = value;
+    json_t *digests = json_array();
+    for (guint i = 0; i < r->digests->len; i++)
+      json_array_append_new(digests, json_string(r->digests->pdata[i]));
+    json_array_append_new(roots, json_pack("{s:s, s:o}", "id", r->id, "digests", digests));
+  }
+}
+
+gboolean sandbox_roots_adopt(FerrySandbox *sandbox, FerryVmDoc *doc, json_t *description,
+                             GHashTable *images, GError **error)
+{
+  size_t i;
+  json_t *item;
+  json_array_foreach(json_object_get(description, "disks"), i, item)
+  {
+    const char *digest = json_string_value(json_object_get(item, "digest"));
+    json_t *lun = json_object_get(item, "lun");
+    if (digest == NULL || !json_is_integer(lun) || json_integer_value(lun) < 0 ||
+        json_integer_value(lun) >= MAX_LUNS || g_hash_table_contains(sandbox->disks, digest)) {
+      g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                  "the description's disk %zu is malformed or repeated", i);
+      return FALSE;
+    }
+    /* No host path crosses: each layer is found here by its digest. */
+    const char *path = images != NULL ? g_hash_table_lookup(images, digest) : NULL;
+    if (path == NULL) {
+      g_set_error(error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION,
+                  "no image here for the layer %s the source has attached", digest);
+      return FALSE;
+    }
+    guint n = (guint)json_integer_value(lun);
+    if (!ferry_vm_doc_add_scsi_disk(doc, ROOT_CONTROLLER, n, path, TRUE, error))
+      return FALSE;
+    SandboxDisk *disk = g_new0(SandboxDisk, 1);
+    disk->digest = g_strdup(digest);
+    disk->lun = n;
+    disk->mount_path = g_strdup_printf(GUEST_SCSI_MOUNTS "/m%u", n);
+    g_hash_table_insert(sandbox->disks, disk->digest, disk);
+  }
+  json_array_foreach(json_object_get(description, "roots"), i, item)
+  {
+    const char *id = json_string_value(json_object_get(item, "id"));
+    json_t *digests = json_object_get(item, "digests");
+    if (id == NULL || !json_is_array(digests) || g_hash_table_contains(sandbox->roots, id)) {
+      g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                  "the description's root %zu is malformed or repeated", i);
+      return FALSE;
+    }
+    SandboxRoot *root = g_new0(SandboxRoot, 1);
+    root->id = g_strdup(id);
+    root->digests = g_ptr_array_new_with_free_func(g_free);
+    g_hash_table_insert(sandbox->roots, root->id, root);
+    size_t j;
+    json_t *d;
+    json_array_foreach(digests, j, d)
+    {
+      SandboxDisk *disk = g_hash_table_lookup(sandbox->disks, json_string_value(d) ?: "");
+      if (disk == NULL) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                    "the description's root %s names a layer it has no disk for", id);
+        return FALSE;
+      }
+      disk->refs++;
+      g_ptr_array_add(root->digests, g_strdup(disk->digest));
+    }
+  }
+  return TRUE;
+}

@@ -107,11 +107,13 @@ FerrySandbox *ferry_sandbox_new(const FerrySandboxConfig *config,
   sandbox->user_data = user_data;
   sandbox->containers = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
                                               (GDestroyNotify)ferry_guest_container_unref);
+  sandbox->incoming_fd = -1;
+  sandbox->restore_ids = g_ptr_array_new_with_free_func(g_free);
   sandbox_roots_init(sandbox);
   return sandbox;
 }
 
-static FerryVmDoc *sandbox_doc(FerrySandbox *sandbox, GError **error)
+FerryVmDoc *sandbox_doc(FerrySandbox *sandbox, GError **error)
 {
   g_autoptr(FerryVmDoc) doc = ferry_vm_doc_new(sandbox->id);
   g_autoptr(json_t) memory = json_pack("{s:I}", "SizeInMB", (json_int_t)sandbox->memory_mb);
@@ -181,9 +183,31 @@ static gboolean on_boot_timeout(gpointer ud)
   return G_SOURCE_REMOVE;
 }
 
+gboolean sandbox_on_resume_timeout(gpointer ud)
+{
+  FerrySandbox *sandbox = ud;
+  ferry_source_clear(&sandbox->boot_timer);
+  if (sandbox->state != SB_RESUMING)
+    return G_SOURCE_REMOVE;
+  g_autofree char *tail = console_tail(sandbox);
+  g_autoptr(GError) e =
+      g_error_new(FERRY_ERROR, FERRY_ERROR_DEADLINE_EXCEEDED,
+                  "sandbox %s: the guest agent did not dial the bridge again within %u ms of "
+                  "the resume (QEMU log %s); console log %s ends:\n%s",
+                  sandbox->id, sandbox->boot_timeout_ms, ferry_vm_log_path(sandbox->vm),
+                  ferry_vm_console_path(sandbox->vm), tail);
+  sandbox_resume_connected(sandbox, e);
+  return G_SOURCE_REMOVE;
+}
+
 static void on_connected(const GError *error, gpointer ud)
 {
   FerrySandbox *sandbox = ud;
+  if (sandbox->state == SB_RESUMING) {
+    ferry_source_clear(&sandbox->boot_timer);
+    sandbox_resume_connected(sandbox, error);
+    return;
+  }
   if (sandbox->state != SB_STARTING)
     return;
   if (error != NULL) {
@@ -200,7 +224,8 @@ static void on_bridge(FerryTransport *transport, FerryChannel *accepted, gpointe
 {
   FerrySandbox *sandbox = ud;
   g_autoptr(FerryChannel) channel = accepted; /* ours to drop */
-  if (sandbox->gc != NULL || sandbox->state != SB_STARTING) {
+  gboolean resuming = sandbox->state == SB_RESUMING;
+  if (sandbox->gc != NULL || (sandbox->state != SB_STARTING && !resuming)) {
     /* One bridge per sandbox: a second dial (an agent that lost its bridge) is refused;
      * the guest connection reports its own loss. */
     ferry_log(FERRY_LOG_DEBUG, "sandbox: refusing a second bridge dial", "sandbox", sandbox->id,
@@ -214,16 +239,38 @@ static void on_bridge(FerryTransport *transport, FerryChannel *accepted, gpointe
     sandbox->gc = ferry_guest_connection_new(fd, ferry_stdio_ports_hooks(), sandbox->ports, &error);
   if (sandbox->gc == NULL) {
     g_prefix_error(&error, "sandbox %s: the guest's bridge: ", sandbox->id);
-    start_fail(sandbox, g_steal_pointer(&error));
+    if (resuming)
+      sandbox_resume_connected(sandbox, error);
+    else
+      start_fail(sandbox, g_steal_pointer(&error));
     return;
   }
+  if (resuming)
+    sandbox_resume_bridge(sandbox);
   ferry_guest_connection_connect(sandbox->gc, on_connected, sandbox);
 }
 
-static void on_vm_gone(FerryVm *vm, const GError *error, gpointer ud)
+void sandbox_on_vm_gone(FerryVm *vm, const GError *error, gpointer ud)
 {
   FerrySandbox *sandbox = ud;
   const GError *why = ferry_vm_exit_error(vm);
+  if (sandbox->state == SB_RESUMING) {
+    sandbox->state = SB_STOPPED;
+    ferry_source_clear(&sandbox->boot_timer);
+    g_autoptr(GError) e =
+        why != NULL ? g_error_copy(why)
+                    : g_error_new(FERRY_ERROR, FERRY_ERROR_UNAVAILABLE,
+                                  "sandbox %s: the VM exited while resuming", sandbox->id);
+    sandbox_resume_connected(sandbox, e);
+    return;
+  }
+  if (sandbox->state == SB_INCOMING) {
+    /* A destination whose QEMU died before it ran: the orchestrator hears. */
+    sandbox->state = SB_STOPPED;
+    if (sandbox->handlers.vm_exited != NULL)
+      sandbox->handlers.vm_exited(sandbox, why, sandbox->user_data);
+    return;
+  }
   if (sandbox->state == SB_STARTING) {
     start_fail(sandbox, why != NULL
                             ? g_error_copy(why)
@@ -250,7 +297,7 @@ static void on_vm_started(FerryVm *vm, const GError *error, gpointer ud)
     start_finish(sandbox, e);
     return;
   }
-  ferry_vm_wait(vm, on_vm_gone, sandbox);
+  ferry_vm_wait(vm, sandbox_on_vm_gone, sandbox);
   g_autoptr(GError) local = NULL;
   g_autofree char *path = ferry_vm_port_socket(vm, FERRY_SANDBOX_AGENT_PORT);
   int fd = ferry_unix_connect(path, &local);
@@ -261,6 +308,15 @@ static void on_vm_started(FerryVm *vm, const GError *error, gpointer ud)
   }
   sandbox->boot_timer =
       ferry_timeout_new(sandbox->context, sandbox->boot_timeout_ms, on_boot_timeout, sandbox);
+}
+
+gboolean sandbox_transport_new(FerrySandbox *sandbox, GError **error)
+{
+  ferry_vm_set_notify_func(sandbox->vm, sandbox_on_vm_note, sandbox);
+  sandbox->mux = ferry_mux_new(FERRY_MUX_HOST);
+  sandbox->ports = ferry_stdio_ports_new(ferry_mux_get_transport(sandbox->mux));
+  return ferry_transport_listen(ferry_mux_get_transport(sandbox->mux), FERRY_GCS_BRIDGE_PORT,
+                                on_bridge, sandbox, error);
 }
 
 void ferry_sandbox_start(FerrySandbox *sandbox, FerrySandboxDoneFunc done, gpointer user_data)
@@ -281,10 +337,7 @@ void ferry_sandbox_start(FerrySandbox *sandbox, FerrySandboxDoneFunc done, gpoin
     sandbox_report_later(sandbox, done, user_data, error);
     return;
   }
-  sandbox->mux = ferry_mux_new(FERRY_MUX_HOST);
-  sandbox->ports = ferry_stdio_ports_new(ferry_mux_get_transport(sandbox->mux));
-  if (!ferry_transport_listen(ferry_mux_get_transport(sandbox->mux), FERRY_GCS_BRIDGE_PORT,
-                              on_bridge, sandbox, &error)) {
+  if (!sandbox_transport_new(sandbox, &error)) {
     sandbox->state = SB_STOPPED;
     sandbox_report_later(sandbox, done, user_data, error);
     return;
@@ -463,6 +516,13 @@ void ferry_sandbox_free(FerrySandbox *sandbox)
   g_clear_pointer(&sandbox->creates, g_list_free);
   g_hash_table_unref(sandbox->containers);
   sandbox_roots_free(sandbox);
+  if (sandbox->transfer != NULL) {
+    ferry_source_clear(&sandbox->transfer->timer);
+    ferry_fd_close_quietly(sandbox->transfer->fd);
+    g_free(sandbox->transfer);
+  }
+  ferry_fd_close_quietly(sandbox->incoming_fd);
+  g_ptr_array_unref(sandbox->restore_ids);
   g_clear_pointer(&sandbox->gc, ferry_guest_connection_free);
   g_clear_pointer(&sandbox->ports, ferry_stdio_ports_free);
   g_clear_pointer(&sandbox->mux, ferry_mux_free);

@@ -46,7 +46,8 @@ struct MuxChannel {
   GByteArray *send_buf; /* bytes [send_acked, send_total) */
   guint32 peer_window;
   gboolean shut;
-  gboolean shutdown_sent; /* on the current stream */
+  gboolean shut_when_thawed; /* the application shut while the mux was frozen */
+  gboolean shutdown_sent;    /* on the current stream */
   gboolean want_writable;
   /* Control frames owed on the current stream. */
   gboolean open_due;
@@ -71,6 +72,7 @@ struct FerryMux {
   GSource *pump_source;
   gboolean freeing;
   gboolean quiet;         /* nothing goes out until ferry_mux_set_quiet(FALSE) */
+  gboolean frozen;        /* nothing is delivered until ferry_mux_set_frozen(FALSE) */
   gboolean input_stopped; /* back-pressure: the stream does not read, frames wait parsed */
   FerryMuxLostFunc lost_func;
   gpointer lost_data;

@@ -105,6 +105,8 @@ static void mc_reset(MuxChannel *mc, MuxResetReason reason, const GError *error)
 
 static gsize mc_room(MuxChannel *mc)
 {
+  if (mc->mux->frozen)
+    return 0; /* what is written now could not be exported */
   gsize used = (gsize)(mc->send_total - mc->send_acked);
   gsize cap = mc->mux->send_buffer;
   return used >= cap ? 0 : cap - used;
@@ -155,6 +157,8 @@ static gboolean mc_send_progress(MuxChannel *mc, gboolean all_acked)
 static void mc_deliver(MuxChannel *mc)
 {
   FerryMux *mux = mc->mux;
+  if (mux->frozen)
+    return; /* kept, unconsumed, until ferry_mux_set_frozen(FALSE) */
   while (mc->recv_buf->len > 0 && !mc->paused) {
     gsize took;
     if (mc->handle == NULL) {
@@ -207,6 +211,16 @@ static gboolean on_deliver(gpointer p)
   GList *ids = g_list_copy(mux->rr);
   for (GList *l = ids; l != NULL; l = l->next) {
     MuxChannel *mc = g_hash_table_lookup(mux->channels, l->data);
+    if (mc != NULL && mc->state == MC_ESTABLISHED && !mux->frozen) {
+      /* What a freeze held back: a shutdown, and writers waiting for room. */
+      if (mc->shut_when_thawed) {
+        mc->shut_when_thawed = FALSE;
+        mc->shut = TRUE;
+      }
+      if (!mc_send_progress(mc, FALSE))
+        continue;
+    }
+    mc = g_hash_table_lookup(mux->channels, l->data);
     if (mc != NULL && mc->state == MC_ESTABLISHED)
       mc_deliver(mc);
   }
@@ -280,6 +294,10 @@ static void mch_shutdown_write(FerryChannel *ch)
   MuxChannel *mc = handle_mc(ch);
   if (mc == NULL || mc->shut)
     return;
+  if (mc->mux->frozen) {
+    mc->shut_when_thawed = TRUE; /* not exported: an importing host shuts for itself */
+    return;
+  }
   mc->shut = TRUE;
   pump(mc->mux);
 }
@@ -864,6 +882,13 @@ void ferry_mux_set_quiet(FerryMux *mux, gboolean quiet)
   mux->quiet = quiet;
   if (!quiet)
     pump(mux);
+}
+
+void ferry_mux_set_frozen(FerryMux *mux, gboolean frozen)
+{
+  mux->frozen = frozen;
+  if (!frozen)
+    schedule_deliver(mux);
 }
 
 gboolean ferry_mux_output_flushed(FerryMux *mux)

@@ -356,6 +356,52 @@ static void test_acked_after_peer_consumed(void)
   pair_clear(&p);
 }
 
+/* A frozen host takes nothing (data stays unconsumed and unacknowledged, so an export
+ * then is the whole truth), gives no write room and keeps its write side open; thawed,
+ * everything held back goes on, from the loop. */
+static void test_freeze_holds_everything(void)
+{
+  Pair p;
+  pair_init(&p);
+  FerryChannel *g, *h;
+  pair_open(&p, &g, &h);
+  End ge = { .send_seed = 5, .recv_seed = 6, .send_total = 100000, .shut_when_done = TRUE };
+  End he = { .send_seed = 6, .recv_seed = 5, .send_total = 0 };
+  ferry_mux_set_frozen(p.host, TRUE);
+  end_bind(&ge, g);
+  end_bind(&he, h);
+  gboolean never = FALSE;
+  g_assert_false(test_run_until(&never, 300));
+  g_assert_cmpuint(he.received, ==, 0);
+  g_assert_false(he.eof);
+  g_assert_cmpuint(ferry_channel_write_room(h), ==, 0);
+  g_assert_cmpuint(ferry_channel_write(h, "x", 1), ==, 0);
+  ferry_channel_shutdown_write(h);
+  FerryMuxChannelState st;
+  g_autoptr(GError) error = NULL;
+  g_assert_true(ferry_mux_export_channel(p.host, h, &st, &error));
+  g_assert_cmpuint(st.recv_consumed, ==, 0);
+  g_assert_cmpuint(st.send_total, ==, 0);
+  g_assert_false(st.shut);
+  ferry_mux_channel_state_clear(&st);
+  g_assert_false(test_run_until(&never, 100));
+  g_assert_false(ge.eof); /* the shutdown waits for the thaw */
+
+  ferry_mux_set_frozen(p.host, FALSE);
+  g_assert_cmpuint(he.received, ==, 0); /* not inside the call */
+  Two t = { &ge, &he };
+  run_until(both_complete, &t, 20);
+  g_assert_cmpuint(ge.mismatches + he.mismatches, ==, 0);
+  g_assert_true(he.eof);
+  gint64 until = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
+  while (!ge.eof && g_get_monotonic_time() < until)
+    g_main_context_iteration(NULL, TRUE);
+  g_assert_true(ge.eof);
+  end_clear(&ge);
+  end_clear(&he);
+  pair_clear(&p);
+}
+
 /* A writable handler may close its channel: the mux must not look at the channel's
  * freed record afterwards (ASan catches it). */
 static void test_writable_handler_may_close(void)
@@ -931,6 +977,7 @@ int main(int argc, char **argv)
   g_test_add_func("/mux/open-and-exchange", test_open_and_exchange);
   g_test_add_func("/mux/dial-refused", test_dial_refused);
   g_test_add_func("/mux/acked-after-peer-consumed", test_acked_after_peer_consumed);
+  g_test_add_func("/mux/freeze-holds-everything", test_freeze_holds_everything);
   g_test_add_func("/mux/writable-handler-may-close", test_writable_handler_may_close);
   g_test_add_func("/mux/dial-before-attach", test_dial_before_attach);
   g_test_add_func("/mux/stalled-reader-does-not-block-others",
