@@ -80,6 +80,15 @@ guint32 ferry_bridge_server_get_protocol_version(FerryBridgeServer *server);
  */
 void ferry_bridge_server_notify(FerryBridgeServer *server, json_t *body);
 
+/*
+ * Whether the host asked for Ferry's notifications of `type` (for example
+ * FERRY_BRIDGE_NOTIFY_TYPE_OOM_KILL) in its FERRY_BRIDGE_NOTIFICATIONS_FIELD: the answer of
+ * the last NegotiateProtocol that succeeded, kept while disconnected (notifications queued
+ * then go to the next host). FALSE before any negotiation and for a host that names none
+ * (hcsshim's, which would take any container notification for the container's exit).
+ */
+gboolean ferry_bridge_server_host_accepts(FerryBridgeServer *server, const char *type);
+
 /* Messages waiting for a negotiated connection (notifications and earlier
  * connections' answers). */
 guint ferry_bridge_server_backlog_length(FerryBridgeServer *server);

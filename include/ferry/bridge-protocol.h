@@ -47,6 +47,20 @@ G_BEGIN_DECLS
  */
 #define FERRY_BRIDGE_SCRATCH_SIZE_FIELD "FerryScratchSizeInMB"
 
+/*
+ * Ferry's notifications beyond hcsshim's exit notification (docs/bridge-protocol.md,
+ * Ferry's OOM notification). A host asks for them by naming them in this NegotiateProtocol
+ * field (an array of strings); the guest sends only what the host negotiating last named,
+ * because hcsshim's host takes every container notification for the container's exit.
+ * hcsshim's guest ignores the field.
+ */
+#define FERRY_BRIDGE_NOTIFICATIONS_FIELD "FerryNotifications"
+/* A container notification (FERRY_BRIDGE_NOTIFY_CONTAINER) whose Type is this says the
+ * kernel's OOM killer killed a process in the container (its cgroup's memory.events
+ * oom_kill rose); the container goes on. FERRY_BRIDGE_OOM_KILL_COUNT carries the count. */
+#define FERRY_BRIDGE_NOTIFY_TYPE_OOM_KILL "FerryOomKill"
+#define FERRY_BRIDGE_OOM_KILL_COUNT "FerryOomKillCount"
+
 /* WaitForProcess's TimeoutInMs for "no timeout". */
 #define FERRY_BRIDGE_INFINITE_TIMEOUT 0xffffffffu
 

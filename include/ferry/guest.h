@@ -52,6 +52,18 @@ FerryBridge *ferry_guest_connection_get_bridge(FerryGuestConnection *gc);
 /* NegotiateProtocol with Minimum = Maximum = 4; the guest must select 4. */
 void ferry_guest_connection_connect(FerryGuestConnection *gc, FerryGuestDoneFunc done,
                                     gpointer user_data);
+/*
+ * The guest kernel's OOM killer killed a process of container `container_id` (borrowed),
+ * which the connection follows: Ferry's OOM notification, which the connection asks for
+ * when it negotiates (docs/bridge-protocol.md). `oom_kills` is the container's count so
+ * far. Runs from the bridge's input in the order of the guest's messages, so before the
+ * answer to the wait of a process the kill ended (the guest checks the count first).
+ */
+typedef void (*FerryGuestOomFunc)(FerryGuestConnection *gc, const char *container_id,
+                                  guint64 oom_kills, gpointer user_data);
+void ferry_guest_connection_set_oom_func(FerryGuestConnection *gc, FerryGuestOomFunc func,
+                                         gpointer user_data);
+
 /* 4 once connected, 0 before. */
 guint32 ferry_guest_connection_protocol(FerryGuestConnection *gc);
 /* lower(RuntimeOsType) from the guest's capabilities ("linux"), NULL before connect. */

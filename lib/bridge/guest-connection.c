@@ -17,6 +17,8 @@ struct FerryGuestConnection {
   char *os;
   GHashTable *containers; /* container id -> FerryGuestContainer (a reference) */
   GHashTable *processes;  /* every live FerryGuestProcess (not a reference) */
+  FerryGuestOomFunc oom_func;
+  gpointer oom_data;
 };
 
 typedef struct {
@@ -173,6 +175,19 @@ static gboolean usable(FerryGuestConnection *gc, const char *what, GError **erro
 static void container_mark_exited(FerryGuestContainer *c, const char *type, const GError *error);
 static void send_fresh_waits(FerryGuestConnection *gc);
 
+/* Ferry's OOM notification: the container goes on. One for a container the host no
+ * longer follows (closed before the guest deleted it) is dropped, not an error. */
+static gboolean on_oom_notification(FerryGuestConnection *gc, json_t *body, const char *cid,
+                                    GError **error)
+{
+  gint64 count = 0;
+  if (!ferry_json_get_int64(body, FERRY_BRIDGE_OOM_KILL_COUNT, FALSE, &count, error))
+    return FALSE;
+  if (g_hash_table_lookup(gc->containers, cid) != NULL && gc->oom_func != NULL)
+    gc->oom_func(gc, cid, count > 0 ? (guint64)count : 0, gc->oom_data);
+  return TRUE;
+}
+
 static gboolean on_notification(FerryBridge *b, json_t *body, gpointer ud, GError **error)
 {
   FerryGuestConnection *gc = ud;
@@ -180,6 +195,8 @@ static gboolean on_notification(FerryBridge *b, json_t *body, gpointer ud, GErro
   if (!ferry_json_get_string(body, "ContainerId", TRUE, &cid, error) ||
       !ferry_json_get_string(body, "Type", FALSE, &type, error))
     return FALSE;
+  if (g_strcmp0(type, FERRY_BRIDGE_NOTIFY_TYPE_OOM_KILL) == 0)
+    return on_oom_notification(gc, body, cid, error);
   FerryGuestContainer *c = g_hash_table_lookup(gc->containers, cid);
   if (c == NULL) {
     g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "notification for unknown container %s",
@@ -313,6 +330,9 @@ static void negotiate(FerryGuestConnection *gc, gboolean leave_migrating, FerryG
   g_autoptr(json_t) body = ferry_bridge_request_base(FERRY_NULL_CONTAINER_ID, NULL);
   json_object_set_new(body, "MinimumVersion", json_integer(FERRY_BRIDGE_PROTOCOL_V4));
   json_object_set_new(body, "MaximumVersion", json_integer(FERRY_BRIDGE_PROTOCOL_V4));
+  /* Ferry's notifications this host understands (hcsshim's guest ignores the field). */
+  json_object_set_new(body, FERRY_BRIDGE_NOTIFICATIONS_FIELD,
+                      json_pack("[s]", FERRY_BRIDGE_NOTIFY_TYPE_OOM_KILL));
   ferry_bridge_rpc(gc->bridge, FERRY_BRIDGE_RPC_NEGOTIATE_PROTOCOL, body,
                    FERRY_BRIDGE_DEFAULT_TIMEOUT_MS, on_negotiated, n);
 }
@@ -321,6 +341,13 @@ void ferry_guest_connection_connect(FerryGuestConnection *gc, FerryGuestDoneFunc
                                     gpointer user_data)
 {
   negotiate(gc, FALSE, done, user_data);
+}
+
+void ferry_guest_connection_set_oom_func(FerryGuestConnection *gc, FerryGuestOomFunc func,
+                                         gpointer user_data)
+{
+  gc->oom_func = func;
+  gc->oom_data = user_data;
 }
 
 guint32 ferry_guest_connection_protocol(FerryGuestConnection *gc)

@@ -44,6 +44,9 @@ struct FerryBridgeServer {
   FerryBridgeParser *parser;
   guint64 generation; /* names the current connection; bumped when one ends */
   guint32 version;
+  /* FERRY_BRIDGE_NOTIFICATIONS_FIELD of the last negotiation that succeeded: what the
+   * host asked for, kept across a disconnection (the backlog goes to the next host). */
+  GStrv host_notifications;
   GQueue backlog; /* GBytes: encoded messages waiting for a negotiated connection */
   gsize backlog_bytes;
   guint64 backlog_dropped;
@@ -75,6 +78,7 @@ static void server_unref(FerryBridgeServer *server)
   if (--server->refs > 0)
     return;
   backlog_clear(server);
+  g_strfreev(server->host_notifications);
   g_array_unref(server->routes);
   json_decref(server->capabilities);
   ferry_bridge_parser_free(server->parser);
@@ -368,6 +372,26 @@ static json_t *default_capabilities(void)
                    "DeleteContainerStateSupported", 1);
 }
 
+/* At most this many names of FERRY_BRIDGE_NOTIFICATIONS_FIELD are kept (Ferry defines
+ * one); the rest, and members that are not strings, are ignored. */
+#define MAX_HOST_NOTIFICATIONS 16
+
+static GStrv host_notifications_of(json_t *body)
+{
+  json_t *list = json_object_get(body, FERRY_BRIDGE_NOTIFICATIONS_FIELD);
+  g_autoptr(GStrvBuilder) names = g_strv_builder_new();
+  gsize i, kept = 0;
+  json_t *name;
+  json_array_foreach(list, i, name)
+  {
+    if (json_is_string(name) && kept < MAX_HOST_NOTIFICATIONS) {
+      g_strv_builder_add(names, json_string_value(name));
+      kept++;
+    }
+  }
+  return g_strv_builder_end(names);
+}
+
 /* hcsshim's negotiateProtocolV2: pick min(PvMax, MaximumVersion) if the ranges meet,
  * make it the connection's version, then let the backlog out behind the answer. */
 static void negotiate_protocol(FerryBridgeRequest *request, gpointer user_data)
@@ -389,8 +413,11 @@ static void negotiate_protocol(FerryBridgeRequest *request, gpointer user_data)
     return;
   }
   guint32 selected = MIN(PROTOCOL_MAX, max_version);
-  if (request_is_current(request))
+  if (request_is_current(request)) {
     server->version = selected;
+    g_strfreev(server->host_notifications);
+    server->host_notifications = host_notifications_of(request->body);
+  }
   ferry_bridge_request_reply(request, json_pack("{s:i, s:O}", "Version", (int)selected,
                                                 "Capabilities", server->capabilities));
   backlog_drain(server);
@@ -519,6 +546,13 @@ void ferry_bridge_server_notify(FerryBridgeServer *server, json_t *body)
   if (!server->freed)
     notify_body(server, body);
   json_decref(body);
+}
+
+gboolean ferry_bridge_server_host_accepts(FerryBridgeServer *server, const char *type)
+{
+  g_return_val_if_fail(server != NULL && type != NULL, FALSE);
+  return server->host_notifications != NULL &&
+         g_strv_contains((const char *const *)server->host_notifications, type);
 }
 
 guint ferry_bridge_server_backlog_length(FerryBridgeServer *server)

@@ -475,6 +475,40 @@ static void test_negotiate_custom_capabilities(Fixture *f, gconstpointer data)
   g_assert_cmpstr(caps, ==, "{\"RuntimeOsType\":\"Ferry\"}");
 }
 
+/* Ferry's notifications go only to a host that named them when it negotiated: a host
+ * without the field (hcsshim's) gets none; the last negotiation's list holds while
+ * disconnected and is replaced by the next one. */
+static void test_negotiate_host_notifications(Fixture *f, gconstpointer data)
+{
+  const char *oom = FERRY_BRIDGE_NOTIFY_TYPE_OOM_KILL;
+  g_assert_false(ferry_bridge_server_host_accepts(f->server, oom));
+  host_connect(f);
+  negotiate(f, 0); /* hcsshim's NegotiateProtocol: no FerryNotifications */
+  g_assert_false(ferry_bridge_server_host_accepts(f->server, oom));
+
+  host_connect(f);
+  host_send(f, NEGOTIATE, 1,
+            "{\"MinimumVersion\":4,\"MaximumVersion\":4,\"" FERRY_BRIDGE_NOTIFICATIONS_FIELD
+            "\":[7,\"FerrySomethingElse\",\"" FERRY_BRIDGE_NOTIFY_TYPE_OOM_KILL "\"]}");
+  g_autoptr(json_t) answer = expect_answer(f, NEGOTIATE, 1, 0);
+  g_assert_true(ferry_bridge_server_host_accepts(f->server, oom));
+  g_assert_true(ferry_bridge_server_host_accepts(f->server, "FerrySomethingElse"));
+  g_assert_false(ferry_bridge_server_host_accepts(f->server, "UnexpectedExit"));
+
+  /* Disconnected: still the last host's list. */
+  ferry_fd_clear(&f->host);
+  run_until_disconnects(f, 2);
+  g_assert_true(ferry_bridge_server_host_accepts(f->server, oom));
+
+  /* A field that is not an array names nothing. */
+  host_connect(f);
+  host_send(f, NEGOTIATE, 2,
+            "{\"MinimumVersion\":4,\"MaximumVersion\":4,\"" FERRY_BRIDGE_NOTIFICATIONS_FIELD
+            "\":\"" FERRY_BRIDGE_NOTIFY_TYPE_OOM_KILL "\"}");
+  g_autoptr(json_t) again = expect_answer(f, NEGOTIATE, 2, 0);
+  g_assert_false(ferry_bridge_server_host_accepts(f->server, oom));
+}
+
 /* hcsshim's Mux: NegotiateProtocol is registered at PvInvalid only, so on a negotiated
  * connection a second one is an unknown (type, version) pair. */
 static void test_negotiate_again_answered_e_notimpl(Fixture *f, gconstpointer data)
@@ -1227,6 +1261,7 @@ int main(int argc, char **argv)
   T("negotiate/rejects-min-above-4", test_negotiate_rejects_min_above_4);
   T("negotiate/bad-versions-e-invalidarg", test_negotiate_bad_versions_e_invalidarg);
   T("negotiate/custom-capabilities", test_negotiate_custom_capabilities);
+  T("negotiate/host-notifications", test_negotiate_host_notifications);
   T("negotiate/again-answered-e-notimpl", test_negotiate_again_answered_e_notimpl);
   T("mux/unknown-message-answered-e-notimpl", test_unknown_message_answered_e_notimpl);
   T("mux/other-version-answered-e-notimpl", test_other_version_answered_e_notimpl);

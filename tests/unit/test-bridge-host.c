@@ -688,6 +688,9 @@ static void gc_answer_negotiate(GcFixture *f, guint32 version)
   guint64 id = guest_expect(&f->guest, RPC_TYPE(NEGOTIATE_PROTOCOL), &body);
   g_assert_cmpint(json_integer_value(json_object_get(body, "MinimumVersion")), ==, 4);
   g_assert_cmpint(json_integer_value(json_object_get(body, "MaximumVersion")), ==, 4);
+  /* Ferry's notifications this host understands. */
+  g_autofree char *asked = ferry_json_dump(json_object_get(body, FERRY_BRIDGE_NOTIFICATIONS_FIELD));
+  g_assert_cmpstr(asked, ==, "[\"" FERRY_BRIDGE_NOTIFY_TYPE_OOM_KILL "\"]");
   json_decref(body);
   guest_answer(&f->guest, RPC_TYPE(NEGOTIATE_PROTOCOL), id,
                json_pack("{s:i, s:{s:s, s:b}}", "Version", version, "Capabilities", "RuntimeOsType",
@@ -832,6 +835,58 @@ static void test_gc_notification_for_unknown_container_kills(GcFixture *f, gcons
     g_main_context_iteration(g_main_context_get_thread_default(), TRUE);
   g_assert_true(ferry_bridge_is_dead(b));
   g_assert_nonnull(strstr(ferry_bridge_get_error(b)->message, "unknown container nobody"));
+}
+
+typedef struct {
+  GPtrArray *ids;
+  guint64 last_count;
+} OomSeen;
+
+static void on_oom(FerryGuestConnection *gc, const char *container_id, guint64 oom_kills,
+                   gpointer ud)
+{
+  OomSeen *seen = ud;
+  g_ptr_array_add(seen->ids, g_strdup(container_id));
+  seen->last_count = oom_kills;
+}
+
+static void guest_notify_oom(RawGuest *g, const char *cid, int count)
+{
+  guest_send(g, FERRY_BRIDGE_NOTIFY_CONTAINER, 0,
+             json_pack("{s:s, s:s, s:s, s:s, s:i, s:i}", "ContainerId", cid, "ActivityId",
+                       FERRY_ZERO_ACTIVITY_ID, "Type", FERRY_BRIDGE_NOTIFY_TYPE_OOM_KILL,
+                       "Operation", "None", "Result", 0, FERRY_BRIDGE_OOM_KILL_COUNT, count));
+}
+
+/* Ferry's OOM notification reaches the OOM callback and leaves the container running;
+ * one for a container the host does not follow is dropped without killing the bridge;
+ * the exit notification that follows still ends the container. */
+static void test_gc_oom_notification(GcFixture *f, gconstpointer data)
+{
+  OomSeen seen = { g_ptr_array_new_with_free_func(g_free), 0 };
+  ferry_guest_connection_set_oom_func(f->gc, on_oom, &seen);
+  g_autoptr(GError) error = NULL;
+  g_autoptr(FerryGuestContainer) c = ferry_guest_connection_open_container(f->gc, "c5", &error);
+  g_assert_no_error(error);
+  guest_notify_oom(&f->guest, "nobody", 1);
+  guest_notify_oom(&f->guest, "c5", 2);
+  gint64 until = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
+  while (seen.ids->len == 0 && g_get_monotonic_time() < until)
+    g_main_context_iteration(g_main_context_get_thread_default(), TRUE);
+  g_assert_cmpuint(seen.ids->len, ==, 1);
+  g_assert_cmpstr(seen.ids->pdata[0], ==, "c5");
+  g_assert_cmpuint(seen.last_count, ==, 2);
+  g_assert_false(ferry_guest_container_has_exited(c));
+  g_assert_false(ferry_bridge_is_dead(ferry_guest_connection_get_bridge(f->gc)));
+
+  Result w = { 0 };
+  ferry_guest_container_wait(c, on_done, &w);
+  guest_notify_exit(&f->guest, "c5", "UnexpectedExit");
+  wait_for(&w);
+  g_assert_no_error(w.error);
+  g_assert_cmpstr(ferry_guest_container_exit_type(c), ==, "UnexpectedExit");
+  g_assert_cmpuint(seen.ids->len, ==, 1);
+  g_ptr_array_unref(seen.ids);
 }
 
 static void test_gc_close_container_fails_wait(GcFixture *f, gconstpointer data)
@@ -1391,6 +1446,7 @@ int main(int argc, char **argv)
   GC("wait-container-bridge-terminated", test_gc_wait_container_bridge_terminated);
   GC("notification-for-unknown-container-kills", test_gc_notification_for_unknown_container_kills);
   GC("close-container-fails-wait", test_gc_close_container_fails_wait);
+  GC("oom-notification", test_gc_oom_notification);
   GC("exec-and-exit-code", test_gc_exec_and_exit_code);
   GC("exit-code-lost-on-not-found", test_gc_exit_code_lost_on_not_found);
   GC("exit-code-signaled-forms", test_gc_exit_code_signaled_forms);
