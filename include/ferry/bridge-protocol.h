@@ -48,8 +48,8 @@ G_BEGIN_DECLS
 #define FERRY_BRIDGE_SCRATCH_SIZE_FIELD "FerryScratchSizeInMB"
 
 /*
- * Ferry's notifications beyond hcsshim's exit notification (docs/bridge-protocol.md,
- * Ferry's OOM notification). A host asks for them by naming them in this NegotiateProtocol
+ * Ferry's notifications beyond hcsshim's exit notification (docs/bridge.md, Ferry's OOM
+ * notification). A host asks for them by naming them in this NegotiateProtocol
  * field (an array of strings); the guest sends only what the host negotiating last named,
  * because hcsshim's host takes every container notification for the container's exit.
  * hcsshim's guest ignores the field.

@@ -55,7 +55,7 @@ void ferry_guest_connection_connect(FerryGuestConnection *gc, FerryGuestDoneFunc
 /*
  * The guest kernel's OOM killer killed a process of container `container_id` (borrowed),
  * which the connection follows: Ferry's OOM notification, which the connection asks for
- * when it negotiates (docs/bridge-protocol.md). `oom_kills` is the container's count so
+ * when it negotiates (docs/bridge.md). `oom_kills` is the container's count so
  * far. Runs from the bridge's input in the order of the guest's messages, so before the
  * answer to the wait of a process the kill ended (the guest checks the count first).
  */

@@ -7,6 +7,8 @@
  * exec.c      ExecuteProcess: parameters, dialing the stdio ports, starting
  * relay.c     stdio relays between a process's fds and channels
  * storage.c   ModifySettings MappedVirtualDisk and CombinedLayers: disk mounts, overlays
+ * stats.c     a container's cgroup figures (GetProperties)
+ * oom.c       OOM kills in a container's cgroup, told to the host
  */
 #pragma once
 
@@ -17,6 +19,7 @@
 
 typedef struct GcsRelay GcsRelay;
 typedef struct GcsStorage GcsStorage;
+typedef struct GcsOomWatch GcsOomWatch;
 
 typedef enum {
   GCS_SHUTDOWN_NONE,
@@ -39,6 +42,8 @@ typedef struct {
   GcsContainerState state;
   GPid init_pid;
   GcsShutdown shutdown; /* the last shutdown asked for: the notification's Type */
+  GcsOomWatch *oom;     /* the watch on its group's memory.events, once the init ran */
+  guint64 oom_kills;    /* the group's oom_kill count last seen */
 } GcsContainer;
 
 /* A process the agent started, from its start until it is evicted after its exit. */
@@ -59,6 +64,7 @@ typedef struct {
 } GcsProcess;
 
 struct FerryGcs {
+  GMainContext *context; /* thread-default at creation: the agent's sources go there */
   FerryTransport *transport;
   FerryRuntime *runtime;
   FerryGcsOptions opts;
@@ -115,6 +121,27 @@ json_t *gcs_parse_io_stat(const char *text);
 json_t *gcs_container_metrics(const GcsContainer *c, GError **error);
 /* Every process in the running container's cgroup (its init's children too), by pid. */
 GArray *gcs_container_pids(const GcsContainer *c, GError **error);
+
+/* ---- oom.c ---- */
+
+/* Pure: the `oom_kill` count of memory.events text; FALSE without one. */
+gboolean gcs_parse_oom_kills(const char *text, guint64 *count);
+/* The linux.cgroupsPath the agent gives container `container_id`: `container` inside
+ * the container's own group, /ferry/<id> (newly allocated). */
+char *gcs_oom_cgroups_path(const char *container_id);
+/* Create: set the spec's linux.cgroupsPath (INVALID_ARGUMENT when `linux` is not an
+ * object) and read the group's count if one is left from an earlier container of the
+ * id (else 0) into *oom_kills. */
+gboolean gcs_oom_prepare(const char *container_id, json_t *spec, guint64 *oom_kills,
+                         GError **error);
+/* The init runs: watch the group's memory.events (inotify). Without a group (crun's
+ * cgroups disabled, local mode) nothing is watched. */
+void gcs_oom_watch_start(FerryGcs *gcs, GcsContainer *c);
+/* Read the group's count; when it rose, send Ferry's OOM notification (if the host asked
+ * for it and the container is not stopped). */
+void gcs_oom_check(FerryGcs *gcs, GcsContainer *c);
+/* Stop watching and remove the group (the container was deleted). */
+void gcs_oom_watch_free(GcsOomWatch *watch);
 
 /* ---- relay.c ---- */
 

@@ -165,6 +165,10 @@ static void record_check_complete(GcsProcess *record)
   g_autofree char *code = g_strdup_printf("%d", record->exit_code);
   ferry_log(FERRY_LOG_DEBUG, "gcs: process exited and drained", "pid", pid, "exit_code", code,
             "container", record->container_id, NULL);
+  /* An OOM kill that ended the process is told before its exit. */
+  GcsContainer *c = gcs_container_lookup(gcs, record->container_id);
+  if (c != NULL && c->serial == record->container_serial)
+    gcs_oom_check(gcs, c);
   GPtrArray *waits = g_steal_pointer(&record->waits);
   record->waits = g_ptr_array_new();
   for (guint i = 0; i < waits->len; i++) {
@@ -215,6 +219,9 @@ GcsProcess *gcs_process_add(FerryGcs *gcs, FerryProcess *process, const char *co
   g_hash_table_insert(gcs->processes, GINT_TO_POINTER(record->pid), record);
   record->indexed = TRUE;
   ferry_process_set_exit_func(process, on_process_exit, record, NULL);
+  GcsContainer *c = is_init ? gcs_container_lookup(gcs, container_id) : NULL;
+  if (c != NULL && c->serial == container_serial)
+    gcs_oom_watch_start(gcs, c);
   return record;
 }
 
@@ -320,6 +327,7 @@ void gcs_container_init_complete(FerryGcs *gcs, GcsProcess *init)
 static void container_free(gpointer p)
 {
   GcsContainer *c = p;
+  gcs_oom_watch_free(c->oom);
   g_free(c->id);
   g_free(c->activity_id);
   g_free(c->bundle);
@@ -337,6 +345,7 @@ FerryGcs *ferry_gcs_new(FerryTransport *transport, FerryRuntime *runtime,
     return NULL;
   }
   FerryGcs *gcs = g_new0(FerryGcs, 1);
+  gcs->context = g_main_context_ref_thread_default();
   gcs->transport = transport;
   gcs->runtime = runtime;
   if (opts != NULL)
@@ -414,6 +423,7 @@ void ferry_gcs_free(FerryGcs *gcs)
   g_hash_table_unref(gcs->relays);
   g_hash_table_unref(gcs->execs);
   g_hash_table_unref(gcs->containers);
+  g_main_context_unref(gcs->context);
   g_free(gcs);
 }
 

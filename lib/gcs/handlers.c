@@ -142,6 +142,12 @@ static void handle_create(FerryBridgeRequest *request, gpointer user_data)
                                      "Create %s: OciBundlePath %s is not a directory", id, bundle);
     return;
   }
+  guint64 oom_kills = 0;
+  if (!gcs_oom_prepare(id, spec, &oom_kills, &error)) {
+    ferry_bridge_request_reply_error(request, FERRY_HR_E_INVALIDARG, "Create %s: %s", id,
+                                     error->message);
+    return;
+  }
   if (!write_bundle_config(bundle, spec, &error)) {
     ferry_bridge_request_reply_error(request, FERRY_HR_E_FAIL, "Create %s: %s", id, error->message);
     return;
@@ -153,6 +159,7 @@ static void handle_create(FerryBridgeRequest *request, gpointer user_data)
   c->activity_id = g_strdup(*activity_id != '\0' ? activity_id : FERRY_ZERO_ACTIVITY_ID);
   c->bundle = g_strdup(bundle);
   c->state = GCS_CONTAINER_CREATED;
+  c->oom_kills = oom_kills;
   g_hash_table_insert(gcs->containers, c->id, c);
   ferry_log(FERRY_LOG_DEBUG, "gcs: container created", "container", id, "bundle", bundle, NULL);
   ferry_bridge_request_reply(request, NULL);
