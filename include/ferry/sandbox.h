@@ -52,6 +52,10 @@ typedef struct {
    * (ferry_guest_container_open_process_with_io on ferry_sandbox_get_container), so
    * that their waits are routed. The containers are open already. */
   void (*restore)(FerrySandbox *sandbox, FerryGuestConnection *gc, gpointer user_data);
+  /* The guest kernel's OOM killer killed a process of container `container_id`
+   * (borrowed), one of the sandbox's table; the container goes on. Runs in the order of
+   * the guest's messages: before the exit the kill caused reaches a process's wait. */
+  void (*container_oom)(FerrySandbox *sandbox, const char *container_id, gpointer user_data);
 } FerrySandboxHandlers;
 
 typedef void (*FerrySandboxDoneFunc)(FerrySandbox *sandbox, const GError *error,

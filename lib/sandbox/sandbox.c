@@ -219,6 +219,18 @@ static void on_connected(const GError *error, gpointer ud)
   start_finish(sandbox, NULL);
 }
 
+static void on_container_oom(FerryGuestConnection *gc, const char *container_id, guint64 oom_kills,
+                             gpointer ud)
+{
+  FerrySandbox *sandbox = ud;
+  g_autofree char *n = g_strdup_printf("%" G_GUINT64_FORMAT, oom_kills);
+  ferry_log(FERRY_LOG_DEBUG, "sandbox: OOM kill in a container", "sandbox", sandbox->id,
+            "container", container_id, "oom_kills", n, NULL);
+  if (g_hash_table_contains(sandbox->containers, container_id) &&
+      sandbox->handlers.container_oom != NULL)
+    sandbox->handlers.container_oom(sandbox, container_id, sandbox->user_data);
+}
+
 /* The agent dialed the bridge port. */
 static void on_bridge(FerryTransport *transport, FerryChannel *accepted, gpointer ud)
 {
@@ -245,6 +257,7 @@ static void on_bridge(FerryTransport *transport, FerryChannel *accepted, gpointe
       start_fail(sandbox, g_steal_pointer(&error));
     return;
   }
+  ferry_guest_connection_set_oom_func(sandbox->gc, on_container_oom, sandbox);
   if (resuming)
     sandbox_resume_bridge(sandbox);
   ferry_guest_connection_connect(sandbox->gc, on_connected, sandbox);

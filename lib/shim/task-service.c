@@ -57,6 +57,7 @@ struct Task {
   gboolean init_exit_due; /* the init exited; its TaskExit waits for the execs' */
   gboolean paused;
   gboolean deleting;
+  gboolean oom_due; /* an OOM kill reported before TaskStart went out: published after it */
 };
 
 struct FerryTaskService {
@@ -233,6 +234,14 @@ static void publish_exit(Process *p)
   publish(t->svc, "/tasks/exit", &ev.base);
 }
 
+/* TaskOOM: an OOM kill in the container (its id only, as runc's shim sends it). */
+static void publish_oom(Task *t)
+{
+  Containerd__Events__TaskOOM ev = CONTAINERD__EVENTS__TASK_OOM__INIT;
+  ev.container_id = t->id;
+  publish(t->svc, "/tasks/oom", &ev.base);
+}
+
 /* containerd's order: an exec's TaskExit before the init's. */
 static void publish_init_exit_if_due(Task *t)
 {
@@ -317,6 +326,10 @@ static void on_started(const GError *error, gpointer ud)
     ev.container_id = t->id;
     ev.pid = p->pid;
     publish(t->svc, "/tasks/start", &ev.base);
+    if (t->oom_due) {
+      t->oom_due = FALSE;
+      publish_oom(t);
+    }
   } else {
     Containerd__Events__TaskExecStarted ev = CONTAINERD__EVENTS__TASK_EXEC_STARTED__INIT;
     ev.container_id = t->id;
@@ -514,6 +527,22 @@ static void on_vm_exited(FerrySandbox *sandbox, const GError *error, gpointer ud
   /* The processes' waits fail on their own (the bridge is gone): each reports 255. */
 }
 
+/* containerd's TaskOOM (runc's shim publishes it when the container's memory.events
+ * oom_kill rises). It comes in the guest's order, so before the TaskExit of a process the
+ * kill ended. */
+static void on_container_oom(FerrySandbox *sandbox, const char *container_id, gpointer ud)
+{
+  FerryTaskService *svc = ud;
+  Task *t = g_hash_table_lookup(svc->tasks, container_id);
+  if (t == NULL || t->deleting)
+    return;
+  if (t->init == NULL || t->init->status == PROC_CREATED) {
+    t->oom_due = TRUE; /* containerd hears of the task's start first */
+    return;
+  }
+  publish_oom(t);
+}
+
 static gboolean ensure_sandbox(FerryTaskService *svc, CreateOp *op, GError **error)
 {
   if (svc->boot_error != NULL) {
@@ -539,7 +568,8 @@ static gboolean ensure_sandbox(FerryTaskService *svc, CreateOp *op, GError **err
       .boot_timeout_ms = svc->boot_timeout_ms,
       .vm = svc->vm,
     };
-    static const FerrySandboxHandlers handlers = { .vm_exited = on_vm_exited };
+    static const FerrySandboxHandlers handlers = { .vm_exited = on_vm_exited,
+                                                   .container_oom = on_container_oom };
     svc->sandbox = ferry_sandbox_new(&cfg, &handlers, svc, error);
     if (svc->sandbox == NULL)
       return FALSE;

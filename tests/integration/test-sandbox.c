@@ -28,6 +28,8 @@ typedef struct {
   GError *error;
   gboolean vm_exited;
   GError *exit_error;
+  GPtrArray *ooms;         /* container ids of the container_oom calls, when set */
+  gboolean oom_after_exit; /* a container_oom came after the running command's exit */
 } Done;
 
 static void on_done(FerrySandbox *sandbox, const GError *error, gpointer ud)
@@ -55,12 +57,33 @@ static void on_gc_done(const GError *error, gpointer ud)
     d->error = g_error_copy(error);
 }
 
-static const FerrySandboxHandlers handlers = { .vm_exited = on_vm_exited };
+/* A command in the UVM or a container, through the sandbox's guest connection. */
+typedef struct {
+  gboolean started, waited;
+  int code;
+  GError *error;
+} Run;
+
+/* The command being run (one at a time): container_oom checks it has not exited yet. */
+static Run *current_run;
+
+static void on_container_oom(FerrySandbox *sandbox, const char *container_id, gpointer ud)
+{
+  Done *d = ud;
+  if (d->ooms != NULL)
+    g_ptr_array_add(d->ooms, g_strdup(container_id));
+  if (current_run != NULL && current_run->waited)
+    d->oom_after_exit = TRUE;
+}
+
+static const FerrySandboxHandlers handlers = { .vm_exited = on_vm_exited,
+                                               .container_oom = on_container_oom };
 
 static void done_clear(Done *d)
 {
   g_clear_error(&d->error);
   g_clear_error(&d->exit_error);
+  g_clear_pointer(&d->ooms, g_ptr_array_unref);
   *d = (Done){ 0 };
 }
 
@@ -80,13 +103,6 @@ static gboolean pid_alive(GPid pid)
 {
   return pid > 0 && kill(pid, 0) == 0;
 }
-
-/* Run a shell command in the UVM through the sandbox's guest connection. */
-typedef struct {
-  gboolean started, waited;
-  int code;
-  GError *error;
-} Run;
 
 static void on_started(const GError *error, gpointer ud)
 {
@@ -114,12 +130,14 @@ static char *run_output(FerrySandbox *sb, FerryGuestContainer *c, json_t *params
   FerryCmd *cmd = ferry_cmd_new(ferry_sandbox_get_guest(sb), c, ferry_sandbox_get_ports(sb), params,
                                 (FerryCmdIo){ -1, p[1], -1 });
   Run r = { 0 };
+  current_run = &r;
   ferry_cmd_start(cmd, on_started, &r);
   g_assert_true(test_run_until(&r.started, start_ms));
   ferry_cmd_wait(cmd, on_waited, &r);
   g_assert_true(test_run_until(&r.waited, 60000));
   g_assert_no_error(r.error);
   ferry_cmd_free(cmd);
+  current_run = NULL;
   *code = r.code;
   GString *out = g_string_new("");
   char buf[512];
@@ -434,6 +452,130 @@ static void test_roots_shared_and_released(void)
   test_rm_rf(dir);
 }
 
+/* ------------------------------------------------------------- OOM kills -- */
+
+/* Container `id` on its attached root, with a memory limit of `limit_mb` MiB. */
+static FerryGuestContainer *create_limited(FerrySandbox *sb, const char *id, guint limit_mb)
+{
+  g_autofree char *bundle = ferry_sandbox_guest_bundle(id);
+  g_autoptr(json_t) spec = test_busybox_oci_spec();
+  json_object_set_new(json_object_get(spec, "linux"), "resources",
+                      json_pack("{s:{s:I}}", "memory", "limit", (json_int_t)limit_mb << 20));
+  g_autoptr(json_t) config =
+      json_pack("{s:{s:i,s:i}, s:s, s:O}", "SchemaVersion", "Major", 2, "Minor", 1, "OciBundlePath",
+                bundle, "OciSpecification", spec);
+  Done d = { 0 };
+  ferry_sandbox_create_container(sb, id, config, on_done, &d);
+  g_assert_true(test_run_until(&d.done, 60000));
+  g_assert_no_error(d.error);
+  FerryGuestContainer *c = ferry_sandbox_get_container(sb, id);
+  g_assert_nonnull(c);
+  return c;
+}
+
+static json_t *sh_process(const char *script)
+{
+  return json_pack("{s:{s:[s,s,s], s:[s], s:s}}", "OciProcess", "args", "sh", "-c", script, "env",
+                   "PATH=/bin", "cwd", "/");
+}
+
+/* A shell that doubles a string until the memory limit stops it. */
+#define GROW "x=0123456789abcdef; while :; do x=$x$x; done"
+
+/*
+ * The guest's OOM notification through the sandbox (docs/agent.md, OOM kills): a
+ * container whose init the OOM killer ends reports container_oom before the init's
+ * exit (137); one whose child is killed reports it while the init runs on; the agent's
+ * cgroup group of a container goes when the container is deleted.
+ */
+static void test_container_oom(void)
+{
+  if (skip_reason != NULL) {
+    g_test_skip(skip_reason);
+    return;
+  }
+  g_autofree char *mkfs = g_find_program_in_path("mkfs.erofs");
+  if (mkfs == NULL) {
+    g_test_skip("mkfs.erofs is not installed (scripts/install-deps.sh shim)");
+    return;
+  }
+  g_autofree char *dir = test_make_tmpdir();
+  g_autofree char *image = make_erofs(dir, "base", "base layer\n");
+  FerrySandboxConfig c = config_for(dir);
+  Done d = { 0 };
+  g_autoptr(GError) error = NULL;
+  FerrySandbox *sb = ferry_sandbox_new(&c, &handlers, &d, &error);
+  g_assert_no_error(error);
+  ferry_sandbox_start(sb, on_done, &d);
+  g_assert_true(test_run_until(&d.done, 120000));
+  g_assert_no_error(d.error);
+  d.ooms = g_ptr_array_new_with_free_func(g_free);
+  FerrySandboxLayer layer = { image, "sha256:base" };
+
+  /* The init is what grows: killed, and the OOM is told before its exit. */
+  attach_ok(sb, "oom1", &layer, 1);
+  FerryGuestContainer *c1 = create_limited(sb, "oom1", 32);
+  g_autoptr(json_t) grow = sh_process(GROW);
+  int code = -1;
+  g_autofree char *out = run_output(sb, c1, grow, 60000, &code);
+  g_assert_cmpint(code, ==, 137);
+  g_assert_cmpuint(d.ooms->len, ==, 1);
+  g_assert_cmpstr(d.ooms->pdata[0], ==, "oom1");
+  g_assert_false(d.oom_after_exit);
+  delete_container(sb, "oom1");
+  detach_ok(sb, "oom1");
+  g_autofree char *group =
+      uvm_sh(sb, "test -e /sys/fs/cgroup/ferry/oom1 && echo left || echo removed", &code);
+  g_assert_cmpstr(group, ==, "removed\n");
+
+  /* A child grows and is killed; the init goes on and hears of it, then waits for its
+   * stdin to end: the OOM is told while it runs. */
+  attach_ok(sb, "oom2", &layer, 1);
+  FerryGuestContainer *c2 = create_limited(sb, "oom2", 32);
+  g_autoptr(json_t) child =
+      sh_process("(" GROW "); echo \"child $?\"; read -r line; echo \"init done\"");
+  int in[2], outp[2];
+  g_assert_cmpint(pipe2(in, O_CLOEXEC), ==, 0);
+  g_assert_cmpint(pipe2(outp, O_CLOEXEC), ==, 0);
+  FerryCmd *cmd = ferry_cmd_new(ferry_sandbox_get_guest(sb), c2, ferry_sandbox_get_ports(sb), child,
+                                (FerryCmdIo){ in[0], outp[1], -1 });
+  Run r = { 0 };
+  current_run = &r;
+  ferry_cmd_start(cmd, on_started, &r);
+  g_assert_true(test_run_until(&r.started, 60000));
+  ferry_cmd_wait(cmd, on_waited, &r);
+  gint64 until = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
+  while (d.ooms->len < 2 && !r.waited && g_get_monotonic_time() < until)
+    g_main_context_iteration(NULL, TRUE);
+  g_assert_false(r.waited);
+  g_assert_cmpuint(d.ooms->len, ==, 2);
+  g_assert_cmpstr(d.ooms->pdata[1], ==, "oom2");
+  close(in[1]); /* the init's read ends */
+  g_assert_true(test_run_until(&r.waited, 60000));
+  g_assert_no_error(r.error);
+  g_assert_cmpint(r.code, ==, 0);
+  ferry_cmd_free(cmd);
+  current_run = NULL;
+  GString *text = g_string_new("");
+  char buf[256];
+  ssize_t n;
+  while ((n = read(outp[0], buf, sizeof(buf))) > 0)
+    g_string_append_len(text, buf, n);
+  close(outp[0]);
+  g_autofree char *got = g_string_free(text, FALSE);
+  g_assert_cmpstr(got, ==, "child 137\ninit done\n");
+  g_assert_cmpuint(d.ooms->len, ==, 2);
+  delete_container(sb, "oom2");
+  detach_ok(sb, "oom2");
+
+  done_clear(&d);
+  ferry_sandbox_stop(sb, on_done, &d);
+  g_assert_true(test_run_until(&d.done, 30000));
+  ferry_sandbox_free(sb);
+  done_clear(&d);
+  test_rm_rf(dir);
+}
+
 int main(int argc, char **argv)
 {
   g_test_init(&argc, &argv, NULL);
@@ -458,5 +600,6 @@ int main(int argc, char **argv)
   g_test_add_func("/sandbox/qemu-fails", test_qemu_fails);
   g_test_add_func("/sandbox/vm-death", test_vm_death);
   g_test_add_func("/sandbox/roots-shared-and-released", test_roots_shared_and_released);
+  g_test_add_func("/sandbox/container-oom", test_container_oom);
   return g_test_run();
 }

@@ -513,6 +513,33 @@ else
   fi
 fi
 
+# An OOM kill: a container limited to 32 MiB whose init doubles a string until the
+# kernel's OOM killer ends it. containerd hears /tasks/oom (runc's shim reads the
+# container's cgroup memory events; Ferry's guest agent reads them in the VM) before the
+# init's exit, 128+SIGKILL. (A kill may be reported more than once: repeats are folded.)
+if ! events_start "$CTRD_DIR/events-oom.txt" 2>"$CTRD_DIR/events.err"; then
+  not_ok "an OOM kill: /tasks/oom of oom1 before its exit (137)" "$(<"$CTRD_DIR/events.err")"
+else
+  # shellcheck disable=SC2016 # the container's shell expands it
+  ctrd_ctr run --runtime "$runtime" -d --memory-limit $((32 << 20)) --env PATH=/bin \
+    --fifo-dir "$CTRD_FIFO" --rootfs=true -- "$rootfs" oom1 \
+    sh -c 'x=0123456789abcdef; while :; do x=$x$x; done' >/dev/null 2>"$CTRD_DIR/oom1.err" &&
+    ctrd_track oom1
+  wait_until "$wait_s" has_event "$CTRD_DIR/events-oom.txt" oom1 "/tasks/exit id=oom1 status=137"
+  events_stop
+  expected="/tasks/start
+/tasks/oom
+/tasks/exit id=oom1 status=137"
+  got=$(events_of "$CTRD_DIR/events-oom.txt" oom1 | grep -E '^/tasks/(start|oom|exit)' | uniq)
+  if [[ $got == "$expected" ]]; then
+    ok "an OOM kill: /tasks/oom of oom1 before its exit (137)"
+  else
+    not_ok "an OOM kill: /tasks/oom of oom1 before its exit (137)" "expected:" "$expected" \
+      "got:" "$got" "$(<"$CTRD_DIR/oom1.err")"
+  fi
+  remove oom1 >/dev/null 2>&1
+fi
+
 # Two containers naming one sandbox share one shim.
 run_annotated() { # run_annotated ID TYPE: a detached container of sandbox sb1
   ctrd_ctr run --runtime "$runtime" -d --env PATH=/bin --fifo-dir "$CTRD_FIFO" \
