@@ -526,6 +526,31 @@ static void test_migrate_three_hops(void)
     w->done = FALSE;
     ferry_sandbox_free(bad);
   }
+  /* A transfer needs a prepare; a prepared source that changes its mind recovers. */
+  {
+    int sp[2];
+    g_autoptr(GError) error = NULL;
+    g_assert_true(ferry_socketpair(sp, FALSE, &error));
+    ferry_sandbox_migration_transfer(w->sb, sp[0], on_done, w);
+    g_assert_true(run_until(w, &w->done, WAIT_MS));
+    g_assert_error(w->error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION);
+    g_clear_error(&w->error);
+    w->done = FALSE;
+    close(sp[0]);
+    close(sp[1]);
+    w->src = w->sb;
+    ferry_sandbox_migration_prepare(w->sb, &hop_options, on_done, w);
+    wait_ok(w, "prepare");
+    ferry_sandbox_migration_prepare(w->sb, &hop_options, on_done, w);
+    g_assert_true(run_until(w, &w->done, WAIT_MS));
+    g_assert_error(w->error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION);
+    g_clear_error(&w->error);
+    w->done = FALSE;
+    ferry_sandbox_migration_recover(w->sb, on_done, w);
+    wait_ok(w, "recover a prepared source");
+    w->src = NULL;
+    send_echo_line(w);
+  }
   failed_hop_destination_killed(w, 100);
   failed_hop_no_resume(w, 101);
   for (guint n = 1; n <= HOPS; n++) {
