@@ -14,8 +14,11 @@
 #include "containerd/types/event.pb-c.h"
 #include "containerd/types/mount.pb-c.h"
 #include "containerd/types/task/task.pb-c.h"
+#include "ferry/migration/v1/status.pb-c.h"
+#include "ferry/v1/mux.pb-c.h"
 #include "hcsshim/migration.pb-c.h"
 #include "hcsshim/migration_options.pb-c.h"
+#include "test/hcsshim_upstream.pb-c.h"
 
 /* ---- helpers ---- */
 
@@ -417,9 +420,12 @@ static void test_migration_fields(void)
     { &transfer_sandbox_request__descriptor,
       "TransferSandboxRequest { session_id 1 string; timeout 2 google.protobuf.Duration }" },
     { &transfer_sandbox_response__descriptor, "TransferSandboxResponse { }" },
+    /* Fields 1000 and up are Ferry's extensions (test_migration_ferry_extensions). */
     { &finalize_sandbox_request__descriptor,
-      "FinalizeSandboxRequest { session_id 1 string; action 2 FinalizeAction }" },
-    { &finalize_sandbox_response__descriptor, "FinalizeSandboxResponse { }" },
+      "FinalizeSandboxRequest { session_id 1 string; action 2 FinalizeAction; "
+      "ferry_final_channels 1000 ferry.v1.FinalChannels }" },
+    { &finalize_sandbox_response__descriptor,
+      "FinalizeSandboxResponse { ferry_final_channels 1000 ferry.v1.FinalChannels }" },
     { &create_duplicate_socket_request__descriptor,
       "CreateDuplicateSocketRequest { session_id 1 string; protocol_info 2 bytes }" },
     { &create_duplicate_socket_response__descriptor, "CreateDuplicateSocketResponse { }" },
@@ -812,6 +818,174 @@ static void test_migration_finalize_wire_bytes(void)
   finalize_sandbox_request__free_unpacked(back, NULL);
 }
 
+/* ---- Ferry's extension fields ---- */
+
+/* Every field of hcsshim's messages below 1000 is hcsshim's; Ferry's start at 1000 and
+ * are named ferry_*, so an hcsshim field added later cannot collide with one. */
+static void test_migration_ferry_extensions(void)
+{
+  static const ProtobufCMessageDescriptor *const messages[] = {
+    &prepare_and_export_sandbox_request__descriptor,
+    &prepare_and_export_sandbox_response__descriptor,
+    &import_sandbox_request__descriptor,
+    &import_sandbox_response__descriptor,
+    &prepare_sandbox_request__descriptor,
+    &prepare_sandbox_response__descriptor,
+    &transfer_sandbox_request__descriptor,
+    &transfer_sandbox_response__descriptor,
+    &finalize_sandbox_request__descriptor,
+    &finalize_sandbox_response__descriptor,
+    &create_duplicate_socket_request__descriptor,
+    &create_duplicate_socket_response__descriptor,
+    &notifications_request__descriptor,
+    &notifications_response__descriptor,
+    &cancel_request__descriptor,
+    &cancel_response__descriptor,
+    &cleanup_request__descriptor,
+    &cleanup_response__descriptor,
+    &initialize_options__descriptor,
+    &notification__descriptor,
+  };
+  guint extensions = 0;
+  for (size_t i = 0; i < G_N_ELEMENTS(messages); i++) {
+    for (unsigned j = 0; j < messages[i]->n_fields; j++) {
+      const ProtobufCFieldDescriptor *f = &messages[i]->fields[j];
+      gboolean ours = g_str_has_prefix(f->name, "ferry_");
+      g_assert_cmpint(ours, ==, f->id >= 1000);
+      extensions += ours;
+    }
+  }
+  g_assert_cmpuint(extensions, ==, 2);
+}
+
+/* One channel {id 3, port 7, established, recv_consumed 100, send_acked 5, send_total
+ * 7, unacked "hi"} in FinalChannels: 0a 10 + 16 bytes = 18 (0x12) bytes. */
+#define FINAL_CHANNELS_HEX                                                                         \
+  "0a10"      /* 1 channels, 16 bytes */                                                           \
+  "0803 1007" /*   1 id 3, 2 port 7 */                                                             \
+  "1801 2064" /*   3 established, 4 recv_consumed 100 */                                           \
+  "4805 5007" /*   9 send_acked 5, 10 send_total 7 */                                              \
+  "5a02 6869" /*   11 unacked "hi" */
+
+static void fill_final_channels(Ferry__V1__FinalChannels *fc, Ferry__V1__MuxChannelState *ch,
+                                Ferry__V1__MuxChannelState **list)
+{
+  ferry__v1__mux_channel_state__init(ch);
+  ch->id = 3;
+  ch->port = 7;
+  ch->established = TRUE;
+  ch->recv_consumed = 100;
+  ch->send_acked = 5;
+  ch->send_total = 7;
+  ch->unacked.data = (uint8_t *)"hi";
+  ch->unacked.len = 2;
+  list[0] = ch;
+  ferry__v1__final_channels__init(fc);
+  fc->n_channels = 1;
+  fc->channels = list;
+}
+
+/*
+ * FinalizeSandboxRequest with Ferry's final channels: hcsshim's bytes, then field 1000
+ * (tag (1000 << 3) | 2 = 8002 = varint c2 3e). A decoder that knows only hcsshim's
+ * fields reads session and action and keeps field 1000 as an unknown field, which it
+ * writes back unchanged; ours reads hcsshim's bytes with no final channels.
+ */
+static void test_migration_finalize_request_extension(void)
+{
+  Ferry__V1__MuxChannelState ch;
+  Ferry__V1__MuxChannelState *list[1];
+  Ferry__V1__FinalChannels fc;
+  fill_final_channels(&fc, &ch, list);
+
+  FinalizeSandboxRequest req = FINALIZE_SANDBOX_REQUEST__INIT;
+  req.session_id = "s1";
+  req.action = FINALIZE_ACTION__FINALIZE_ACTION_RESUME;
+  req.ferry_final_channels = &fc;
+
+  const char *want = "0a02 7331" /* 1 session_id "s1" */
+                     "1002"      /* 2 action RESUME */
+                     "c23e 12"   /* 1000 ferry_final_channels, 18 bytes */
+      FINAL_CHANNELS_HEX;
+  assert_packs_to(&req.base, want);
+
+  /* An hcsshim decoder. */
+  Ferry__Test__Upstream__FinalizeSandboxRequest *up =
+      (Ferry__Test__Upstream__FinalizeSandboxRequest *)unpack_hex_roundtrip(
+          &ferry__test__upstream__finalize_sandbox_request__descriptor, want);
+  g_assert_cmpstr(up->session_id, ==, "s1");
+  g_assert_cmpint(up->action, ==, FERRY__TEST__UPSTREAM__FINALIZE_ACTION__FINALIZE_ACTION_RESUME);
+  g_assert_cmpuint(up->base.n_unknown_fields, ==, 1);
+  g_assert_cmpuint(up->base.unknown_fields[0].tag, ==, 1000);
+  ferry__test__upstream__finalize_sandbox_request__free_unpacked(up, NULL);
+
+  /* Ours, on what an hcsshim orchestrator sends. */
+  FinalizeSandboxRequest *back = (FinalizeSandboxRequest *)unpack_hex_roundtrip(
+      &finalize_sandbox_request__descriptor, "0a02 7331 1002");
+  g_assert_cmpint(back->action, ==, FINALIZE_ACTION__FINALIZE_ACTION_RESUME);
+  g_assert_null(back->ferry_final_channels);
+  finalize_sandbox_request__free_unpacked(back, NULL);
+
+  /* Ours, on our own bytes. */
+  back =
+      (FinalizeSandboxRequest *)unpack_hex_roundtrip(&finalize_sandbox_request__descriptor, want);
+  g_assert_nonnull(back->ferry_final_channels);
+  g_assert_cmpuint(back->ferry_final_channels->n_channels, ==, 1);
+  Ferry__V1__MuxChannelState *c = back->ferry_final_channels->channels[0];
+  g_assert_cmpuint(c->id, ==, 3);
+  g_assert_cmpuint(c->recv_consumed, ==, 100);
+  g_assert_cmpuint(c->send_total, ==, 7);
+  g_assert_cmpmem(c->unacked.data, c->unacked.len, "hi", 2);
+  finalize_sandbox_request__free_unpacked(back, NULL);
+}
+
+/* FinalizeSandboxResponse is empty in hcsshim: its decoder keeps our field as unknown. */
+static void test_migration_finalize_response_extension(void)
+{
+  Ferry__V1__MuxChannelState ch;
+  Ferry__V1__MuxChannelState *list[1];
+  Ferry__V1__FinalChannels fc;
+  fill_final_channels(&fc, &ch, list);
+
+  FinalizeSandboxResponse resp = FINALIZE_SANDBOX_RESPONSE__INIT;
+  assert_packs_to(&resp.base, "");
+  resp.ferry_final_channels = &fc;
+  const char *want = "c23e 12" FINAL_CHANNELS_HEX;
+  assert_packs_to(&resp.base, want);
+
+  Ferry__Test__Upstream__FinalizeSandboxResponse *up =
+      (Ferry__Test__Upstream__FinalizeSandboxResponse *)unpack_hex_roundtrip(
+          &ferry__test__upstream__finalize_sandbox_response__descriptor, want);
+  g_assert_cmpuint(up->base.n_unknown_fields, ==, 1);
+  g_assert_cmpuint(up->base.unknown_fields[0].tag, ==, 1000);
+  ferry__test__upstream__finalize_sandbox_response__free_unpacked(up, NULL);
+
+  FinalizeSandboxResponse *back =
+      (FinalizeSandboxResponse *)unpack_hex_roundtrip(&finalize_sandbox_response__descriptor, "");
+  g_assert_null(back->ferry_final_channels);
+  finalize_sandbox_response__free_unpacked(back, NULL);
+}
+
+/* Ferry's Status service: its wire name and fields. */
+static void test_migration_status_service(void)
+{
+  static const char *const methods[] = {
+    "Status(ferry.migration.v1.StatusRequest) ferry.migration.v1.StatusResponse",
+  };
+  assert_service(&ferry__migration__v1__status__descriptor, "ferry.migration.v1.Status", methods,
+                 G_N_ELEMENTS(methods));
+  static const MessageShape shapes[] = {
+    { &ferry__migration__v1__status_request__descriptor,
+      "ferry.migration.v1.StatusRequest { session_id 1 string }" },
+    { &ferry__migration__v1__status_response__descriptor,
+      "ferry.migration.v1.StatusResponse { session_id 1 string; role 2 ferry.migration.v1.Role; "
+      "state 3 ferry.migration.v1.SessionState; phase 4 Phase; phase_state 5 PhaseState; "
+      "last_message_id 6 uint32; bytes_transferred 7 uint64; bytes_total 8 uint64; "
+      "last_error 9 google.rpc.Status; cleaned_up 10 bool }" },
+  };
+  assert_message_shapes(shapes, G_N_ELEMENTS(shapes));
+}
+
 /* ---- round trips of fully populated messages ---- */
 
 static void test_task_state_roundtrip(void)
@@ -986,6 +1160,12 @@ int main(int argc, char **argv)
                   test_migration_init_options_wire_bytes);
   g_test_add_func("/proto/migration/init-options-absent", test_migration_init_options_absent);
   g_test_add_func("/proto/migration/finalize-wire-bytes", test_migration_finalize_wire_bytes);
+  g_test_add_func("/proto/migration/ferry-extensions", test_migration_ferry_extensions);
+  g_test_add_func("/proto/migration/finalize-request-extension",
+                  test_migration_finalize_request_extension);
+  g_test_add_func("/proto/migration/finalize-response-extension",
+                  test_migration_finalize_response_extension);
+  g_test_add_func("/proto/migration/status-service", test_migration_status_service);
 
   g_test_add_func("/proto/malformed", test_malformed);
 
