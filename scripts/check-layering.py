@@ -13,7 +13,7 @@ import os
 import re
 import sys
 
-RANK = {"base": 0, "ttrpc": 1, "bridge": 1, "transport": 1, "runtime": 1, "rootfs": 1, "gcs": 2,
+RANK = {"base": 0, "proto": 1, "ttrpc": 1, "bridge": 1, "transport": 1, "runtime": 1, "rootfs": 1, "gcs": 2,
         "vm": 2, "cmd": 2, "migration": 3, "sandbox": 3, "shim": 4}
 
 # Which module each public header belongs to. A new header must be added here.
@@ -43,6 +43,9 @@ HEADER_MODULE = {
     "runtime": "runtime",
     "gcs": "gcs",
     "rootfs": "rootfs",
+    "migration-session": "migration",
+    "migration-notifications": "migration",
+    "sandbox-state": "migration",
 }
 
 # Generated protobuf headers, by the module allowed to use them first.
@@ -51,6 +54,9 @@ PROTO_MODULE = {
     "google/": "ttrpc",
     "containerd/": "migration",
     "hcsshim/": "migration",
+    # Ferry's own messages: pure generated codecs any module from rank 1 up may use
+    # (the sandbox fills a SandboxState, the shim and lib/migration read it).
+    "ferry/": "proto",
     "cgroups/": "shim",
     "test/": None,  # the test service: tests only
 }
@@ -59,14 +65,15 @@ INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]')
 
 
 def module_of_include(path):
-    if path.startswith("ferry/"):
-        name = path[len("ferry/"):].rsplit(".", 1)[0]
-        return HEADER_MODULE.get(name, "?unknown-header")
+    # Generated headers first: Ferry's own protos live under ferry/ too.
     if path.endswith(".pb-c.h"):
         for prefix, mod in PROTO_MODULE.items():
             if path.startswith(prefix):
                 return mod if mod is not None else "?tests-only"
         return "?unknown-proto"
+    if path.startswith("ferry/"):
+        name = path[len("ferry/"):].rsplit(".", 1)[0]
+        return HEADER_MODULE.get(name, "?unknown-header")
     return None  # system or module-private header
 
 
