@@ -46,6 +46,7 @@ HEADER_MODULE = {
     "migration-session": "migration",
     "migration-notifications": "migration",
     "sandbox-state": "migration",
+    "migration-wire": "migration",
 }
 
 # Generated protobuf headers, by the module allowed to use them first.
