@@ -65,6 +65,16 @@ gboolean ferry_sandbox_state_validate(const Ferry__V1__SandboxState *state, GErr
 gboolean ferry_sandbox_state_check_compat(const Ferry__V1__Compatibility *local,
                                           const Ferry__V1__Compatibility *remote, GError **error);
 
+/* Does this host have the layer image with `digest`? */
+typedef gboolean (*FerrySandboxStateHasLayerFunc)(const char *digest, gpointer user_data);
+
+/* Every disk's layer image must be here (asked of `has` in the state's disk order):
+ * FAILED_PRECONDITION naming the first missing one and a container using it,
+ * "rootfs layer sha256:... (container c1) is not on this host". */
+gboolean ferry_sandbox_state_check_layers(const Ferry__V1__SandboxState *state,
+                                          FerrySandboxStateHasLayerFunc has, gpointer user_data,
+                                          GError **error);
+
 /* Between the mux's exported channel state (include/ferry/mux.h) and its message.
  * from_mux: `out` is initialised here and borrows `in`'s unacknowledged bytes (keep
  * `in` alive while `out` is used). to_mux: `out` gets a new reference to a copy of the

@@ -276,6 +276,27 @@ gboolean ferry_sandbox_state_check_compat(const Ferry__V1__Compatibility *local,
   return TRUE;
 }
 
+gboolean ferry_sandbox_state_check_layers(const Ferry__V1__SandboxState *state,
+                                          FerrySandboxStateHasLayerFunc has, gpointer user_data,
+                                          GError **error)
+{
+  for (size_t i = 0; i < state->n_disks; i++) {
+    const char *digest = state->disks[i]->digest;
+    if (has(digest, user_data))
+      continue;
+    const char *user = NULL;
+    for (size_t c = 0; c < state->n_containers && user == NULL; c++)
+      for (size_t l = 0; l < state->containers[c]->n_layer_digests && user == NULL; l++)
+        if (g_strcmp0(state->containers[c]->layer_digests[l], digest) == 0)
+          user = state->containers[c]->id;
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION,
+                "rootfs layer %s (%s%s) is not on this host", digest,
+                user != NULL ? "container " : "no container", user != NULL ? user : "");
+    return FALSE;
+  }
+  return TRUE;
+}
+
 /* ------------------------------------------------------------ mux channels -- */
 
 void ferry_sandbox_state_channel_from_mux(const FerryMuxChannelState *in,

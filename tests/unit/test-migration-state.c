@@ -449,6 +449,38 @@ static void test_compat(void)
   assert_compat_fails(&here, NULL, "the sandbox state carries no compatibility data");
 }
 
+/* ---- layers ---- */
+
+static gboolean has_in_list(const char *digest, gpointer user_data)
+{
+  return g_strv_contains((const char *const *)user_data, digest);
+}
+
+static void test_layers(void)
+{
+  Fixture f;
+  fixture_init(&f);
+  GError *error = NULL;
+  const char *both[] = { "sha256:1111", "sha256:2222", NULL };
+  g_assert_true(ferry_sandbox_state_check_layers(&f.state, has_in_list, both, &error));
+  g_assert_no_error(error);
+
+  const char *one[] = { "sha256:1111", NULL };
+  g_assert_false(ferry_sandbox_state_check_layers(&f.state, has_in_list, one, &error));
+  g_assert_error(error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION);
+  g_assert_cmpstr(error->message, ==,
+                  "rootfs layer sha256:2222 (container c1) is not on this host");
+  g_clear_error(&error);
+
+  /* A disk no container uses still has to be here. */
+  f.c1.n_layer_digests = 1;
+  f.c1_layers[0] = "sha256:1111";
+  g_assert_false(ferry_sandbox_state_check_layers(&f.state, has_in_list, one, &error));
+  g_assert_cmpstr(error->message, ==,
+                  "rootfs layer sha256:2222 (no container) is not on this host");
+  g_clear_error(&error);
+}
+
 /* ---- mux channels ---- */
 
 static void test_channel_conversion(void)
@@ -536,6 +568,7 @@ int main(int argc, char **argv)
     g_test_add_data_func(path, &invalid_cases[i], test_invalid);
   }
   g_test_add_func("/migration-state/compat", test_compat);
+  g_test_add_func("/migration-state/layers", test_layers);
   g_test_add_func("/migration-state/channel-conversion", test_channel_conversion);
   g_test_add_func("/migration-state/corpus-full", test_corpus_full);
   return g_test_run();
