@@ -200,6 +200,14 @@ gboolean ferry_migration_session_transfer_finished(FerryMigrationSession *s, con
  * it changed nothing. */
 gboolean ferry_migration_session_fail(FerryMigrationSession *s, const GError *error);
 
+/* Record in the session's log that it failed, for a failure the VM does not report
+ * itself (the socket did not come, an export or a prepare failed after engage): a
+ * PHASE_FAILED message from this side (origin by role; SOURCE_FAILED or
+ * DESTINATION_FAILED). Kept for late subscribers like every terminal message. Returns
+ * its id, 0 when there is no session or its log is closed. Failures QEMU reports come
+ * as the VM's own notifications and need no second message. */
+guint32 ferry_migration_session_post_failed(FerryMigrationSession *s);
+
 /* Transfer progress for Status. */
 void ferry_migration_session_set_progress(FerryMigrationSession *s, guint64 transferred,
                                           guint64 total);

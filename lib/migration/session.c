@@ -643,6 +643,19 @@ gboolean ferry_migration_session_fail(FerryMigrationSession *s, const GError *er
   return TRUE;
 }
 
+guint32 ferry_migration_session_post_failed(FerryMigrationSession *s)
+{
+  if (s->id == NULL || s->notes == NULL)
+    return 0;
+  gboolean source = s->role == FERRY_MIGRATION_ROLE_SOURCE;
+  FerryMigrationNotification note = { 0 };
+  note.origin = source ? FERRY_MIGRATION_ORIGIN_SOURCE : FERRY_MIGRATION_ORIGIN_DESTINATION;
+  note.phase = FERRY_MIGRATION_PHASE_FAILED;
+  note.state = source ? FERRY_MIGRATION_PHASE_STATE_SOURCE_FAILED
+                      : FERRY_MIGRATION_PHASE_STATE_DESTINATION_FAILED;
+  return ferry_migration_notifications_post(s->notes, &note);
+}
+
 void ferry_migration_session_set_progress(FerryMigrationSession *s, guint64 transferred,
                                           guint64 total)
 {

@@ -979,6 +979,45 @@ static void test_session_notifications(void)
   g_assert_null(got->pdata[1]);
 }
 
+/* A failure nobody subscribed to (the socket never came): Status reports it, and a
+ * subscriber that comes later still gets it. */
+static void test_failure_without_subscriber(void)
+{
+  g_autoptr(FerryMigrationSession) s = ferry_migration_session_new();
+  g_autoptr(GPtrArray) got = g_ptr_array_new_with_free_func(g_free);
+  g_autoptr(GError) why =
+      g_error_new(FERRY_ERROR, FERRY_ERROR_DEADLINE_EXCEEDED, "socket did not come in 600 s");
+  GError *error = NULL;
+
+  g_assert_cmpuint(ferry_migration_session_post_failed(s), ==, 0); /* no session */
+  reach(s, R_DST_SOCKET_WAITING);
+  FerryMigrationNotifications *n = ferry_migration_session_get_notifications(s);
+  FerryMigrationNotification progress = { .origin = FERRY_MIGRATION_ORIGIN_DESTINATION,
+                                          .phase = FERRY_MIGRATION_PHASE_SETUP_DONE,
+                                          .state = FERRY_MIGRATION_PHASE_STATE_SUCCESS };
+  ferry_migration_notifications_post(n, &progress);
+  g_assert_true(ferry_migration_session_fail(s, why));
+  g_assert_cmpuint(ferry_migration_session_post_failed(s), ==, 2);
+  ferry_migration_notifications_post(n, &progress); /* a late progress report */
+
+  FerryMigrationStatus st;
+  g_assert_true(ferry_migration_session_status(s, SID, &st, &error));
+  g_assert_cmpint(st.state, ==, FERRY_MIGRATION_STATE_FAILED);
+  g_assert_error((GError *)st.last_error, FERRY_ERROR, FERRY_ERROR_DEADLINE_EXCEEDED);
+
+  /* A subscriber now: the failure, then the latest. */
+  ferry_migration_notifications_subscribe(n, on_note, got, NULL, &error);
+  g_assert_no_error(error);
+  drain();
+  g_assert_cmpuint(got->len, ==, 2);
+  const FerryMigrationNotification *first = got->pdata[0];
+  g_assert_cmpuint(first->message_id, ==, 2);
+  g_assert_cmpint(first->phase, ==, FERRY_MIGRATION_PHASE_FAILED);
+  g_assert_cmpint(first->origin, ==, FERRY_MIGRATION_ORIGIN_DESTINATION);
+  g_assert_cmpint(first->state, ==, FERRY_MIGRATION_PHASE_STATE_DESTINATION_FAILED);
+  g_assert_cmpuint(((FerryMigrationNotification *)got->pdata[1])->message_id, ==, 3);
+}
+
 int main(int argc, char **argv)
 {
   g_test_init(&argc, &argv, NULL);
@@ -1012,5 +1051,6 @@ int main(int argc, char **argv)
   g_test_add_func("/migration-session/enum-values", test_enum_values);
   g_test_add_func("/migration-session/task-changes", test_task_changes);
   g_test_add_func("/migration-session/notifications", test_session_notifications);
+  g_test_add_func("/migration-session/failure-without-subscriber", test_failure_without_subscriber);
   return g_test_run();
 }
