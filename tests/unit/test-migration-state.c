@@ -9,6 +9,7 @@
 
 #include "ferry/error.h"
 #include "ferry/sandbox-state.h"
+#include "hcsshim/migration.pb-c.h"
 
 /* A state with two containers, an exec'd process running and one exited, disks, floors
  * and a channel; everything on the stack or static. */
@@ -449,6 +450,50 @@ static void test_compat(void)
   assert_compat_fails(&here, NULL, "the sandbox state carries no compatibility data");
 }
 
+/* The whole way an orchestrator carries it: the source's PrepareAndExportSandboxResponse
+ * (config, field 1), copied into the destination's ImportSandboxRequest (config, field
+ * 3), each through its wire bytes. */
+static void test_through_hcsshim_messages(void)
+{
+  g_autofree char *url =
+      g_strconcat("type.googleapis.com/", ferry__v1__sandbox_state__descriptor.name, NULL);
+  g_assert_cmpstr(url, ==, FERRY_SANDBOX_STATE_TYPE_URL);
+
+  Fixture f;
+  fixture_init(&f);
+  g_autoptr(GBytes) value = ferry_sandbox_state_pack(&f.state);
+  Google__Protobuf__Any any = GOOGLE__PROTOBUF__ANY__INIT;
+  any.type_url = FERRY_SANDBOX_STATE_TYPE_URL;
+  any.value.data = (uint8_t *)g_bytes_get_data(value, &any.value.len);
+  PrepareAndExportSandboxResponse exported = PREPARE_AND_EXPORT_SANDBOX_RESPONSE__INIT;
+  exported.config = &any;
+  size_t n = prepare_and_export_sandbox_response__get_packed_size(&exported);
+  g_autofree guint8 *wire = g_malloc(n);
+  prepare_and_export_sandbox_response__pack(&exported, wire);
+
+  PrepareAndExportSandboxResponse *got = prepare_and_export_sandbox_response__unpack(NULL, n, wire);
+  g_assert_nonnull(got);
+  ImportSandboxRequest import = IMPORT_SANDBOX_REQUEST__INIT;
+  import.session_id = "s1";
+  import.sandbox_id = "sb-new";
+  import.config = got->config;
+  size_t m = import_sandbox_request__get_packed_size(&import);
+  g_autofree guint8 *wire2 = g_malloc(m);
+  import_sandbox_request__pack(&import, wire2);
+  prepare_and_export_sandbox_response__free_unpacked(got, NULL);
+
+  ImportSandboxRequest *req = import_sandbox_request__unpack(NULL, m, wire2);
+  g_assert_nonnull(req);
+  GError *error = NULL;
+  Ferry__V1__SandboxState *state = ferry_sandbox_state_unpack(
+      req->config->type_url, req->config->value.data, req->config->value.len, &error);
+  g_assert_no_error(error);
+  g_autoptr(GBytes) again = ferry_sandbox_state_pack(state);
+  g_assert_true(g_bytes_equal(again, value));
+  ferry__v1__sandbox_state__free_unpacked(state, NULL);
+  import_sandbox_request__free_unpacked(req, NULL);
+}
+
 /* ---- layers ---- */
 
 static gboolean has_in_list(const char *digest, gpointer user_data)
@@ -569,6 +614,7 @@ int main(int argc, char **argv)
   }
   g_test_add_func("/migration-state/compat", test_compat);
   g_test_add_func("/migration-state/layers", test_layers);
+  g_test_add_func("/migration-state/through-hcsshim-messages", test_through_hcsshim_messages);
   g_test_add_func("/migration-state/channel-conversion", test_channel_conversion);
   g_test_add_func("/migration-state/corpus-full", test_corpus_full);
   return g_test_run();
