@@ -574,6 +574,8 @@ gboolean ferry_migration_session_commit(FerryMigrationSession *s, FerryMigration
     g_free(s->sandbox_id);
     s->sandbox_id = NULL;
     s->role = FERRY_MIGRATION_ROLE_NONE;
+    /* A Cancel still outstanding belonged to this session: it no longer counts. */
+    s->cancel_serial = 0;
     s->transfer_completed = FALSE;
     s->finalize_action = FERRY_MIGRATION_FINALIZE_UNSPECIFIED;
     s->transferred = s->total = 0;

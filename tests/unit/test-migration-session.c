@@ -787,6 +787,29 @@ static void test_cancel_after_overtaken_call_commits(void)
   g_assert_no_error(error);
 }
 
+/* A Cancel still outstanding when its session is cleaned up does not leak into the next
+ * session. */
+static void test_cancel_outlived_by_cleanup(void)
+{
+  g_autoptr(FerryMigrationSession) s = ferry_migration_session_new();
+  FerryMigrationStep stale, step;
+  GError *error = NULL;
+
+  reach(s, R_SRC_FAILED);
+  g_assert_true(ferry_migration_session_begin_cancel(s, SID, &stale, &error));
+  do_cleanup(s);
+  do_export(s);
+  g_assert_true(ferry_migration_session_begin_cancel(s, SID, &step, &error));
+  g_assert_false(step.noop);
+  ferry_migration_session_engage(s, &stale);
+  g_assert_cmpint(ferry_migration_session_get_state(s), ==, FERRY_MIGRATION_STATE_SOURCE_EXPORTED);
+  g_assert_false(ferry_migration_session_commit(s, &stale));
+  ferry_migration_session_engage(s, &step);
+  g_assert_true(ferry_migration_session_commit(s, &step));
+  g_assert_cmpint(ferry_migration_session_get_state(s), ==, FERRY_MIGRATION_STATE_CANCELLED);
+  g_assert_no_error(error);
+}
+
 /* A Cancel whose own side effect fails after engage leaves the session Failed, from
  * where the source still recovers. */
 static void test_cancel_fails(void)
@@ -1044,6 +1067,7 @@ int main(int argc, char **argv)
   g_test_add_func("/migration-session/cancel/overtakes-transfer", test_cancel_overtakes_transfer);
   g_test_add_func("/migration-session/cancel/after-overtaken-call-commits",
                   test_cancel_after_overtaken_call_commits);
+  g_test_add_func("/migration-session/cancel/outlived-by-cleanup", test_cancel_outlived_by_cleanup);
   g_test_add_func("/migration-session/cancel/fails", test_cancel_fails);
   g_test_add_func("/migration-session/event/transfer-finished", test_transfer_finished);
   g_test_add_func("/migration-session/event/fail", test_fail_event);
