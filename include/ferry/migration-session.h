@@ -174,16 +174,17 @@ FerryMigrationNotifications *ferry_migration_session_open_notifications(FerryMig
                                                                         GError **error);
 
 /* The point of no return of `step` (see the file comment). Enters the call's
- * intermediate state if it has one. Idempotent. */
-void ferry_migration_session_engage(FerryMigrationSession *s, FerryMigrationStep *step);
+ * intermediate state if it has one. Idempotent. FALSE, and nothing changes, when a
+ * Cancel (or an event that failed the session) overtook the call: stop its side effect. */
+gboolean ferry_migration_session_engage(FerryMigrationSession *s, FerryMigrationStep *step);
 
 /* The side effect succeeded: move to step->to. FALSE, and nothing changes, when a Cancel
  * overtook the call since it began (the caller's result no longer counts). */
 gboolean ferry_migration_session_commit(FerryMigrationSession *s, FerryMigrationStep *step);
 
 /* The side effect failed with `error` (copied; it becomes the session's last error).
- * Before engage the state stays; after it, the call's failure rule applies. FALSE
- * when a Cancel overtook the call (nothing changes then but the last error). */
+ * Before engage the state stays; after it, the call's failure rule applies. FALSE, and
+ * nothing changes (not even the last error), when a Cancel overtook the call. */
 gboolean ferry_migration_session_abort(FerryMigrationSession *s, FerryMigrationStep *step,
                                        const GError *error);
 

@@ -518,10 +518,12 @@ static void release(FerryMigrationSession *s, FerryMigrationStep *step)
   step->serial = 0;
 }
 
-void ferry_migration_session_engage(FerryMigrationSession *s, FerryMigrationStep *step)
+gboolean ferry_migration_session_engage(FerryMigrationSession *s, FerryMigrationStep *step)
 {
-  if (step->engaged || step->noop || !step_is_current(s, step))
-    return;
+  if (!step_is_current(s, step))
+    return FALSE;
+  if (step->engaged || step->noop)
+    return TRUE;
   step->engaged = TRUE;
   switch (step->call) {
   case FERRY_MIGRATION_CALL_PREPARE_AND_EXPORT:
@@ -538,6 +540,7 @@ void ferry_migration_session_engage(FerryMigrationSession *s, FerryMigrationStep
     break;
   }
   step->epoch = s->epoch;
+  return TRUE;
 }
 
 gboolean ferry_migration_session_commit(FerryMigrationSession *s, FerryMigrationStep *step)
@@ -593,12 +596,13 @@ gboolean ferry_migration_session_abort(FerryMigrationSession *s, FerryMigrationS
 {
   gboolean current = step_is_current(s, step);
   release(s, step);
+  /* An overtaken call's error is the expected end of what Cancel stopped: not news. */
+  if (!current)
+    return FALSE;
   if (error != NULL && s->id != NULL) {
     g_clear_error(&s->last_error);
     s->last_error = g_error_copy(error);
   }
-  if (!current)
-    return FALSE;
   if (!step->engaged || step->noop)
     return TRUE;
   switch (step->call) {
