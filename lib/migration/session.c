@@ -233,9 +233,14 @@ gboolean ferry_migration_session_begin_import(FerryMigrationSession *s, const ch
   const FerryMigrationCall call = FERRY_MIGRATION_CALL_IMPORT;
   if (!check_session_id(call, session_id, error))
     return FALSE;
-  if (sandbox_id == NULL || sandbox_id[0] == '\0') {
-    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "%s: sandbox id is empty",
-                ferry_migration_call_name(call));
+  /* The sandbox id names directories and the VM on this host: a plain name only. */
+  if (sandbox_id == NULL || sandbox_id[0] == '\0' || strchr(sandbox_id, '/') != NULL ||
+      strcmp(sandbox_id, ".") == 0 || strcmp(sandbox_id, "..") == 0 ||
+      !check_session_id(call, sandbox_id, NULL)) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                "%s: sandbox id \"%s\" is not a plain name of printable ASCII (at most %d bytes)",
+                ferry_migration_call_name(call), sandbox_id != NULL ? sandbox_id : "",
+                FERRY_MIGRATION_SESSION_ID_MAX);
     return FALSE;
   }
   if (s->id == NULL) {

@@ -475,6 +475,12 @@ static void test_arguments(void)
   g_assert_false(ferry_migration_session_begin_import(s, SID, NULL, &step, &error));
   g_assert_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT);
   g_clear_error(&error);
+  const char *bad_sandboxes[] = { "a/b", "..", ".", "sp ace", long_id };
+  for (gsize i = 0; i < G_N_ELEMENTS(bad_sandboxes); i++) {
+    g_assert_false(ferry_migration_session_begin_import(s, SID, bad_sandboxes[i], &step, &error));
+    g_assert_error(error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT);
+    g_clear_error(&error);
+  }
 
   /* Argument errors come before NOT_FOUND: no session exists here. */
   g_assert_false(ferry_migration_session_begin_create_duplicate_socket(s, SID, 0, &step, &error));
