@@ -2,6 +2,15 @@
 #pragma once
 
 #include <glib.h>
+#include <jansson.h>
+
+#include "containerd/types/task/task.pb-c.h"
+#include "ferry/cmd.h"
+#include "ferry/migration-session.h"
+#include "ferry/rootfs.h"
+#include "ferry/sandbox.h"
+#include "ferry/shim-events.h"
+#include "ferry/task-service.h"
 
 /* A process's stdio, opened from containerd's names (stdio.c). */
 typedef struct {
@@ -17,3 +26,76 @@ gboolean shim_stdio_open(ShimStdio *io, const char *id, const char *ns, const ch
 void shim_stdio_close(ShimStdio *io);
 /* Reap a binary:// logger (it exits at the end of its input), killing it if it lingers. */
 void shim_stdio_stop_logger(ShimStdio *io);
+
+/* ---- the Task service's tables (task-service.c), shared with migration.c ---- */
+
+typedef enum {
+  PROC_CREATED = CONTAINERD__V1__TYPES__STATUS__CREATED,
+  PROC_RUNNING = CONTAINERD__V1__TYPES__STATUS__RUNNING,
+  PROC_STOPPED = CONTAINERD__V1__TYPES__STATUS__STOPPED,
+} ProcStatus;
+
+typedef struct Task Task;
+
+typedef struct {
+  Task *task;
+  char *exec_id; /* "" for the init */
+  char *in, *out, *err;
+  gboolean terminal;
+  json_t *spec; /* the OCI process */
+  FerryCmd *cmd;
+  guint32 pid;
+  ProcStatus status;
+  gboolean starting;
+  guint32 exit_status;
+  gint64 exited_at_us;
+  gboolean exit_published;
+  ShimStdio io;
+  GPtrArray *waiters; /* FerryTtrpcCall, answered at the exit */
+} Process;
+
+struct Task {
+  FerryTaskService *svc;
+  char *id;
+  char *bundle;
+  json_t *spec;
+  gboolean ready; /* created in the guest */
+  gboolean root_attached;
+  Process *init;
+  GHashTable *execs;      /* exec id -> Process */
+  gboolean init_exit_due; /* the init exited; its TaskExit waits for the execs' */
+  gboolean paused;
+  gboolean deleting;
+  gboolean oom_due; /* an OOM kill reported before TaskStart went out: published after it */
+};
+
+struct FerryTaskService {
+  GMainContext *context;
+  char *namespace, *sandbox_id, *state_dir, *image_cache, *kernel, *initrd, *events_address;
+  char *qemu_binary;
+  guint memory_mb, cpus, boot_timeout_ms, scratch_mb;
+  FerryVmOptions vm;
+  FerryTaskServiceHandlers handlers;
+  gpointer user_data;
+  FerrySandbox *sandbox;
+  gboolean booting;
+  GPtrArray *boot_waiters; /* CreateOp */
+  GError *boot_error;
+  FerryRootfsBuilder *builder;
+  FerryShimEvents *events;
+  GHashTable *tasks; /* id -> Task */
+  gboolean shutdown_asked;
+  GSource *shutdown_idle;
+  struct ShimMigration *migration; /* migration.c; NULL until a Migration call */
+};
+
+typedef struct ShimMigration ShimMigration;
+void shim_migration_free(ShimMigration *migration);
+
+/* migration.c: hcsshim's Migration service and Ferry's Status on the shim's server. */
+gboolean shim_migration_register(FerryTaskService *svc, FerryTtrpcServer *server, GError **error);
+/* FALSE, replying FAILED_PRECONDITION to `call`, while a migration session forbids
+ * changing containers (the Task API's mutating calls ask this first). */
+gboolean shim_migration_allows_changes(FerryTaskService *svc, FerryTtrpcCall *call);
+/* The sandbox's migration note, for the session's log. */
+void shim_migration_on_note(FerryTaskService *svc, const FerryVmNotification *note);

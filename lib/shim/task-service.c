@@ -20,65 +20,6 @@
 
 #define SHIM_VERSION "0.1"
 
-typedef enum {
-  PROC_CREATED = CONTAINERD__V1__TYPES__STATUS__CREATED,
-  PROC_RUNNING = CONTAINERD__V1__TYPES__STATUS__RUNNING,
-  PROC_STOPPED = CONTAINERD__V1__TYPES__STATUS__STOPPED,
-} ProcStatus;
-
-typedef struct Task Task;
-
-typedef struct {
-  Task *task;
-  char *exec_id; /* "" for the init */
-  char *in, *out, *err;
-  gboolean terminal;
-  json_t *spec; /* the OCI process */
-  FerryCmd *cmd;
-  guint32 pid;
-  ProcStatus status;
-  gboolean starting;
-  guint32 exit_status;
-  gint64 exited_at_us;
-  gboolean exit_published;
-  ShimStdio io;
-  GPtrArray *waiters; /* FerryTtrpcCall, answered at the exit */
-} Process;
-
-struct Task {
-  FerryTaskService *svc;
-  char *id;
-  char *bundle;
-  json_t *spec;
-  gboolean ready; /* created in the guest */
-  gboolean root_attached;
-  Process *init;
-  GHashTable *execs;      /* exec id -> Process */
-  gboolean init_exit_due; /* the init exited; its TaskExit waits for the execs' */
-  gboolean paused;
-  gboolean deleting;
-  gboolean oom_due; /* an OOM kill reported before TaskStart went out: published after it */
-};
-
-struct FerryTaskService {
-  GMainContext *context;
-  char *namespace, *sandbox_id, *state_dir, *image_cache, *kernel, *initrd, *events_address;
-  char *qemu_binary;
-  guint memory_mb, cpus, boot_timeout_ms, scratch_mb;
-  FerryVmOptions vm;
-  FerryTaskServiceHandlers handlers;
-  gpointer user_data;
-  FerrySandbox *sandbox;
-  gboolean booting;
-  GPtrArray *boot_waiters; /* CreateOp */
-  GError *boot_error;
-  FerryRootfsBuilder *builder;
-  FerryShimEvents *events;
-  GHashTable *tasks; /* id -> Task */
-  gboolean shutdown_asked;
-  GSource *shutdown_idle;
-};
-
 static void process_free(gpointer p);
 static FerryGuestContainer *running_container(FerryTaskService *svc, FerryTtrpcCall *call,
                                               const char *id, const char *what, Task **task);
@@ -519,6 +460,11 @@ static void on_booted(FerrySandbox *sandbox, const GError *error, gpointer ud)
   }
 }
 
+static void on_migration_note(FerrySandbox *sandbox, const FerryVmNotification *note, gpointer ud)
+{
+  shim_migration_on_note(ud, note);
+}
+
 static void on_vm_exited(FerrySandbox *sandbox, const GError *error, gpointer ud)
 {
   FerryTaskService *svc = ud;
@@ -569,7 +515,8 @@ static gboolean ensure_sandbox(FerryTaskService *svc, CreateOp *op, GError **err
       .vm = svc->vm,
     };
     static const FerrySandboxHandlers handlers = { .vm_exited = on_vm_exited,
-                                                   .container_oom = on_container_oom };
+                                                   .container_oom = on_container_oom,
+                                                   .migration_note = on_migration_note };
     svc->sandbox = ferry_sandbox_new(&cfg, &handlers, svc, error);
     if (svc->sandbox == NULL)
       return FALSE;
@@ -629,6 +576,8 @@ static FerryRootfsLayers *request_layers(const Containerd__Task__V2__CreateTaskR
 
 static void handle_create(FerryTtrpcCall *call, const ProtobufCMessage *request, gpointer ud)
 {
+  if (!shim_migration_allows_changes(ud, call))
+    return;
   FerryTaskService *svc = ud;
   const Containerd__Task__V2__CreateTaskRequest *req = (const void *)request;
   g_autoptr(GError) error = NULL;
@@ -679,6 +628,8 @@ static void handle_create(FerryTtrpcCall *call, const ProtobufCMessage *request,
 
 static void handle_start(FerryTtrpcCall *call, const ProtobufCMessage *request, gpointer ud)
 {
+  if (!shim_migration_allows_changes(ud, call))
+    return;
   FerryTaskService *svc = ud;
   const Containerd__Task__V2__StartRequest *req = (const void *)request;
   g_autoptr(GError) error = NULL;
@@ -774,6 +725,8 @@ static void on_side_signalled(gboolean delivered, const GError *error, gpointer 
 
 static void handle_kill(FerryTtrpcCall *call, const ProtobufCMessage *request, gpointer ud)
 {
+  if (!shim_migration_allows_changes(ud, call))
+    return;
   FerryTaskService *svc = ud;
   const Containerd__Task__V2__KillRequest *req = (const void *)request;
   g_autoptr(GError) error = NULL;
@@ -807,6 +760,8 @@ static void handle_kill(FerryTtrpcCall *call, const ProtobufCMessage *request, g
 
 static void handle_exec(FerryTtrpcCall *call, const ProtobufCMessage *request, gpointer ud)
 {
+  if (!shim_migration_allows_changes(ud, call))
+    return;
   FerryTaskService *svc = ud;
   const Containerd__Task__V2__ExecProcessRequest *req = (const void *)request;
   g_autoptr(GError) error = NULL;
@@ -912,6 +867,8 @@ static void on_guest_container_deleted(const GError *error, gpointer ud)
 
 static void handle_delete(FerryTtrpcCall *call, const ProtobufCMessage *request, gpointer ud)
 {
+  if (!shim_migration_allows_changes(ud, call))
+    return;
   FerryTaskService *svc = ud;
   const Containerd__Task__V2__DeleteRequest *req = (const void *)request;
   g_autoptr(GError) error = NULL;
@@ -988,6 +945,8 @@ static void handle_pids(FerryTtrpcCall *call, const ProtobufCMessage *request, g
 
 static void handle_close_io(FerryTtrpcCall *call, const ProtobufCMessage *request, gpointer ud)
 {
+  if (!shim_migration_allows_changes(ud, call))
+    return;
   FerryTaskService *svc = ud;
   const Containerd__Task__V2__CloseIORequest *req = (const void *)request;
   g_autoptr(GError) error = NULL;
@@ -1012,6 +971,8 @@ static void on_resized(const GError *error, gpointer ud)
 
 static void handle_resize_pty(FerryTtrpcCall *call, const ProtobufCMessage *request, gpointer ud)
 {
+  if (!shim_migration_allows_changes(ud, call))
+    return;
   FerryTaskService *svc = ud;
   const Containerd__Task__V2__ResizePtyRequest *req = (const void *)request;
   g_autoptr(GError) error = NULL;
@@ -1134,16 +1095,22 @@ static void freeze(FerryTaskService *svc, FerryTtrpcCall *call, const char *id, 
 
 static void handle_pause(FerryTtrpcCall *call, const ProtobufCMessage *request, gpointer ud)
 {
+  if (!shim_migration_allows_changes(ud, call))
+    return;
   freeze(ud, call, ((const Containerd__Task__V2__PauseRequest *)request)->id, TRUE);
 }
 
 static void handle_resume(FerryTtrpcCall *call, const ProtobufCMessage *request, gpointer ud)
 {
+  if (!shim_migration_allows_changes(ud, call))
+    return;
   freeze(ud, call, ((const Containerd__Task__V2__ResumeRequest *)request)->id, FALSE);
 }
 
 static void handle_update(FerryTtrpcCall *call, const ProtobufCMessage *request, gpointer ud)
 {
+  if (!shim_migration_allows_changes(ud, call))
+    return;
   FerryTaskService *svc = ud;
   const Containerd__Task__V2__UpdateTaskRequest *req = (const void *)request;
   Task *t = NULL;
@@ -1363,6 +1330,7 @@ void ferry_task_service_free(FerryTaskService *svc)
   for (guint i = 0; i < svc->boot_waiters->len; i++)
     create_op_free(svc->boot_waiters->pdata[i]);
   g_ptr_array_unref(svc->boot_waiters);
+  shim_migration_free(svc->migration);
   ferry_sandbox_free(svc->sandbox); /* kills QEMU by its pid */
   ferry_rootfs_builder_free(svc->builder);
   ferry_shim_events_free(svc->events);
@@ -1387,7 +1355,8 @@ gboolean ferry_task_service_register(FerryTaskService *svc, FerryTtrpcServer *se
                                      error) &&
          ferry_ttrpc_server_register(server, "containerd.task.v3.Task",
                                      &containerd__task__v2__task__descriptor, task_methods, svc,
-                                     error);
+                                     error) &&
+         shim_migration_register(svc, server, error);
 }
 
 GPid ferry_task_service_vm_pid(FerryTaskService *svc)
