@@ -4,12 +4,13 @@
  * (lib/migration/session.c: begin, engage, commit or abort) and, for its side effect,
  * through the sandbox's migration steps (lib/sandbox/sandbox-migrate.c).
  *
- * Built so far: the source's side (PrepareAndExportSandbox with a real
+ * Both sides are built: the source's (PrepareAndExportSandbox with a real
  * ferry.v1.SandboxState, CreateDuplicateSocket, TransferSandbox, FinalizeSandbox STOP
- * with the final channels and RESUME as recovery, Cancel, Cleanup), Notifications and
- * Status, and the Task API's freeze during a session. The destination's calls
- * (ImportSandbox, PrepareSandbox, RESUME on a destination) pass the session's checks
- * and then answer UNIMPLEMENTED.
+ * with the final channels, RESUME and Cancel as recovery, Cleanup) and the
+ * destination's (ImportSandbox with its checks, a Task.Create carrying the source
+ * container's id binding an imported container, PrepareSandbox starting the incoming
+ * VM, the transfer, FinalizeSandbox RESUME reopening every process, STOP discarding),
+ * with Notifications, Status and the Task API's freeze during a session.
  */
 #include <errno.h>
 #include <string.h>
@@ -38,6 +39,10 @@ struct ShimMigration {
   int socket_fd; /* the memory stream, from CreateDuplicateSocket */
   gint64 start_time_us;
   FinalizeSandboxResponse *stop_response; /* a source STOP's answer, for a retry */
+  /* destination */
+  Ferry__V1__SandboxState *imported; /* ImportSandbox's state */
+  GHashTable *bound;                 /* source container id -> itself: bound by a Create */
+  GHashTable *images;                /* layer digest -> this host's image path */
 };
 
 static ShimMigration *mig_of(FerryTaskService *svc)
@@ -47,6 +52,8 @@ static ShimMigration *mig_of(FerryTaskService *svc)
     svc->migration->svc = svc;
     svc->migration->session = ferry_migration_session_new();
     svc->migration->socket_fd = -1;
+    svc->migration->bound = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    svc->migration->images = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
   }
   return svc->migration;
 }
@@ -77,6 +84,10 @@ void shim_migration_free(ShimMigration *m)
     return;
   ferry_fd_close_quietly(m->socket_fd);
   stop_response_clear(m);
+  if (m->imported != NULL)
+    protobuf_c_message_free_unpacked(&m->imported->base, NULL);
+  g_hash_table_unref(m->bound);
+  g_hash_table_unref(m->images);
   ferry_migration_session_free(m->session);
   g_free(m);
 }
@@ -515,9 +526,9 @@ static void on_transfer_started(FerrySandbox *sandbox, const GError *error, gpoi
 
 static void start_transfer(ShimMigration *m, FerryTtrpcCall *call, FerryMigrationStep *step)
 {
-  if (ferry_migration_session_get_role(m->session) != FERRY_MIGRATION_ROLE_SOURCE) {
-    g_autoptr(GError) e = g_error_new(FERRY_ERROR, FERRY_ERROR_UNIMPLEMENTED,
-                                      "a migration destination is not built yet");
+  if (m->svc->sandbox == NULL) {
+    g_autoptr(GError) e =
+        g_error_new(FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION, "no sandbox to transfer");
     step_failed(m, step, call, e);
     return;
   }
@@ -551,6 +562,9 @@ static void handle_transfer(FerryTtrpcCall *call, const ProtobufCMessage *reques
 }
 
 /* --------------------------------------------------------- FinalizeSandbox -- */
+
+static void finalize_destination(ShimMigration *m, FerryTtrpcCall *call,
+                                 const FinalizeSandboxRequest *req, FerryMigrationStep *step);
 
 static FinalizeSandboxResponse *stop_response_new(const FerrySandboxHandover *h, GError **error)
 {
@@ -609,10 +623,8 @@ static void handle_finalize(FerryTtrpcCall *call, const ProtobufCMessage *reques
     ferry_ttrpc_call_reply_gerror(call, error);
     return;
   }
-  if (ferry_migration_session_get_role(m->session) != FERRY_MIGRATION_ROLE_SOURCE) {
-    g_autoptr(GError) e = g_error_new(FERRY_ERROR, FERRY_ERROR_UNIMPLEMENTED,
-                                      "a migration destination is not built yet");
-    step_failed(m, &step, call, e);
+  if (ferry_migration_session_get_role(m->session) == FERRY_MIGRATION_ROLE_DESTINATION) {
+    finalize_destination(m, call, req, &step);
     return;
   }
   if (step.action == FERRY_MIGRATION_FINALIZE_RESUME) {
@@ -717,9 +729,25 @@ static void handle_cleanup(FerryTtrpcCall *call, const ProtobufCMessage *request
 
 /* ------------------------------------------------ the destination's calls -- */
 
+/* This host's compatibility data, for comparing with the state's. */
+static void local_compat(FerryTaskService *svc, Pool *pool, Ferry__V1__Compatibility *c)
+{
+  ferry__v1__compatibility__init(c);
+  FerryVmAccel accel = svc->vm.accel != FERRY_VM_ACCEL_AUTO
+                           ? svc->vm.accel
+                           : ferry_vm_detect_accel(NULL, NULL, NULL);
+  c->accelerator = (char *)ferry_vm_accel_name(accel);
+  g_autofree char *kernel = file_digest(svc->kernel);
+  g_autofree char *initrd = file_digest(svc->initrd);
+  c->guest_image_digest =
+      pool_str(pool, g_strdup_printf("sha256-kernel:%s,sha256-initrd:%s", kernel, initrd));
+  c->agent_protocol_version = 4;
+}
+
 static void handle_import(FerryTtrpcCall *call, const ProtobufCMessage *request, gpointer ud)
 {
   ShimMigration *m = mig_of(ud);
+  FerryTaskService *svc = m->svc;
   const ImportSandboxRequest *req = (const ImportSandboxRequest *)request;
   FerryMigrationStep step;
   g_autoptr(GError) error = NULL;
@@ -728,14 +756,110 @@ static void handle_import(FerryTtrpcCall *call, const ProtobufCMessage *request,
     ferry_ttrpc_call_reply_gerror(call, error);
     return;
   }
-  g_set_error(&error, FERRY_ERROR, FERRY_ERROR_UNIMPLEMENTED,
-              "a migration destination is not built yet");
-  step_failed(m, &step, call, error);
+  if (svc->sandbox != NULL || g_hash_table_size(svc->tasks) > 0) {
+    g_set_error(&error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION,
+                "this shim runs a sandbox or tasks already: a destination starts empty");
+    step_failed(m, &step, call, error);
+    return;
+  }
+  if (req->config == NULL) {
+    g_set_error(&error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "ImportSandbox: no config");
+    step_failed(m, &step, call, error);
+    return;
+  }
+  Ferry__V1__SandboxState *state = ferry_sandbox_state_unpack(
+      req->config->type_url, req->config->value.data, req->config->value.len, &error);
+  if (state == NULL || !ferry_sandbox_state_validate(state, &error)) {
+    if (state != NULL)
+      protobuf_c_message_free_unpacked(&state->base, NULL);
+    step_failed(m, &step, call, error);
+    return;
+  }
+  /* Before anything starts here: the same guest image and accelerator. */
+  Pool pool = { g_ptr_array_new_with_free_func(g_free), g_ptr_array_new_with_free_func(g_free) };
+  Ferry__V1__Compatibility local;
+  local_compat(svc, &pool, &local);
+  gboolean compatible = state->compatibility != NULL &&
+                        ferry_sandbox_state_check_compat(&local, state->compatibility, &error);
+  g_ptr_array_unref(pool.strings);
+  g_ptr_array_unref(pool.blocks);
+  if (!compatible) {
+    if (error == NULL)
+      g_set_error(&error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                  "the state has no compatibility data");
+    protobuf_c_message_free_unpacked(&state->base, NULL);
+    step_failed(m, &step, call, error);
+    return;
+  }
+  if (m->imported != NULL)
+    protobuf_c_message_free_unpacked(&m->imported->base, NULL);
+  m->imported = state;
+  g_hash_table_remove_all(m->bound);
+  g_hash_table_remove_all(m->images);
+  m->start_time_us = g_get_real_time();
+  ferry_migration_session_commit(m->session, &step);
+  ImportSandboxResponse resp = IMPORT_SANDBOX_RESPONSE__INIT;
+  ferry_ttrpc_call_reply(call, &resp.base);
+}
+
+const Ferry__V1__Container *shim_migration_container_to_bind(FerryTaskService *svc,
+                                                             const char *source_id, GError **error)
+{
+  ShimMigration *m = svc->migration;
+  if (m == NULL || m->imported == NULL ||
+      ferry_migration_session_get_state(m->session) != FERRY_MIGRATION_STATE_DESTINATION_IMPORTED) {
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION,
+                "no migration session has imported container %s", source_id);
+    return NULL;
+  }
+  for (size_t i = 0; i < m->imported->n_containers; i++) {
+    const Ferry__V1__Container *c = m->imported->containers[i];
+    if (g_strcmp0(c->id, source_id) != 0)
+      continue;
+    if (g_hash_table_contains(m->bound, source_id)) {
+      g_set_error(error, FERRY_ERROR, FERRY_ERROR_ALREADY_EXISTS,
+                  "the imported container %s is bound already", source_id);
+      return NULL;
+    }
+    return c;
+  }
+  g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "the imported state has no container %s",
+              source_id);
+  return NULL;
+}
+
+void shim_migration_container_bound(FerryTaskService *svc, const char *source_id,
+                                    GHashTable *images)
+{
+  ShimMigration *m = svc->migration;
+  g_hash_table_add(m->bound, g_strdup(source_id));
+  GHashTableIter it;
+  gpointer k, v;
+  g_hash_table_iter_init(&it, images);
+  while (g_hash_table_iter_next(&it, &k, &v))
+    g_hash_table_replace(m->images, g_strdup(k), g_strdup(v));
+}
+
+static void on_incoming(FerrySandbox *sandbox, const GError *error, gpointer ud)
+{
+  Op *op = ud;
+  ShimMigration *m = op->m;
+  if (error != NULL) {
+    g_clear_pointer(&m->svc->sandbox, ferry_sandbox_free);
+    step_failed(m, &op->step, op->call, error);
+    g_free(op);
+    return;
+  }
+  ferry_migration_session_commit(m->session, &op->step);
+  PrepareSandboxResponse resp = PREPARE_SANDBOX_RESPONSE__INIT;
+  ferry_ttrpc_call_reply(op->call, &resp.base);
+  g_free(op);
 }
 
 static void handle_prepare(FerryTtrpcCall *call, const ProtobufCMessage *request, gpointer ud)
 {
   ShimMigration *m = mig_of(ud);
+  FerryTaskService *svc = m->svc;
   const PrepareSandboxRequest *req = (const PrepareSandboxRequest *)request;
   FerryMigrationStep step;
   g_autoptr(GError) error = NULL;
@@ -743,9 +867,103 @@ static void handle_prepare(FerryTtrpcCall *call, const ProtobufCMessage *request
     ferry_ttrpc_call_reply_gerror(call, error);
     return;
   }
-  g_set_error(&error, FERRY_ERROR, FERRY_ERROR_UNIMPLEMENTED,
-              "a migration destination is not built yet");
-  step_failed(m, &step, call, error);
+  /* Every imported container must have been bound by a Create first. */
+  g_autoptr(GString) unbound = g_string_new(NULL);
+  for (size_t i = 0; i < m->imported->n_containers; i++) {
+    const char *id = m->imported->containers[i]->id;
+    if (!g_hash_table_contains(m->bound, id))
+      g_string_append_printf(unbound, "%s%s", unbound->len > 0 ? ", " : "", id);
+  }
+  if (unbound->len > 0) {
+    g_set_error(&error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION,
+                "imported containers not bound by a Create yet: %s", unbound->str);
+    step_failed(m, &step, call, error);
+    return;
+  }
+  json_error_t jerr;
+  g_autoptr(json_t) description = json_loads(m->imported->vm_document, 0, &jerr);
+  if (description == NULL) {
+    g_set_error(&error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                "the state's VM document is not JSON: %s", jerr.text);
+    step_failed(m, &step, call, error);
+    return;
+  }
+  svc->sandbox = shim_sandbox_new(svc, &error);
+  if (svc->sandbox == NULL) {
+    step_failed(m, &step, call, error);
+    return;
+  }
+  if (!ferry_migration_session_engage(m->session, &step)) {
+    ferry_ttrpc_call_reply_error(call, 1, "the session was cancelled");
+    return;
+  }
+  FerryVmMigrationOptions options;
+  options_from(req->init_options, &options);
+  ferry_sandbox_start_incoming(svc->sandbox, description, m->images, &options, on_incoming,
+                               op_new(m, call, &step));
+}
+
+/* The handover a destination resumes from: the source STOP's final channels, else
+ * the state's (exported before the transfer: at-least-once). */
+static FerrySandboxHandover *handover_from(ShimMigration *m, const FinalizeSandboxRequest *req)
+{
+  FerrySandboxHandover *h = g_new0(FerrySandboxHandover, 1);
+  h->channels = g_ptr_array_new_with_free_func((GDestroyNotify)g_bytes_unref);
+  const Ferry__V1__FinalChannels *fc = req->ferry_final_channels;
+  Ferry__V1__MuxChannelState **channels = fc != NULL ? fc->channels : m->imported->channels;
+  size_t n = fc != NULL ? fc->n_channels : m->imported->n_channels;
+  h->next_port = fc != NULL ? fc->next_port : m->imported->floors->next_port;
+  h->next_request_id = fc != NULL ? fc->next_request_id : m->imported->floors->next_request_id;
+  for (size_t i = 0; i < n; i++) {
+    FerryMuxChannelState st;
+    ferry_sandbox_state_channel_to_mux(channels[i], &st);
+    g_ptr_array_add(h->channels, ferry_mux_channel_state_serialize(&st));
+    ferry_mux_channel_state_clear(&st);
+  }
+  return h;
+}
+
+static void on_resumed(FerrySandbox *sandbox, const GError *error, gpointer ud)
+{
+  Op *op = ud;
+  ShimMigration *m = op->m;
+  if (error != NULL) {
+    step_failed(m, &op->step, op->call, error);
+    g_free(op);
+    return;
+  }
+  ferry_migration_session_commit(m->session, &op->step);
+  FinalizeSandboxResponse resp = FINALIZE_SANDBOX_RESPONSE__INIT;
+  ferry_ttrpc_call_reply(op->call, &resp.base);
+  shim_publish_imported(m->svc); /* as hcsshim republishes: TaskCreate per container */
+  g_free(op);
+}
+
+static void finalize_destination(ShimMigration *m, FerryTtrpcCall *call,
+                                 const FinalizeSandboxRequest *req, FerryMigrationStep *step)
+{
+  FerryTaskService *svc = m->svc;
+  if (step->noop) {
+    ferry_migration_session_commit(m->session, step);
+    FinalizeSandboxResponse resp = FINALIZE_SANDBOX_RESPONSE__INIT;
+    ferry_ttrpc_call_reply(call, &resp.base);
+    return;
+  }
+  if (!ferry_migration_session_engage(m->session, step)) {
+    ferry_ttrpc_call_reply_error(call, 1, "the session was cancelled");
+    return;
+  }
+  if (step->action == FERRY_MIGRATION_FINALIZE_STOP) {
+    /* The destination is abandoned: its VM never ran the guest. */
+    g_clear_pointer(&svc->sandbox, ferry_sandbox_free);
+    g_hash_table_remove_all(svc->tasks);
+    ferry_migration_session_commit(m->session, step);
+    FinalizeSandboxResponse resp = FINALIZE_SANDBOX_RESPONSE__INIT;
+    ferry_ttrpc_call_reply(call, &resp.base);
+    return;
+  }
+  g_autoptr(FerrySandboxHandover) h = handover_from(m, req);
+  ferry_sandbox_migration_resume(svc->sandbox, h, 0, on_resumed, op_new(m, call, step));
 }
 
 /* ----------------------------------------------------------- Notifications -- */

@@ -11,6 +11,7 @@
 #include "ferry/sandbox.h"
 #include "ferry/shim-events.h"
 #include "ferry/task-service.h"
+#include "ferry/v1/sandbox_state.pb-c.h"
 
 /* A process's stdio, opened from containerd's names (stdio.c). */
 typedef struct {
@@ -52,6 +53,10 @@ typedef struct {
   gboolean exit_published;
   ShimStdio io;
   GPtrArray *waiters; /* FerryTtrpcCall, answered at the exit */
+  /* A process bound on a migration destination: reopened from this on resume. */
+  gboolean imported;
+  FerryGuestMigrationState ms;
+  gboolean stream_done[3];
 } Process;
 
 struct Task {
@@ -67,6 +72,7 @@ struct Task {
   gboolean paused;
   gboolean deleting;
   gboolean oom_due; /* an OOM kill reported before TaskStart went out: published after it */
+  char *source_id;  /* bound to this container of an imported state (migration.c) */
 };
 
 struct FerryTaskService {
@@ -99,3 +105,22 @@ gboolean shim_migration_register(FerryTaskService *svc, FerryTtrpcServer *server
 gboolean shim_migration_allows_changes(FerryTaskService *svc, FerryTtrpcCall *call);
 /* The sandbox's migration note, for the session's log. */
 void shim_migration_on_note(FerryTaskService *svc, const FerryVmNotification *note);
+
+/* ---- a migration destination (task-service.c <-> migration.c) ---- */
+
+/* The annotations that make a Create bind an imported container (Ferry's, hcsshim's). */
+#define SHIM_SOURCE_CONTAINER_ANNOTATION "io.ferry.migration.source-container-id"
+#define SHIM_SOURCE_CONTAINER_ANNOTATION_HCS "io.microsoft.migration.source-container-id"
+
+/* The imported state's container `source_id` (borrowed), or NULL with the error: no
+ * session has imported one (FAILED_PRECONDITION), no such container (NOT_FOUND), or it
+ * is bound already (ALREADY_EXISTS). */
+const Ferry__V1__Container *shim_migration_container_to_bind(FerryTaskService *svc,
+                                                             const char *source_id, GError **error);
+/* The container was bound: its layer images (digest -> path, copied). */
+void shim_migration_container_bound(FerryTaskService *svc, const char *source_id,
+                                    GHashTable *images);
+/* A new sandbox for the shim's config and handlers (not started). */
+FerrySandbox *shim_sandbox_new(FerryTaskService *svc, GError **error);
+/* Events once a destination runs: TaskCreate per bound container. */
+void shim_publish_imported(FerryTaskService *svc);

@@ -11,13 +11,16 @@
  * Needs qemu-system-x86_64 and the guest image; skips otherwise.
  */
 #include <gio/gio.h>
+#include <glib-unix.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "containerd/task/v2/shim.pb-c.h"
 #include "ferry/error.h"
+#include "ferry/fd.h"
 #include "ferry/json.h"
 #include "ferry/migration/v1/status.pb-c.h"
 #include "ferry/sandbox-state.h"
@@ -132,7 +135,7 @@ static void wait_lines(Rig *r, guint n)
   }
 }
 
-static void rig_start(Rig *r)
+static void rig_prepare(Rig *r, const char *source_id)
 {
   *r = (Rig){ 0 };
   r->dir = test_make_tmpdir();
@@ -151,6 +154,9 @@ static void rig_start(Rig *r)
   json_object_set_new(json_object_get(spec, "process"), "args",
                       json_pack("[s,s,s]", "sh", "-c",
                                 "i=0; while :; do i=$((i+1)); echo \"line $i\"; sleep 0.05; done"));
+  if (source_id != NULL)
+    json_object_set_new(spec, "annotations",
+                        json_pack("{s:s}", "io.ferry.migration.source-container-id", source_id));
   g_autofree char *config_path = g_build_filename(r->bundle, "config.json", NULL);
   g_assert_cmpint(json_dump_file(spec, config_path, 0), ==, 0);
   r->log = g_build_filename(r->dir, "out.log", NULL);
@@ -158,17 +164,6 @@ static void rig_start(Rig *r)
   g_autofree char *address = start_shim(r);
   r->c = ferry_ttrpc_client_connect_unix(address, &error);
   g_assert_no_error(error);
-  Containerd__Task__V2__CreateTaskRequest create = CONTAINERD__TASK__V2__CREATE_TASK_REQUEST__INIT;
-  create.id = "t1";
-  create.bundle = r->bundle;
-  g_autofree char *uri = g_strconcat("file://", r->log, NULL);
-  create.stdout = uri;
-  call_ok(r, "containerd.task.v2.Task", "Create", &create.base,
-          &containerd__task__v2__create_task_response__descriptor);
-  Containerd__Task__V2__StartRequest start = CONTAINERD__TASK__V2__START_REQUEST__INIT;
-  start.id = "t1";
-  call_ok(r, "containerd.task.v2.Task", "Start", &start.base,
-          &containerd__task__v2__start_response__descriptor);
   Containerd__Task__V2__ConnectRequest conn = CONTAINERD__TASK__V2__CONNECT_REQUEST__INIT;
   conn.id = "t1";
   Containerd__Task__V2__ConnectResponse *cr = (Containerd__Task__V2__ConnectResponse *)call(
@@ -178,6 +173,44 @@ static void rig_start(Rig *r)
   r->daemon = (pid_t)cr->shim_pid;
   running_daemon = r->daemon;
   protobuf_c_message_free_unpacked(&cr->base, NULL);
+}
+
+/* Task.Create of t1 with this rig's bundle and log: the pid it answers, or 0 with
+ * *error. */
+static guint32 create_task_try(Rig *r, GError **error)
+{
+  Containerd__Task__V2__CreateTaskRequest create = CONTAINERD__TASK__V2__CREATE_TASK_REQUEST__INIT;
+  create.id = "t1";
+  create.bundle = r->bundle;
+  g_autofree char *uri = g_strconcat("file://", r->log, NULL);
+  create.stdout = uri;
+  Containerd__Task__V2__CreateTaskResponse *resp = (Containerd__Task__V2__CreateTaskResponse *)call(
+      r, "containerd.task.v2.Task", "Create", &create.base,
+      &containerd__task__v2__create_task_response__descriptor, error);
+  if (resp == NULL)
+    return 0;
+  guint32 pid = resp->pid;
+  protobuf_c_message_free_unpacked(&resp->base, NULL);
+  return pid;
+}
+
+static guint32 create_task(Rig *r)
+{
+  g_autoptr(GError) error = NULL;
+  guint32 pid = create_task_try(r, &error);
+  if (error != NULL)
+    g_error("Create: %s", error->message);
+  return pid;
+}
+
+static void rig_start(Rig *r)
+{
+  rig_prepare(r, NULL);
+  (void)create_task(r);
+  Containerd__Task__V2__StartRequest start = CONTAINERD__TASK__V2__START_REQUEST__INIT;
+  start.id = "t1";
+  call_ok(r, "containerd.task.v2.Task", "Start", &start.base,
+          &containerd__task__v2__start_response__descriptor);
   wait_lines(r, 5);
 }
 
@@ -210,6 +243,23 @@ static void rig_stop(Rig *r)
   if (kill(r->daemon, 0) == 0)
     g_error("the shim daemon %d did not exit after Shutdown", (int)r->daemon);
   running_daemon = 0;
+  test_rm_rf(r->dir);
+  g_free(r->dir);
+  g_free(r->run_dir);
+  g_free(r->config);
+  g_free(r->bundle);
+  g_free(r->log);
+}
+
+/* A source whose sandbox moved away: the daemon is ended by signal. */
+static void rig_end_daemon(Rig *r)
+{
+  ferry_ttrpc_client_free(r->c);
+  g_assert_cmpint(kill(r->daemon, SIGTERM), ==, 0);
+  gint64 until = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
+  while (kill(r->daemon, 0) == 0 && g_get_monotonic_time() < until)
+    g_usleep(20000);
+  g_assert_cmpint(kill(r->daemon, 0), <, 0);
   test_rm_rf(r->dir);
   g_free(r->dir);
   g_free(r->run_dir);
@@ -413,13 +463,210 @@ static void test_source_session(void)
   before = count_lines(r->log);
   wait_lines(r, before + 5);
 
-  /* The destination's calls are checked, then refused as not built yet. */
+  /* A shim that runs a sandbox is no destination. */
   ImportSandboxRequest imp = IMPORT_SANDBOX_REQUEST__INIT;
   imp.session_id = "d1";
   imp.sandbox_id = "sb";
   call_fails(r, "Migration", "ImportSandbox", &imp.base, &import_sandbox_response__descriptor,
-             FERRY_ERROR_UNIMPLEMENTED, "destination");
+             FERRY_ERROR_FAILED_PRECONDITION, "starts empty");
   rig_stop(r);
+}
+
+/* ---------------------------------------------------------- two shims -- */
+
+/* Serves one end of the memory stream at a unix path: whoever connects gets it. */
+typedef struct {
+  char *path;
+  int listen_fd;
+  int fd; /* the end to hand over */
+  guint source;
+} Handoff;
+
+static gboolean on_handoff(gint fd, GIOCondition cond, gpointer ud)
+{
+  Handoff *h = ud;
+  int conn = accept4(h->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+  if (conn >= 0) {
+    g_autoptr(GError) error = NULL;
+    g_assert_true(ferry_fd_send(conn, h->fd, "m", 1, &error));
+    close(conn);
+  }
+  return G_SOURCE_CONTINUE;
+}
+
+static void handoff_init(Handoff *h, const char *dir, const char *name, int fd)
+{
+  h->path = g_build_filename(dir, name, NULL);
+  g_autoptr(GError) error = NULL;
+  h->listen_fd = ferry_unix_listen(h->path, &error);
+  g_assert_no_error(error);
+  h->fd = fd;
+  h->source = g_unix_fd_add(h->listen_fd, G_IO_IN, on_handoff, h);
+}
+
+static void handoff_clear(Handoff *h)
+{
+  g_source_remove(h->source);
+  close(h->listen_fd);
+  close(h->fd);
+  unlink(h->path);
+  g_free(h->path);
+}
+
+static Ferry__Migration__V1__SessionState session_state(Rig *r, const char *id)
+{
+  Ferry__Migration__V1__StatusRequest st = FERRY__MIGRATION__V1__STATUS_REQUEST__INIT;
+  st.session_id = (char *)id;
+  g_autoptr(GError) error = NULL;
+  Ferry__Migration__V1__StatusResponse *status = (Ferry__Migration__V1__StatusResponse *)call(
+      r, "ferry.migration.v1.Status", "Status", &st.base,
+      &ferry__migration__v1__status_response__descriptor, &error);
+  g_assert_no_error(error);
+  Ferry__Migration__V1__SessionState state = status->state;
+  protobuf_c_message_free_unpacked(&status->base, NULL);
+  return state;
+}
+
+static guint lines_in(const char *text)
+{
+  guint n = 0;
+  for (const char *c = text; c != NULL && *c != '\0'; c++)
+    n += *c == '\n';
+  return n;
+}
+
+/* A task moved from one shim daemon to another, each with its own run directory and
+ * log, driven through the Migration service as an orchestrator would: the two logs
+ * together are the workload's whole output, once, and the task runs on B. */
+static void test_two_shims(void)
+{
+  g_autofree char *qemu = g_find_program_in_path("qemu-system-x86_64");
+  g_autofree char *kernel = g_build_filename(image_dir, "vmlinux", NULL);
+  if (qemu == NULL || !g_file_test(kernel, G_FILE_TEST_EXISTS)) {
+    g_test_skip(qemu == NULL ? "qemu-system-x86_64 is not installed"
+                             : "no guest image (make image)");
+    return;
+  }
+  Rig a, b;
+  rig_start(&a);
+  pid_t a_daemon = a.daemon;
+  rig_prepare(&b, "t1");
+  pid_t b_daemon = b.daemon;
+  running_daemon = a_daemon;
+
+  /* Before any import, a binding Create has nothing to bind. */
+  g_autoptr(GError) error = NULL;
+  g_assert_cmpuint(create_task_try(&b, &error), ==, 0);
+  g_assert_error(error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION);
+  g_clear_error(&error);
+
+  PrepareAndExportSandboxRequest pe = PREPARE_AND_EXPORT_SANDBOX_REQUEST__INIT;
+  pe.session_id = "m1";
+  PrepareAndExportSandboxResponse *exported = (PrepareAndExportSandboxResponse *)call(
+      &a, "Migration", "PrepareAndExportSandbox", &pe.base,
+      &prepare_and_export_sandbox_response__descriptor, &error);
+  g_assert_no_error(error);
+  ImportSandboxRequest imp = IMPORT_SANDBOX_REQUEST__INIT;
+  imp.session_id = "m1";
+  imp.sandbox_id = "t1";
+  imp.config = exported->config;
+  call_ok(&b, "Migration", "ImportSandbox", &imp.base, &import_sandbox_response__descriptor);
+  call_fails(&b, "Migration", "ImportSandbox", &imp.base, &import_sandbox_response__descriptor,
+             FERRY_ERROR_ALREADY_EXISTS, "");
+  protobuf_c_message_free_unpacked(&exported->base, NULL);
+  PrepareSandboxRequest prep = PREPARE_SANDBOX_REQUEST__INIT;
+  prep.session_id = "m1";
+  call_fails(&b, "Migration", "PrepareSandbox", &prep.base, &prepare_sandbox_response__descriptor,
+             FERRY_ERROR_FAILED_PRECONDITION, "t1");
+  guint32 pid = create_task(&b);
+  g_assert_cmpuint(pid, >, 0);
+  call_ok(&b, "Migration", "PrepareSandbox", &prep.base, &prepare_sandbox_response__descriptor);
+
+  /* The memory stream: one end for each shim, collected at a unix path. */
+  int sp[2];
+  g_assert_true(ferry_socketpair(sp, FALSE, &error));
+  Handoff ha, hb;
+  handoff_init(&ha, a.dir, "mem.sock", sp[0]);
+  handoff_init(&hb, b.dir, "mem.sock", sp[1]);
+  CreateDuplicateSocketRequest dup = CREATE_DUPLICATE_SOCKET_REQUEST__INIT;
+  dup.session_id = "m1";
+  dup.protocol_info.data = (uint8_t *)hb.path;
+  dup.protocol_info.len = strlen(hb.path);
+  call_ok(&b, "Migration", "CreateDuplicateSocket", &dup.base,
+          &create_duplicate_socket_response__descriptor);
+  dup.protocol_info.data = (uint8_t *)ha.path;
+  dup.protocol_info.len = strlen(ha.path);
+  call_ok(&a, "Migration", "CreateDuplicateSocket", &dup.base,
+          &create_duplicate_socket_response__descriptor);
+  handoff_clear(&ha);
+  handoff_clear(&hb);
+  TransferSandboxRequest tr = TRANSFER_SANDBOX_REQUEST__INIT;
+  tr.session_id = "m1";
+  call_ok(&b, "Migration", "TransferSandbox", &tr.base, &transfer_sandbox_response__descriptor);
+  call_ok(&a, "Migration", "TransferSandbox", &tr.base, &transfer_sandbox_response__descriptor);
+  gint64 until = g_get_monotonic_time() + 120 * G_USEC_PER_SEC;
+  while (session_state(&a, "m1") !=
+             FERRY__MIGRATION__V1__SESSION_STATE__SESSION_STATE_TRANSFER_COMPLETED ||
+         session_state(&b, "m1") !=
+             FERRY__MIGRATION__V1__SESSION_STATE__SESSION_STATE_TRANSFER_COMPLETED) {
+    if (g_get_monotonic_time() > until)
+      g_error("the transfer did not complete: source %d, destination %d", session_state(&a, "m1"),
+              session_state(&b, "m1"));
+    g_usleep(50000);
+  }
+
+  FinalizeSandboxRequest fin = FINALIZE_SANDBOX_REQUEST__INIT;
+  fin.session_id = "m1";
+  fin.action = FINALIZE_ACTION__FINALIZE_ACTION_STOP;
+  FinalizeSandboxResponse *stopped =
+      (FinalizeSandboxResponse *)call(&a, "Migration", "FinalizeSandbox", &fin.base,
+                                      &finalize_sandbox_response__descriptor, &error);
+  g_assert_no_error(error);
+  g_assert_nonnull(stopped->ferry_final_channels);
+  g_assert_cmpuint(stopped->ferry_final_channels->n_channels, >=, 1);
+  fin.action = FINALIZE_ACTION__FINALIZE_ACTION_RESUME;
+  fin.ferry_final_channels = stopped->ferry_final_channels;
+  call_ok(&b, "Migration", "FinalizeSandbox", &fin.base, &finalize_sandbox_response__descriptor);
+  /* A retry converges: the same answer, nothing done twice. */
+  call_ok(&b, "Migration", "FinalizeSandbox", &fin.base, &finalize_sandbox_response__descriptor);
+  protobuf_c_message_free_unpacked(&stopped->base, NULL);
+  CleanupRequest cleanup = CLEANUP_REQUEST__INIT;
+  cleanup.session_id = "m1";
+  call_ok(&a, "Migration", "Cleanup", &cleanup.base, &cleanup_response__descriptor);
+  call_ok(&b, "Migration", "Cleanup", &cleanup.base, &cleanup_response__descriptor);
+
+  /* The workload goes on on B: A's log then B's is the sequence, once. */
+  g_autofree char *b_text = NULL;
+  until = g_get_monotonic_time() + 120 * G_USEC_PER_SEC;
+  while (b_text == NULL || lines_in(b_text) < 10) {
+    g_clear_pointer(&b_text, g_free);
+    g_file_get_contents(b.log, &b_text, NULL, NULL);
+    if (g_get_monotonic_time() > until)
+      g_error("the workload does not go on on the destination");
+    g_usleep(50000);
+  }
+  g_autofree char *a_text = NULL;
+  g_assert_true(g_file_get_contents(a.log, &a_text, NULL, NULL));
+  guint on_a = lines_in(a_text);
+  g_autofree char *both = g_strconcat(a_text, b_text, NULL);
+  g_autofree char *joined = g_build_filename(b.dir, "joined.log", NULL);
+  g_assert_true(g_file_set_contents(joined, both, -1, NULL));
+  guint total = count_lines(joined); /* aborts on a gap or a repeat */
+  g_assert_cmpuint(total, >, on_a);
+  g_test_message("%u lines on the source, %u in all", on_a, total);
+  Containerd__Task__V2__StateRequest sr = CONTAINERD__TASK__V2__STATE_REQUEST__INIT;
+  sr.id = "t1";
+  Containerd__Task__V2__StateResponse *state = (Containerd__Task__V2__StateResponse *)call(
+      &b, "containerd.task.v2.Task", "State", &sr.base,
+      &containerd__task__v2__state_response__descriptor, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(state->pid, ==, pid);
+  g_assert_cmpint(state->status, ==, CONTAINERD__V1__TYPES__STATUS__RUNNING);
+  protobuf_c_message_free_unpacked(&state->base, NULL);
+
+  rig_end_daemon(&a);
+  running_daemon = b_daemon;
+  rig_stop(&b); /* Kill, Wait (the exit comes back on B), Delete, Shutdown */
 }
 
 int main(int argc, char **argv)
@@ -429,6 +676,7 @@ int main(int argc, char **argv)
   struct sigaction fatal = { .sa_handler = on_fatal_signal, .sa_flags = SA_RESETHAND };
   sigaction(SIGABRT, &fatal, NULL);
   sigaction(SIGTERM, &fatal, NULL);
+  sigaction(SIGTRAP, &fatal, NULL);
   const char *build = g_getenv("FERRY_BUILD_ROOT");
   shim_path =
       g_build_filename(build != NULL ? build : ".", "shim", "containerd-shim-ferry-v1", NULL);
@@ -440,5 +688,6 @@ int main(int argc, char **argv)
     return 0;
   }
   g_test_add_func("/shim-migration/source-session", test_source_session);
+  g_test_add_func("/shim-migration/two-shims", test_two_shims);
   return g_test_run();
 }
