@@ -205,6 +205,11 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(FerrySandboxHandover, ferry_sandbox_handover_free)
  * answer). FAILED_PRECONDITION before the transfer completed. */
 FerrySandboxHandover *ferry_sandbox_migration_handover(FerrySandbox *sandbox, GError **error);
 
+/* The same export while the sandbox runs, without freezing anything: what a
+ * destination resumes from when the final handover never reaches it (at-least-once:
+ * what this host consumes afterwards is sent again). */
+FerrySandboxHandover *ferry_sandbox_migration_snapshot(FerrySandbox *sandbox, GError **error);
+
 /* Source, after handover: the destination runs the guest; QEMU here ends. */
 void ferry_sandbox_migration_cleanup(FerrySandbox *sandbox, FerrySandboxDoneFunc done,
                                      gpointer user_data);

@@ -222,19 +222,9 @@ void ferry_sandbox_handover_free(FerrySandboxHandover *handover)
   g_free(handover);
 }
 
-FerrySandboxHandover *ferry_sandbox_migration_handover(FerrySandbox *sandbox, GError **error)
+/* Every stdio channel as it stands, and the floors. */
+static FerrySandboxHandover *export_channels(FerrySandbox *sandbox)
 {
-  if (sandbox->mig != SB_MIG_SOURCE_TRANSFERRING && sandbox->mig != SB_MIG_SOURCE_HANDED_OVER) {
-    g_propagate_error(error, mig_precondition(sandbox, "hand over", "no transfer has run"));
-    return NULL;
-  }
-  if (!sandbox->transfer_completed) {
-    g_propagate_error(error,
-                      mig_precondition(sandbox, "hand over", "the transfer has not completed"));
-    return NULL;
-  }
-  /* Nothing is consumed here past what goes into the handover. */
-  ferry_mux_set_frozen(sandbox->mux, TRUE);
   FerrySandboxHandover *h = g_new0(FerrySandboxHandover, 1);
   h->next_port = ferry_guest_connection_next_port(sandbox->gc);
   h->next_request_id = ferry_guest_connection_next_id(sandbox->gc);
@@ -254,6 +244,32 @@ FerrySandboxHandover *ferry_sandbox_migration_handover(FerrySandbox *sandbox, GE
     g_ptr_array_add(h->channels, ferry_mux_channel_state_serialize(&st));
     ferry_mux_channel_state_clear(&st);
   }
+  return h;
+}
+
+FerrySandboxHandover *ferry_sandbox_migration_snapshot(FerrySandbox *sandbox, GError **error)
+{
+  if (sandbox->state != SB_RUNNING || sandbox->gc == NULL) {
+    g_propagate_error(error, mig_precondition(sandbox, "snapshot", "the sandbox is not running"));
+    return NULL;
+  }
+  return export_channels(sandbox);
+}
+
+FerrySandboxHandover *ferry_sandbox_migration_handover(FerrySandbox *sandbox, GError **error)
+{
+  if (sandbox->mig != SB_MIG_SOURCE_TRANSFERRING && sandbox->mig != SB_MIG_SOURCE_HANDED_OVER) {
+    g_propagate_error(error, mig_precondition(sandbox, "hand over", "no transfer has run"));
+    return NULL;
+  }
+  if (!sandbox->transfer_completed) {
+    g_propagate_error(error,
+                      mig_precondition(sandbox, "hand over", "the transfer has not completed"));
+    return NULL;
+  }
+  /* Nothing is consumed here past what goes into the handover. */
+  ferry_mux_set_frozen(sandbox->mux, TRUE);
+  FerrySandboxHandover *h = export_channels(sandbox);
   sandbox->mig = SB_MIG_SOURCE_HANDED_OVER;
   return h;
 }

@@ -324,6 +324,22 @@ static GBytes *export_state(ShimMigration *m)
   floors.next_port = ferry_guest_connection_next_port(gc);
   floors.next_request_id = ferry_guest_connection_next_id(gc);
   state.floors = &floors;
+  /* The channels as they stand now, for a destination that never gets the final ones. */
+  g_autoptr(FerrySandboxHandover) snapshot = ferry_sandbox_migration_snapshot(svc->sandbox, NULL);
+  g_autoptr(GArray) states = g_array_new(FALSE, TRUE, sizeof(FerryMuxChannelState));
+  g_array_set_clear_func(states, (GDestroyNotify)ferry_mux_channel_state_clear);
+  for (guint i = 0; snapshot != NULL && i < snapshot->channels->len; i++) {
+    FerryMuxChannelState st;
+    if (ferry_mux_channel_state_deserialize(snapshot->channels->pdata[i], &st, NULL))
+      g_array_append_val(states, st);
+  }
+  state.n_channels = states->len;
+  state.channels = pool_alloc(&pool, sizeof(*state.channels) * (states->len + 1));
+  for (guint i = 0; i < states->len; i++) {
+    state.channels[i] = pool_alloc(&pool, sizeof(Ferry__V1__MuxChannelState));
+    ferry_sandbox_state_channel_from_mux(&g_array_index(states, FerryMuxChannelState, i),
+                                         state.channels[i]);
+  }
   GBytes *packed = ferry_sandbox_state_pack(&state);
   g_ptr_array_unref(pool.strings);
   g_ptr_array_unref(pool.blocks);
@@ -673,8 +689,15 @@ static void handle_cancel(FerryTtrpcCall *call, const ProtobufCMessage *request,
     return;
   }
   ferry_migration_session_engage(m->session, &step);
-  if (!step.noop && ferry_migration_session_get_role(m->session) == FERRY_MIGRATION_ROLE_SOURCE &&
-      m->svc->sandbox != NULL) {
+  if (!step.noop &&
+      ferry_migration_session_get_role(m->session) == FERRY_MIGRATION_ROLE_DESTINATION) {
+    /* Nothing of the guest ever ran here: the incoming VM and the bound tasks go. */
+    g_clear_pointer(&m->svc->sandbox, ferry_sandbox_free);
+    g_hash_table_remove_all(m->svc->tasks);
+    g_hash_table_remove_all(m->bound);
+  } else if (!step.noop &&
+             ferry_migration_session_get_role(m->session) == FERRY_MIGRATION_ROLE_SOURCE &&
+             m->svc->sandbox != NULL) {
     /* Whatever ran, the guest runs here again (a STOP's handover is undone too). */
     stop_response_clear(m);
     ferry_sandbox_migration_recover(m->svc->sandbox, on_recovered, op_new(m, call, &step));

@@ -374,6 +374,10 @@ static void test_source_session(void)
   g_assert_cmpuint(init->migration->stdout_port, >, 0);
   g_assert_cmpuint(init->migration->wait_call_id, >, 0);
   g_assert_cmpuint(state->floors->next_port, >, init->migration->stdout_port);
+  /* The stdout channel as it stood, for a destination without the final ones. */
+  g_assert_cmpuint(state->n_channels, ==, 1);
+  g_assert_cmpuint(state->channels[0]->port, ==, init->migration->stdout_port);
+  g_assert_cmpuint(state->channels[0]->recv_consumed, >, 0);
   protobuf_c_message_free_unpacked(&state->base, NULL);
   protobuf_c_message_free_unpacked(&exported->base, NULL);
 
@@ -560,9 +564,39 @@ static void test_two_shims(void)
   g_assert_error(error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION);
   g_clear_error(&error);
 
+  /* A first session, cancelled on both sides after the destination bound the task:
+   * the destination is empty again, the source goes on. */
   PrepareAndExportSandboxRequest pe = PREPARE_AND_EXPORT_SANDBOX_REQUEST__INIT;
-  pe.session_id = "m1";
+  pe.session_id = "m0";
   PrepareAndExportSandboxResponse *exported = (PrepareAndExportSandboxResponse *)call(
+      &a, "Migration", "PrepareAndExportSandbox", &pe.base,
+      &prepare_and_export_sandbox_response__descriptor, &error);
+  g_assert_no_error(error);
+  {
+    ImportSandboxRequest imp0 = IMPORT_SANDBOX_REQUEST__INIT;
+    imp0.session_id = "m0";
+    imp0.sandbox_id = "t1";
+    imp0.config = exported->config;
+    call_ok(&b, "Migration", "ImportSandbox", &imp0.base, &import_sandbox_response__descriptor);
+    g_assert_cmpuint(create_task(&b), >, 0);
+    CancelRequest cancel0 = CANCEL_REQUEST__INIT;
+    cancel0.session_id = "m0";
+    call_ok(&b, "Migration", "Cancel", &cancel0.base, &cancel_response__descriptor);
+    call_ok(&a, "Migration", "Cancel", &cancel0.base, &cancel_response__descriptor);
+    CleanupRequest cleanup0 = CLEANUP_REQUEST__INIT;
+    cleanup0.session_id = "m0";
+    call_ok(&b, "Migration", "Cleanup", &cleanup0.base, &cleanup_response__descriptor);
+    call_ok(&a, "Migration", "Cleanup", &cleanup0.base, &cleanup_response__descriptor);
+    Containerd__Task__V2__StateRequest sr0 = CONTAINERD__TASK__V2__STATE_REQUEST__INIT;
+    sr0.id = "t1";
+    call_fails(&b, "containerd.task.v2.Task", "State", &sr0.base,
+               &containerd__task__v2__state_response__descriptor, FERRY_ERROR_NOT_FOUND, "t1");
+    protobuf_c_message_free_unpacked(&exported->base, NULL);
+  }
+  wait_lines(&a, count_lines(a.log) + 3);
+
+  pe.session_id = "m1";
+  exported = (PrepareAndExportSandboxResponse *)call(
       &a, "Migration", "PrepareAndExportSandbox", &pe.base,
       &prepare_and_export_sandbox_response__descriptor, &error);
   g_assert_no_error(error);
