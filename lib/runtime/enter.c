@@ -13,9 +13,9 @@
  * runtime treats both the same way. The monitor leads a new session, which the
  * process is in. The process applies what crun 1.8 applies to an exec'd process:
  * stdio, the bounding set, uid, gid and groups, the container's capability sets (an
- * exec brings none of its own yet, and crun then uses the container's), umask 022, the working directory, and the environment (the
- * exec's own, else the container's, with HOME from the container's /etc/passwd),
- * then execve(2)s the first PATH candidate that exists.
+ * exec brings none of its own yet, and crun then uses the container's), umask 022, the working
+ * directory, and the environment (the exec's own, else the container's, with HOME from the
+ * container's /etc/passwd), then execve(2)s the first PATH candidate that exists.
  *
  * What this does not do, crun does: a container with a seccomp profile, a personality
  * or a user namespace, and a process with a terminal, go through `crun exec`
