@@ -457,6 +457,7 @@ static void failed_hop_no_resume(World *w, guint n)
   g_autoptr(GError) error = NULL;
   g_autoptr(FerrySandboxHandover) handover = ferry_sandbox_migration_handover(w->src, &error);
   g_assert_no_error(error);
+  g_assert_nonnull(handover);
   recover_source(w);
 }
 

@@ -518,6 +518,7 @@ static void test_container_oom(void)
   g_autoptr(json_t) grow = sh_process(GROW);
   int code = -1;
   g_autofree char *out = run_output(sb, c1, grow, 60000, &code);
+  g_assert_nonnull(out);
   g_assert_cmpint(code, ==, 137);
   g_assert_cmpuint(d.ooms->len, ==, 1);
   g_assert_cmpstr(d.ooms->pdata[0], ==, "oom1");

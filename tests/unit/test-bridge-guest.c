@@ -491,6 +491,7 @@ static void test_negotiate_host_notifications(Fixture *f, gconstpointer data)
             "{\"MinimumVersion\":4,\"MaximumVersion\":4,\"" FERRY_BRIDGE_NOTIFICATIONS_FIELD
             "\":[7,\"FerrySomethingElse\",\"" FERRY_BRIDGE_NOTIFY_TYPE_OOM_KILL "\"]}");
   g_autoptr(json_t) answer = expect_answer(f, NEGOTIATE, 1, 0);
+  g_assert_cmpint(json_integer_value(json_object_get(answer, "Version")), ==, 4);
   g_assert_true(ferry_bridge_server_host_accepts(f->server, oom));
   g_assert_true(ferry_bridge_server_host_accepts(f->server, "FerrySomethingElse"));
   g_assert_false(ferry_bridge_server_host_accepts(f->server, "UnexpectedExit"));
@@ -506,6 +507,7 @@ static void test_negotiate_host_notifications(Fixture *f, gconstpointer data)
             "{\"MinimumVersion\":4,\"MaximumVersion\":4,\"" FERRY_BRIDGE_NOTIFICATIONS_FIELD
             "\":\"" FERRY_BRIDGE_NOTIFY_TYPE_OOM_KILL "\"}");
   g_autoptr(json_t) again = expect_answer(f, NEGOTIATE, 2, 0);
+  g_assert_cmpint(json_integer_value(json_object_get(again, "Version")), ==, 4);
   g_assert_false(ferry_bridge_server_host_accepts(f->server, oom));
 }
 
