@@ -228,4 +228,8 @@ void ferry_sandbox_migration_resume(FerrySandbox *sandbox, const FerrySandboxHan
                                     gint64 blackout_started_us, FerrySandboxDoneFunc done,
                                     gpointer user_data);
 
+/* Destination: TRUE once resume told QEMU to run the guest (whatever came after). A
+ * source may recover only while this is FALSE on its destination. */
+gboolean ferry_sandbox_migration_guest_ran(FerrySandbox *sandbox);
+
 G_END_DECLS

@@ -215,4 +215,23 @@ void ferry_vm_migration_finalize(FerryVm *vm, FerryVmFinalize action, gint64 bla
  * source keeps running; FAILED with CANCELLED follows. */
 void ferry_vm_migration_cancel(FerryVm *vm, FerryVmDoneFunc done, gpointer user_data);
 
+/* QEMU's figures for the migration (query-migrate; on a source, the memory it sent). */
+typedef struct {
+  gboolean valid;               /* a query answered with RAM figures */
+  guint64 transferred;          /* bytes sent */
+  guint64 remaining;            /* bytes still to send in this pass */
+  guint64 total;                /* the guest's RAM */
+  double mbps;                  /* the last measured rate, megabits per second */
+  guint64 dirty_pages_rate;     /* pages per second */
+  guint64 passes;               /* dirty-sync-count: passes over memory begun */
+  guint64 expected_downtime_ms; /* QEMU's estimate, while transferring */
+  guint64 downtime_ms;          /* once completed */
+} FerryVmMigrationStats;
+
+/* Refresh the figures (reset when a migration is initialized or an incoming one
+ * starts); `done` runs once QEMU answered. FAILED_PRECONDITION without a migration. */
+void ferry_vm_migration_query(FerryVm *vm, FerryVmDoneFunc done, gpointer user_data);
+/* The figures as of the last query that answered. */
+const FerryVmMigrationStats *ferry_vm_migration_get_stats(FerryVm *vm);
+
 G_END_DECLS

@@ -382,7 +382,13 @@ gboolean ferry_migration_session_begin_finalize(FerryMigrationSession *s, const 
   }
   if (!lookup(s, call, session_id, error))
     return FALSE;
-  if (s->finalize_action != FERRY_MIGRATION_FINALIZE_UNSPECIFIED) {
+  if (s->finalize_action == FERRY_MIGRATION_FINALIZE_STOP &&
+      action == FERRY_MIGRATION_FINALIZE_RESUME && s->role == FERRY_MIGRATION_ROLE_SOURCE &&
+      s->state != FERRY_MIGRATION_STATE_CANCELLING) {
+    /* The way back after a STOP, taken or begun: the caller knows the destination never
+     * ran the guest, and the paused QEMU here runs it again. RESUME is locked then. */
+    step_init(s, step, call, FERRY_MIGRATION_STATE_FINALIZED, FALSE);
+  } else if (s->finalize_action != FERRY_MIGRATION_FINALIZE_UNSPECIFIED) {
     if (s->finalize_action != action) {
       g_autofree char *why =
           g_strdup_printf("%s already took effect or began; only %s may follow",

@@ -74,6 +74,24 @@ static void vm_step_finish(VmStep *step, const GError *error)
 
 /* ---------------------------------------------------------------- source -- */
 
+static void recover_now(FerrySandbox *sandbox, FerrySandboxDoneFunc done, gpointer user_data);
+
+/* A source's VM step ended: a recover that waited for it goes now (its answer comes
+ * later, from the VM; with no migration left to undo, from an idle). */
+static void mig_step_ended(FerrySandbox *sandbox)
+{
+  sandbox->mig_step_busy = FALSE;
+  if (!sandbox->recover_pending)
+    return;
+  sandbox->recover_pending = FALSE;
+  FerrySandboxDoneFunc done = g_steal_pointer(&sandbox->recover_done);
+  gpointer user_data = g_steal_pointer(&sandbox->recover_data);
+  if (sandbox->mig >= SB_MIG_SOURCE_PREPARED && sandbox->mig <= SB_MIG_SOURCE_HANDED_OVER)
+    recover_now(sandbox, done, user_data);
+  else
+    sandbox_report_later(sandbox, done, user_data, NULL); /* the prepare failed: nothing to undo */
+}
+
 static void on_initialized(FerryVm *vm, const GError *error, gpointer ud)
 {
   VmStep *step = ud;
@@ -83,6 +101,7 @@ static void on_initialized(FerryVm *vm, const GError *error, gpointer ud)
     /* A bridge break from here on parks the bridge instead of failing it. */
     ferry_guest_connection_set_migrating(sandbox->gc, TRUE);
   }
+  mig_step_ended(sandbox);
   vm_step_finish(step, error);
 }
 
@@ -105,6 +124,7 @@ void ferry_sandbox_migration_prepare(FerrySandbox *sandbox, const FerryVmMigrati
     return;
   }
   sandbox->mig_options = options != NULL ? *options : (FerryVmMigrationOptions){ 0 };
+  sandbox->mig_step_busy = TRUE;
   ferry_vm_migration_initialize(sandbox->vm, options, on_initialized,
                                 vm_step_new(sandbox, what, done, user_data));
 }
@@ -135,12 +155,16 @@ static void on_transferring(FerryVm *vm, const GError *error, gpointer ud)
                                                           : SB_MIG_DESTINATION_TRANSFERRING;
   else if (sandbox->mig == SB_MIG_SOURCE_FLUSHING)
     sandbox->mig = SB_MIG_SOURCE_PREPARED;
+  if (sandbox->mig_step_busy)
+    mig_step_ended(sandbox);
   vm_step_finish(step, error);
 }
 
 static void transfer_go(Transfer *t)
 {
   FerrySandbox *sandbox = t->sandbox;
+  if (sandbox->mig == SB_MIG_SOURCE_FLUSHING)
+    sandbox->mig_step_busy = TRUE;
   ferry_vm_migration_transfer(sandbox->vm, t->fd, on_transferring,
                               vm_step_new(sandbox, "transfer", t->done, t->user_data));
   ferry_fd_close_quietly(t->fd);
@@ -313,6 +337,23 @@ static void on_recovered(FerryVm *vm, const GError *error, gpointer ud)
 
 void ferry_sandbox_migration_recover(FerrySandbox *sandbox, FerrySandboxDoneFunc done,
                                      gpointer user_data)
+{
+  if (sandbox->mig_step_busy && !sandbox->recover_pending) {
+    /* The VM is in the middle of a step: undo it once it ended. */
+    sandbox->recover_pending = TRUE;
+    sandbox->recover_done = done;
+    sandbox->recover_data = user_data;
+    return;
+  }
+  if (sandbox->mig_step_busy) {
+    report_error(sandbox, done, user_data,
+                 mig_precondition(sandbox, "recover", "a recover is in progress"));
+    return;
+  }
+  recover_now(sandbox, done, user_data);
+}
+
+static void recover_now(FerrySandbox *sandbox, FerrySandboxDoneFunc done, gpointer user_data)
 {
   if (sandbox->mig < SB_MIG_SOURCE_PREPARED || sandbox->mig > SB_MIG_SOURCE_HANDED_OVER) {
     report_error(sandbox, done, user_data,
@@ -532,8 +573,14 @@ void ferry_sandbox_migration_resume(FerrySandbox *sandbox, const FerrySandboxHan
   sandbox->state = SB_RESUMING;
   sandbox->resume_done = done;
   sandbox->resume_data = user_data;
+  sandbox->guest_ran = TRUE; /* from here on, the source must never run it again */
   ferry_vm_migration_finalize(sandbox->vm, FERRY_VM_FINALIZE_RESUME, blackout_started_us,
                               on_destination_running, sandbox);
+}
+
+gboolean ferry_sandbox_migration_guest_ran(FerrySandbox *sandbox)
+{
+  return sandbox->guest_ran;
 }
 
 /* ---------------------------------------------------------- notifications -- */

@@ -87,9 +87,16 @@ struct FerrySandbox {
   SandboxMigration mig;
   FerryVmMigrationOptions mig_options;
   gboolean transfer_completed; /* OFFLINE_DONE seen, no failure since */
+  gboolean guest_ran;          /* a destination told its QEMU to run the guest */
   Transfer *transfer;          /* a source waiting for its flush */
-  int incoming_fd;             /* destination: the agent port's client, attached on resume */
-  GPtrArray *restore_ids;      /* destination: containers to reopen (char *) */
+  /* A source's VM step in flight (the prepare's initialize, the transfer's start): a
+   * recover asked meanwhile waits for it (recover_pending, with its callback). */
+  gboolean mig_step_busy;
+  gboolean recover_pending;
+  FerrySandboxDoneFunc recover_done;
+  gpointer recover_data;
+  int incoming_fd;        /* destination: the agent port's client, attached on resume */
+  GPtrArray *restore_ids; /* destination: containers to reopen (char *) */
   guint32 restore_next_port;
   guint64 restore_next_id;
   FerrySandboxDoneFunc resume_done;

@@ -25,6 +25,7 @@
 #include "ferry/migration-notifications.h"
 #include "ferry/migration-wire.h"
 #include "ferry/sandbox-state.h"
+#include "ferry/source.h"
 #include "ferry/vm-builder.h"
 #include "google/protobuf/any.pb-c.h"
 #include "hcsshim/migration.pb-c.h"
@@ -32,6 +33,8 @@
 
 /* How long CreateDuplicateSocket waits for the caller to hand over the socket. */
 #define SOCKET_RECV_TIMEOUT_S 10
+/* How often a source asks QEMU for the transfer's figures, while it runs. */
+#define STATS_INTERVAL_MS 200
 
 struct ShimMigration {
   FerryTaskService *svc;
@@ -43,7 +46,30 @@ struct ShimMigration {
   Ferry__V1__SandboxState *imported; /* ImportSandbox's state */
   GHashTable *bound;                 /* source container id -> itself: bound by a Create */
   GHashTable *images;                /* layer digest -> this host's image path */
+  gboolean guest_ran;                /* the imported guest was told to run here */
+  GSource *drop_idle;                /* a source's moved sandbox, freed from the loop */
+  /* A destination's sandbox steps in flight (Prepare's start, the transfer's start): a
+   * Cancel meanwhile tears down once they ended, from cancel_idle. */
+  guint dest_steps;
+  struct Op *deferred_cancel;
+  GSource *cancel_idle;
+  /* source: the transfer's figures, refreshed while it runs */
+  GSource *stats_timer;
+  FerryVmMigrationStats stats;
 };
+
+static void dest_step_ended(ShimMigration *m);
+
+/* A destination's Cancel: nothing of the guest ever ran here, so the incoming VM and
+ * the bound tasks go, and the shim is empty again. */
+static void destination_teardown(ShimMigration *m)
+{
+  if (m->svc->sandbox != NULL && ferry_sandbox_migration_guest_ran(m->svc->sandbox))
+    m->guest_ran = TRUE;
+  g_clear_pointer(&m->svc->sandbox, ferry_sandbox_free);
+  g_hash_table_remove_all(m->svc->tasks);
+  g_hash_table_remove_all(m->bound);
+}
 
 static ShimMigration *mig_of(FerryTaskService *svc)
 {
@@ -78,11 +104,30 @@ static void stop_response_clear(ShimMigration *m)
   g_clear_pointer(&m->stop_response, g_free);
 }
 
+/* What one session leaves behind, gone when the next begins: a new session never
+ * answers from an old one's cache. */
+static void session_state_clear(ShimMigration *m)
+{
+  stop_response_clear(m);
+  if (m->imported != NULL)
+    protobuf_c_message_free_unpacked(&m->imported->base, NULL);
+  m->imported = NULL;
+  g_hash_table_remove_all(m->bound);
+  g_hash_table_remove_all(m->images);
+  m->guest_ran = FALSE;
+  ferry_source_clear(&m->stats_timer);
+  m->stats = (FerryVmMigrationStats){ 0 };
+}
+
 void shim_migration_free(ShimMigration *m)
 {
   if (m == NULL)
     return;
   ferry_fd_close_quietly(m->socket_fd);
+  ferry_source_clear(&m->drop_idle);
+  ferry_source_clear(&m->cancel_idle);
+  ferry_source_clear(&m->stats_timer);
+  g_free(m->deferred_cancel); /* its call goes with the server */
   stop_response_clear(m);
   if (m->imported != NULL)
     protobuf_c_message_free_unpacked(&m->imported->base, NULL);
@@ -115,7 +160,7 @@ static void step_failed(ShimMigration *m, FerryMigrationStep *step, FerryTtrpcCa
 }
 
 /* A pending call and its step, for the callbacks of its side effect. */
-typedef struct {
+typedef struct Op {
   ShimMigration *m;
   FerryTtrpcCall *call;
   FerryMigrationStep step;
@@ -365,6 +410,8 @@ static void options_from(const InitializeOptions *in, FerryVmMigrationOptions *o
   if (in->compression_settings != NULL)
     out->compression_threads = in->compression_settings->throttle_worker_count;
   out->cancel_if_blackout_threshold_exceeds = in->cancel_if_blackout_threshold_exceeds;
+  out->max_bandwidth = in->ferry_max_bandwidth;
+  out->no_postcopy = in->ferry_no_postcopy;
 }
 
 /* Everything that would make the export fail, before the VM is touched. */
@@ -390,6 +437,23 @@ static gboolean can_export(FerryTaskService *svc, GError **error)
                   "task %s has a terminal, which does not migrate yet", t->id);
       return FALSE;
     }
+    GHashTableIter eit;
+    gpointer ev;
+    g_hash_table_iter_init(&eit, t->execs);
+    while (g_hash_table_iter_next(&eit, NULL, &ev)) {
+      Process *p = ev;
+      if (p->starting) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION,
+                    "process %s of task %s is being started", p->exec_id, t->id);
+        return FALSE;
+      }
+      if (p->terminal && p->status != PROC_STOPPED) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION,
+                    "process %s of task %s has a terminal, which does not migrate yet", p->exec_id,
+                    t->id);
+        return FALSE;
+      }
+    }
   }
   return TRUE;
 }
@@ -405,7 +469,7 @@ static void on_prepared(FerrySandbox *sandbox, const GError *error, gpointer ud)
   }
   g_autoptr(GBytes) packed = export_state(m);
   if (!ferry_migration_session_commit(m->session, &op->step)) {
-    ferry_ttrpc_call_reply_error(op->call, 1, "the session was cancelled");
+    ferry_ttrpc_call_reply_error(op->call, FERRY_ERROR_CANCELLED, "the session was cancelled");
     g_free(op);
     return;
   }
@@ -437,9 +501,11 @@ static void handle_prepare_and_export(FerryTtrpcCall *call, const ProtobufCMessa
     return;
   }
   if (!ferry_migration_session_engage(m->session, &step)) {
-    ferry_ttrpc_call_reply_error(call, 1, "the session was cancelled");
+    ferry_ttrpc_call_reply_error(call, FERRY_ERROR_CANCELLED, "the session was cancelled");
     return;
   }
+  if (!step.noop)
+    session_state_clear(m);
   m->start_time_us = g_get_real_time();
   FerryVmMigrationOptions options;
   options_from(req->init_options, &options);
@@ -524,20 +590,53 @@ static void handle_create_duplicate_socket(FerryTtrpcCall *call, const ProtobufC
 
 /* --------------------------------------------------------- TransferSandbox -- */
 
+/* ------------------------------------------------------ the transfer's figures -- */
+
+static void on_stats(FerryVm *vm, const GError *error, gpointer ud)
+{
+  ShimMigration *m = ud;
+  const FerryVmMigrationStats *st = ferry_vm_migration_get_stats(vm);
+  if (error != NULL || !st->valid)
+    return;
+  m->stats = *st;
+  ferry_migration_session_set_progress(m->session, st->transferred, st->total);
+}
+
+/* While the source transfers, and once more when it stopped (the final figures). A
+ * query the sandbox's VM takes with it when freed is never answered. */
+static gboolean on_stats_timer(gpointer ud)
+{
+  ShimMigration *m = ud;
+  FerryVm *vm = m->svc->sandbox != NULL ? ferry_sandbox_get_vm(m->svc->sandbox) : NULL;
+  if (vm != NULL)
+    ferry_vm_migration_query(vm, on_stats, m);
+  if (vm == NULL ||
+      ferry_migration_session_get_state(m->session) != FERRY_MIGRATION_STATE_TRANSFERRING) {
+    ferry_source_clear(&m->stats_timer);
+    return G_SOURCE_REMOVE;
+  }
+  return G_SOURCE_CONTINUE;
+}
+
 static void on_transfer_started(FerrySandbox *sandbox, const GError *error, gpointer ud)
 {
   Op *op = ud;
   ShimMigration *m = op->m;
   if (error != NULL) {
     step_failed(m, &op->step, op->call, error);
-    g_free(op);
-    return;
+  } else if (!ferry_migration_session_commit(m->session, &op->step)) {
+    ferry_ttrpc_call_reply_error(op->call, FERRY_ERROR_CANCELLED, "the session was cancelled");
+  } else {
+    /* Either call may have started it; both answer with an empty message. */
+    TransferSandboxResponse resp = TRANSFER_SANDBOX_RESPONSE__INIT;
+    ferry_ttrpc_call_reply(op->call, &resp.base);
+    if (ferry_migration_session_get_role(m->session) == FERRY_MIGRATION_ROLE_SOURCE &&
+        m->stats_timer == NULL)
+      m->stats_timer = ferry_timeout_new(m->svc->context, STATS_INTERVAL_MS, on_stats_timer, m);
   }
-  ferry_migration_session_commit(m->session, &op->step);
-  /* Either call may have started it; both answer with an empty message. */
-  TransferSandboxResponse resp = TRANSFER_SANDBOX_RESPONSE__INIT;
-  ferry_ttrpc_call_reply(op->call, &resp.base);
   g_free(op);
+  if (ferry_migration_session_get_role(m->session) == FERRY_MIGRATION_ROLE_DESTINATION)
+    dest_step_ended(m);
 }
 
 static void start_transfer(ShimMigration *m, FerryTtrpcCall *call, FerryMigrationStep *step)
@@ -549,9 +648,11 @@ static void start_transfer(ShimMigration *m, FerryTtrpcCall *call, FerryMigratio
     return;
   }
   if (!ferry_migration_session_engage(m->session, step)) {
-    ferry_ttrpc_call_reply_error(call, 1, "the session was cancelled");
+    ferry_ttrpc_call_reply_error(call, FERRY_ERROR_CANCELLED, "the session was cancelled");
     return;
   }
+  if (ferry_migration_session_get_role(m->session) == FERRY_MIGRATION_ROLE_DESTINATION)
+    m->dest_steps++;
   ferry_sandbox_migration_transfer(m->svc->sandbox, m->socket_fd, on_transfer_started,
                                    op_new(m, call, step));
 }
@@ -617,6 +718,7 @@ static void on_recovered(FerrySandbox *sandbox, const GError *error, gpointer ud
     g_free(op);
     return;
   }
+  stop_response_clear(m); /* a STOP's handover is undone: nothing to clean up after it */
   ferry_migration_session_commit(m->session, &op->step);
   if (op->step.call == FERRY_MIGRATION_CALL_CANCEL) {
     CancelResponse resp = CANCEL_RESPONSE__INIT;
@@ -652,7 +754,7 @@ static void handle_finalize(FerryTtrpcCall *call, const ProtobufCMessage *reques
       return;
     }
     if (!ferry_migration_session_engage(m->session, &step)) {
-      ferry_ttrpc_call_reply_error(call, 1, "the session was cancelled");
+      ferry_ttrpc_call_reply_error(call, FERRY_ERROR_CANCELLED, "the session was cancelled");
       return;
     }
     ferry_sandbox_migration_recover(m->svc->sandbox, on_recovered, op_new(m, call, &step));
@@ -661,7 +763,7 @@ static void handle_finalize(FerryTtrpcCall *call, const ProtobufCMessage *reques
   /* STOP: the destination takes over; the same final channels for a retry. */
   if (m->stop_response == NULL) {
     if (!ferry_migration_session_engage(m->session, &step)) {
-      ferry_ttrpc_call_reply_error(call, 1, "the session was cancelled");
+      ferry_ttrpc_call_reply_error(call, FERRY_ERROR_CANCELLED, "the session was cancelled");
       return;
     }
     g_autoptr(FerrySandboxHandover) h = ferry_sandbox_migration_handover(m->svc->sandbox, &error);
@@ -691,10 +793,13 @@ static void handle_cancel(FerryTtrpcCall *call, const ProtobufCMessage *request,
   ferry_migration_session_engage(m->session, &step);
   if (!step.noop &&
       ferry_migration_session_get_role(m->session) == FERRY_MIGRATION_ROLE_DESTINATION) {
-    /* Nothing of the guest ever ran here: the incoming VM and the bound tasks go. */
-    g_clear_pointer(&m->svc->sandbox, ferry_sandbox_free);
-    g_hash_table_remove_all(m->svc->tasks);
-    g_hash_table_remove_all(m->bound);
+    if (m->dest_steps > 0 || m->deferred_cancel != NULL) {
+      /* The sandbox is in the middle of a step: tear down once it ended. */
+      g_assert(m->deferred_cancel == NULL); /* a second Cancel is a no-op */
+      m->deferred_cancel = op_new(m, call, &step);
+      return;
+    }
+    destination_teardown(m);
   } else if (!step.noop &&
              ferry_migration_session_get_role(m->session) == FERRY_MIGRATION_ROLE_SOURCE &&
              m->svc->sandbox != NULL) {
@@ -708,6 +813,36 @@ static void handle_cancel(FerryTtrpcCall *call, const ProtobufCMessage *request,
   ferry_ttrpc_call_reply(call, &resp.base);
 }
 
+static gboolean finish_deferred_cancel(gpointer ud)
+{
+  ShimMigration *m = ud;
+  ferry_source_clear(&m->cancel_idle);
+  Op *op = g_steal_pointer(&m->deferred_cancel);
+  destination_teardown(m);
+  ferry_migration_session_commit(m->session, &op->step);
+  CancelResponse resp = CANCEL_RESPONSE__INIT;
+  ferry_ttrpc_call_reply(op->call, &resp.base);
+  g_free(op);
+  return G_SOURCE_REMOVE;
+}
+
+static void dest_step_ended(ShimMigration *m)
+{
+  g_assert(m->dest_steps > 0);
+  m->dest_steps--;
+  /* From the loop: this runs inside a callback of the sandbox the teardown frees. */
+  if (m->dest_steps == 0 && m->deferred_cancel != NULL && m->cancel_idle == NULL)
+    m->cancel_idle = ferry_idle_new(m->svc->context, finish_deferred_cancel, m);
+}
+
+static gboolean drop_moved_sandbox(gpointer ud)
+{
+  ShimMigration *m = ud;
+  ferry_source_clear(&m->drop_idle);
+  g_clear_pointer(&m->svc->sandbox, ferry_sandbox_free);
+  return G_SOURCE_REMOVE;
+}
+
 static void on_cleaned_up(FerrySandbox *sandbox, const GError *error, gpointer ud)
 {
   Op *op = ud;
@@ -718,6 +853,13 @@ static void on_cleaned_up(FerrySandbox *sandbox, const GError *error, gpointer u
     return;
   }
   ferry_fd_clear(&m->socket_fd);
+  stop_response_clear(m);
+  /* The sandbox moved: its tasks are the destination's now. Nothing exited, so no
+   * event goes out; the shim is empty (and may be a destination itself). The sandbox
+   * goes from the loop (this runs inside its callback). */
+  g_hash_table_remove_all(m->svc->tasks);
+  if (m->drop_idle == NULL)
+    m->drop_idle = ferry_idle_new(m->svc->context, drop_moved_sandbox, m);
   ferry_migration_session_commit(m->session, &op->step);
   CleanupResponse resp = CLEANUP_RESPONSE__INIT;
   ferry_ttrpc_call_reply(op->call, &resp.base);
@@ -814,15 +956,19 @@ static void handle_import(FerryTtrpcCall *call, const ProtobufCMessage *request,
     step_failed(m, &step, call, error);
     return;
   }
-  if (m->imported != NULL)
-    protobuf_c_message_free_unpacked(&m->imported->base, NULL);
+  session_state_clear(m);
   m->imported = state;
-  g_hash_table_remove_all(m->bound);
-  g_hash_table_remove_all(m->images);
   m->start_time_us = g_get_real_time();
   ferry_migration_session_commit(m->session, &step);
   ImportSandboxResponse resp = IMPORT_SANDBOX_RESPONSE__INIT;
   ferry_ttrpc_call_reply(call, &resp.base);
+}
+
+gboolean shim_migration_is_importing(FerryTaskService *svc)
+{
+  return svc->migration != NULL && svc->migration->imported != NULL &&
+         ferry_migration_session_get_state(svc->migration->session) ==
+             FERRY_MIGRATION_STATE_DESTINATION_IMPORTED;
 }
 
 const Ferry__V1__Container *shim_migration_container_to_bind(FerryTaskService *svc,
@@ -868,15 +1014,18 @@ static void on_incoming(FerrySandbox *sandbox, const GError *error, gpointer ud)
   Op *op = ud;
   ShimMigration *m = op->m;
   if (error != NULL) {
-    g_clear_pointer(&m->svc->sandbox, ferry_sandbox_free);
+    if (m->deferred_cancel == NULL) /* else the cancel's teardown frees it, from the loop */
+      g_clear_pointer(&m->svc->sandbox, ferry_sandbox_free);
     step_failed(m, &op->step, op->call, error);
-    g_free(op);
-    return;
+  } else if (!ferry_migration_session_commit(m->session, &op->step)) {
+    ferry_ttrpc_call_reply_error(op->call, FERRY_ERROR_CANCELLED, "the session was cancelled");
+  } else {
+    shim_record_vms(m->svc);
+    PrepareSandboxResponse resp = PREPARE_SANDBOX_RESPONSE__INIT;
+    ferry_ttrpc_call_reply(op->call, &resp.base);
   }
-  ferry_migration_session_commit(m->session, &op->step);
-  PrepareSandboxResponse resp = PREPARE_SANDBOX_RESPONSE__INIT;
-  ferry_ttrpc_call_reply(op->call, &resp.base);
   g_free(op);
+  dest_step_ended(m);
 }
 
 static void handle_prepare(FerryTtrpcCall *call, const ProtobufCMessage *request, gpointer ud)
@@ -903,6 +1052,26 @@ static void handle_prepare(FerryTtrpcCall *call, const ProtobufCMessage *request
     step_failed(m, &step, call, error);
     return;
   }
+  /* ... and every exec'd process that runs, by a Task.Exec (its stdio is this host's). */
+  GHashTableIter it;
+  gpointer value;
+  g_hash_table_iter_init(&it, svc->tasks);
+  while (g_hash_table_iter_next(&it, NULL, &value)) {
+    Task *t = value;
+    g_autoptr(GPtrArray) execs = values_of(t->execs);
+    g_ptr_array_sort(execs, compare_exec_ids);
+    for (guint i = 0; i < execs->len; i++) {
+      Process *p = execs->pdata[i];
+      if (p->imported && !p->exec_bound && p->status == PROC_RUNNING)
+        g_string_append_printf(unbound, "%s%s/%s", unbound->len > 0 ? ", " : "", t->id, p->exec_id);
+    }
+  }
+  if (unbound->len > 0) {
+    g_set_error(&error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION,
+                "imported processes not bound by an Exec yet: %s", unbound->str);
+    step_failed(m, &step, call, error);
+    return;
+  }
   json_error_t jerr;
   g_autoptr(json_t) description = json_loads(m->imported->vm_document, 0, &jerr);
   if (description == NULL) {
@@ -917,11 +1086,12 @@ static void handle_prepare(FerryTtrpcCall *call, const ProtobufCMessage *request
     return;
   }
   if (!ferry_migration_session_engage(m->session, &step)) {
-    ferry_ttrpc_call_reply_error(call, 1, "the session was cancelled");
+    ferry_ttrpc_call_reply_error(call, FERRY_ERROR_CANCELLED, "the session was cancelled");
     return;
   }
   FerryVmMigrationOptions options;
   options_from(req->init_options, &options);
+  m->dest_steps++;
   ferry_sandbox_start_incoming(svc->sandbox, description, m->images, &options, on_incoming,
                                op_new(m, call, &step));
 }
@@ -972,8 +1142,16 @@ static void finalize_destination(ShimMigration *m, FerryTtrpcCall *call,
     ferry_ttrpc_call_reply(call, &resp.base);
     return;
   }
+  if (step->action == FERRY_MIGRATION_FINALIZE_STOP && svc->sandbox != NULL &&
+      ferry_sandbox_migration_guest_ran(svc->sandbox)) {
+    /* The guest runs (or ran) here: ending it would lose the workload. */
+    g_autoptr(GError) e = g_error_new(FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION,
+                                      "the guest has run on this destination: it is not stopped");
+    step_failed(m, step, call, e);
+    return;
+  }
   if (!ferry_migration_session_engage(m->session, step)) {
-    ferry_ttrpc_call_reply_error(call, 1, "the session was cancelled");
+    ferry_ttrpc_call_reply_error(call, FERRY_ERROR_CANCELLED, "the session was cancelled");
     return;
   }
   if (step->action == FERRY_MIGRATION_FINALIZE_STOP) {
@@ -1045,6 +1223,17 @@ static void handle_status(FerryTtrpcCall *call, const ProtobufCMessage *request,
   }
   FerryMigrationStatusMessage msg;
   ferry_migration_status_message_init(&msg, &status);
+  msg.response.guest_ran =
+      m->guest_ran ||
+      (ferry_migration_session_get_role(m->session) == FERRY_MIGRATION_ROLE_DESTINATION &&
+       m->svc->sandbox != NULL && ferry_sandbox_migration_guest_ran(m->svc->sandbox));
+  if (status.role == FERRY_MIGRATION_ROLE_SOURCE && m->stats.valid) {
+    msg.response.bytes_remaining = m->stats.remaining;
+    msg.response.rate_mbps = m->stats.mbps;
+    msg.response.passes = m->stats.passes;
+    msg.response.expected_downtime_ms = m->stats.expected_downtime_ms;
+    msg.response.downtime_ms = m->stats.downtime_ms;
+  }
   ferry_ttrpc_call_reply(call, &msg.response.base);
 }
 

@@ -55,6 +55,7 @@ typedef struct {
   GPtrArray *waiters; /* FerryTtrpcCall, answered at the exit */
   /* A process bound on a migration destination: reopened from this on resume. */
   gboolean imported;
+  gboolean exec_bound; /* an exec'd one given this host's stdio by a Task.Exec */
   FerryGuestMigrationState ms;
   gboolean stream_done[3];
 } Process;
@@ -120,7 +121,13 @@ const Ferry__V1__Container *shim_migration_container_to_bind(FerryTaskService *s
 /* The container was bound: its layer images (digest -> path, copied). */
 void shim_migration_container_bound(FerryTaskService *svc, const char *source_id,
                                     GHashTable *images);
+/* TRUE while a session is DestinationImported (a Task.Exec may bind then). */
+gboolean shim_migration_is_importing(FerryTaskService *svc);
 /* A new sandbox for the shim's config and handlers (not started). */
 FerrySandbox *shim_sandbox_new(FerryTaskService *svc, GError **error);
 /* Events once a destination runs: TaskCreate per bound container. */
 void shim_publish_imported(FerryTaskService *svc);
+
+/* Record the VM (qemu.pid, vm.json) in every task's bundle: when the incoming VM of a
+ * destination has started, so that `delete` after a crash finds its QEMU. */
+void shim_record_vms(FerryTaskService *svc);

@@ -560,6 +560,15 @@ FerrySandbox *shim_sandbox_new(FerryTaskService *svc, GError **error)
   return ferry_sandbox_new(&cfg, &handlers, svc, error);
 }
 
+void shim_record_vms(FerryTaskService *svc)
+{
+  GHashTableIter it;
+  gpointer value;
+  g_hash_table_iter_init(&it, svc->tasks);
+  while (g_hash_table_iter_next(&it, NULL, &value))
+    record_vm(svc, value);
+}
+
 void shim_publish_imported(FerryTaskService *svc)
 {
   GHashTableIter it;
@@ -993,12 +1002,51 @@ static void handle_kill(FerryTtrpcCall *call, const ProtobufCMessage *request, g
   ferry_guest_process_signal(ferry_cmd_get_process(p->cmd), (int)req->signal, on_signalled, op);
 }
 
+/* A migration destination's Task.Exec naming an exec'd process of a bound container
+ * gives it this host's stdio (docs/migration.md). TRUE when `req` was that (answered). */
+static gboolean bind_exec(FerryTaskService *svc, FerryTtrpcCall *call,
+                          const Containerd__Task__V2__ExecProcessRequest *req)
+{
+  Task *t = req->id != NULL ? g_hash_table_lookup(svc->tasks, req->id) : NULL;
+  if (t == NULL || t->source_id == NULL || req->exec_id == NULL ||
+      !shim_migration_is_importing(svc))
+    return FALSE;
+  Process *p = g_hash_table_lookup(t->execs, req->exec_id);
+  if (p == NULL || !p->imported) {
+    ferry_ttrpc_call_reply_error(call, FERRY_ERROR_NOT_FOUND,
+                                 "exec %s: the migrated task %s has no such process", req->exec_id,
+                                 req->id);
+    return TRUE;
+  }
+  if (p->exec_bound) {
+    ferry_ttrpc_call_reply_error(call, FERRY_ERROR_ALREADY_EXISTS,
+                                 "exec %s of the migrated task %s is bound already", req->exec_id,
+                                 req->id);
+    return TRUE;
+  }
+  if (req->terminal != p->terminal) {
+    ferry_ttrpc_call_reply_error(call, FERRY_ERROR_INVALID_ARGUMENT,
+                                 "exec %s of the migrated task %s: terminal is %s on the source",
+                                 req->exec_id, req->id, p->terminal ? "on" : "off");
+    return TRUE;
+  }
+  g_free(p->in);
+  g_free(p->out);
+  g_free(p->err);
+  p->in = g_strdup(req->stdin != NULL ? req->stdin : "");
+  p->out = g_strdup(req->stdout != NULL ? req->stdout : "");
+  p->err = g_strdup(req->stderr != NULL ? req->stderr : "");
+  p->exec_bound = TRUE;
+  reply_empty(call);
+  return TRUE;
+}
+
 static void handle_exec(FerryTtrpcCall *call, const ProtobufCMessage *request, gpointer ud)
 {
-  if (!shim_migration_allows_changes(ud, call))
-    return;
   FerryTaskService *svc = ud;
   const Containerd__Task__V2__ExecProcessRequest *req = (const void *)request;
+  if (bind_exec(svc, call, req) || !shim_migration_allows_changes(ud, call))
+    return;
   g_autoptr(GError) error = NULL;
   Task *t = task_lookup(svc, req->id, &error);
   if (t == NULL) {

@@ -570,9 +570,9 @@ static void on_hello(FerryMux *mux, const MuxFrame *f)
     if (e->consumed < mc->send_acked || e->consumed > mc->send_total ||
         e->window > FERRY_MUX_MAX_WINDOW) {
       protocol_error(mux,
-                     "HELLO for channel %u acknowledges %" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT
-                     " bytes",
-                     mc->id, e->consumed, mc->send_total);
+                     "HELLO for channel %u (port %u) acknowledges %" G_GUINT64_FORMAT
+                     " of %" G_GUINT64_FORMAT " bytes (%" G_GUINT64_FORMAT " acknowledged before)",
+                     mc->id, mc->port, e->consumed, mc->send_total, mc->send_acked);
       g_list_free(ids);
       return;
     }

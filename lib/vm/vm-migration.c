@@ -98,6 +98,7 @@ void ferry_vm_start_incoming(FerryVm *vm, const FerryVmMigrationOptions *options
   if (!take_options(vm, options, done, user_data))
     return;
   vm->origin = FERRY_VM_ORIGIN_DESTINATION;
+  vm->stats = (FerryVmMigrationStats){ 0 };
   vm->mig = MIG_READY;
   vm->start_running = FALSE;
   vm_spawn(vm, TRUE, vm_op_new(vm, done, user_data));
@@ -125,6 +126,7 @@ void ferry_vm_migration_initialize(FerryVm *vm, const FerryVmMigrationOptions *o
   if (!take_options(vm, options, done, user_data))
     return;
   vm->origin = FERRY_VM_ORIGIN_SOURCE;
+  vm->stats = (FerryVmMigrationStats){ 0 };
   vm->mig = MIG_NONE; /* READY once QEMU took the settings */
   vm->setup_done_sent = vm->blackout_sent = vm->postcopy_requested = vm->postcopy_active = FALSE;
   vm->convergence_handled = vm->cancel_requested = FALSE;
@@ -587,4 +589,49 @@ void ferry_vm_migration_cancel(FerryVm *vm, FerryVmDoneFunc done, gpointer user_
   migration_failed(vm, FERRY_VM_RESULT_CANCELLED);
   migration_end(vm);
   vm_op_finish_later(vm, done, user_data, NULL);
+}
+
+/* ---------------------------------------------------------------- figures -- */
+
+static guint64 json_u64(json_t *object, const char *key)
+{
+  json_t *v = json_object_get(object, key);
+  return json_is_integer(v) && json_integer_value(v) > 0 ? (guint64)json_integer_value(v) : 0;
+}
+
+static void on_stats(FerryQmp *qmp, json_t *result, const GError *error, gpointer ud)
+{
+  Op *op = ud;
+  FerryVm *vm = op->vm;
+  json_t *ram = error == NULL ? json_object_get(result, "ram") : NULL;
+  if (json_is_object(ram) && !vm->freeing) {
+    FerryVmMigrationStats *st = &vm->stats;
+    st->valid = TRUE;
+    st->transferred = json_u64(ram, "transferred");
+    st->remaining = json_u64(ram, "remaining");
+    st->total = json_u64(ram, "total");
+    st->mbps = json_is_number(json_object_get(ram, "mbps"))
+                   ? json_number_value(json_object_get(ram, "mbps"))
+                   : 0;
+    st->dirty_pages_rate = json_u64(ram, "dirty-pages-rate");
+    st->passes = json_u64(ram, "dirty-sync-count");
+    st->expected_downtime_ms = json_u64(result, "expected-downtime");
+    st->downtime_ms = json_u64(result, "downtime");
+  }
+  vm_op_finish(op, error);
+}
+
+void ferry_vm_migration_query(FerryVm *vm, FerryVmDoneFunc done, gpointer user_data)
+{
+  if (vm->origin == 0 || vm->qmp == NULL || vm->state == FERRY_VM_EXITED) {
+    vm_op_finish_later(vm, done, user_data,
+                       vm_precondition(vm, "query the migration", "no migration is in progress"));
+    return;
+  }
+  ferry_qmp_execute(vm->qmp, "query-migrate", NULL, 0, on_stats, vm_op_new(vm, done, user_data));
+}
+
+const FerryVmMigrationStats *ferry_vm_migration_get_stats(FerryVm *vm)
+{
+  return &vm->stats;
 }

@@ -75,7 +75,8 @@ struct FerryVm {
   gboolean postcopy_active;
   gboolean convergence_handled;
   gboolean cancel_requested;
-  gint64 blackout_started_us; /* destination: the start of the blackout it reports */
+  FerryVmMigrationStats stats; /* the last query-migrate's */
+  gint64 blackout_started_us;  /* destination: the start of the blackout it reports */
   gint64 incoming_done_us;
   Op *finalize_op;
   FerryVmFinalize finalize_action;

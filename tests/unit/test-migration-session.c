@@ -256,7 +256,7 @@ static const Row rows[] = {
   { "source/Finalized-by-STOP",
     R_SRC_FINALIZED_STOP,
     FERRY_MIGRATION_STATE_FINALIZED,
-    { "FP", "FP", "FP", "FP", "FP", "=", "FP", "FP", "-> Idle" } },
+    { "FP", "FP", "FP", "FP", "FP", "=", "-> Finalized", "FP", "-> Idle" } },
   { "source/Finalized-by-RESUME",
     R_SRC_FINALIZED_RESUME,
     FERRY_MIGRATION_STATE_FINALIZED,
@@ -658,6 +658,40 @@ static void test_stop_failed_before_engage(void)
                   FERRY_MIGRATION_FINALIZE_UNSPECIFIED);
   do_finalize(s, FERRY_MIGRATION_FINALIZE_RESUME);
   g_assert_no_error(error);
+}
+
+/* A source's STOP, then the way back (the destination never ran the guest): RESUME
+ * takes the guest back, locks RESUME, and frees the Task API; STOP no longer follows,
+ * and a Cancel after STOP does not take the guest back (it cannot know). */
+static void test_source_resume_after_stop(void)
+{
+  g_autoptr(FerryMigrationSession) s = ferry_migration_session_new();
+  FerryMigrationStep step;
+  GError *error = NULL;
+
+  reach(s, R_SRC_FINALIZED_STOP);
+  g_assert_false(ferry_migration_session_begin_cancel(s, SID, &step, &error));
+  g_assert_error(error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION);
+  g_clear_error(&error);
+  g_assert_false(ferry_migration_session_allows_task_changes(s, &error));
+  g_clear_error(&error);
+  do_finalize(s, FERRY_MIGRATION_FINALIZE_RESUME);
+  g_assert_cmpint(ferry_migration_session_get_finalize_action(s), ==,
+                  FERRY_MIGRATION_FINALIZE_RESUME);
+  g_assert_true(ferry_migration_session_allows_task_changes(s, &error));
+  g_assert_no_error(error);
+  g_assert_false(
+      ferry_migration_session_begin_finalize(s, SID, FERRY_MIGRATION_FINALIZE_STOP, &step, &error));
+  g_assert_error(error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION);
+  g_assert_nonnull(strstr(error->message, "only RESUME may follow"));
+  g_clear_error(&error);
+  /* A destination's STOP stays final. */
+  g_autoptr(FerryMigrationSession) d = ferry_migration_session_new();
+  reach(d, R_DST_FINALIZED_STOP);
+  g_assert_false(ferry_migration_session_begin_finalize(d, SID, FERRY_MIGRATION_FINALIZE_RESUME,
+                                                        &step, &error));
+  g_assert_error(error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION);
+  g_clear_error(&error);
 }
 
 static void test_cleanup_repeated(void)
@@ -1073,6 +1107,8 @@ int main(int argc, char **argv)
   g_test_add_func("/migration-session/retry/partial-resume", test_partial_resume_retried);
   g_test_add_func("/migration-session/retry/stop-failed-before-engage",
                   test_stop_failed_before_engage);
+  g_test_add_func("/migration-session/retry/source-resume-after-stop",
+                  test_source_resume_after_stop);
   g_test_add_func("/migration-session/retry/cleanup-repeated", test_cleanup_repeated);
   g_test_add_func("/migration-session/retry/export-repeated", test_export_repeated);
   g_test_add_func("/migration-session/cancel/every-phase", test_cancel_every_phase);

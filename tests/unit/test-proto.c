@@ -391,7 +391,8 @@ static void test_migration_fields(void)
       "memory_transfer_throttle_params 2 MemoryTransferThrottleParams; "
       "compression_settings 3 CompressionSettings; checksum_verification 4 bool; "
       "perf_tracing_enabled 5 bool; cancel_if_blackout_threshold_exceeds 6 bool; "
-      "prepare_memory_transfer_mode 7 bool }" },
+      "prepare_memory_transfer_mode 7 bool; ferry_max_bandwidth 1000 uint64; "
+      "ferry_no_postcopy 1001 bool }" },
     { &memory_transfer_throttle_params__descriptor,
       "MemoryTransferThrottleParams { skip_throttling 1 bool; throttling_scale 2 double; "
       "minimum_throttle_percentage 3 uint32; target_number_of_brownout_transfer_passes 4 uint32; "
@@ -855,7 +856,39 @@ static void test_migration_ferry_extensions(void)
       extensions += ours;
     }
   }
-  g_assert_cmpuint(extensions, ==, 2);
+  g_assert_cmpuint(extensions, ==, 4);
+}
+
+/*
+ * InitializeOptions with Ferry's rate limit and no post-copy: hcsshim's bytes (field 6
+ * cancel_if_blackout_threshold_exceeds), then 1000 (tag 8000 = varint c0 3e) 16 MiB
+ * (0x1000000 = varint 80 80 80 08) and 1001 (tag 8008 = c8 3e) true. An hcsshim decoder
+ * reads its field and keeps both as unknown fields.
+ */
+static void test_migration_initialize_options_extension(void)
+{
+  InitializeOptions opts = INITIALIZE_OPTIONS__INIT;
+  opts.cancel_if_blackout_threshold_exceeds = TRUE;
+  opts.ferry_max_bandwidth = 16 << 20;
+  opts.ferry_no_postcopy = TRUE;
+  const char *want = "3001"          /* 6 cancel_if_blackout_threshold_exceeds */
+                     "c03e 80808008" /* 1000 ferry_max_bandwidth 16 MiB */
+                     "c83e 01";      /* 1001 ferry_no_postcopy */
+  assert_packs_to(&opts.base, want);
+  Ferry__Test__Upstream__InitializeOptions *up =
+      (Ferry__Test__Upstream__InitializeOptions *)unpack_hex_roundtrip(
+          &ferry__test__upstream__initialize_options__descriptor, want);
+  g_assert_true(up->cancel_if_blackout_threshold_exceeds);
+  g_assert_cmpuint(up->base.n_unknown_fields, ==, 2);
+  g_assert_cmpuint(up->base.unknown_fields[0].tag, ==, 1000);
+  g_assert_cmpuint(up->base.unknown_fields[1].tag, ==, 1001);
+  ferry__test__upstream__initialize_options__free_unpacked(up, NULL);
+  InitializeOptions *back =
+      (InitializeOptions *)unpack_hex_roundtrip(&initialize_options__descriptor, "3001");
+  g_assert_true(back->cancel_if_blackout_threshold_exceeds);
+  g_assert_cmpuint(back->ferry_max_bandwidth, ==, 0);
+  g_assert_false(back->ferry_no_postcopy);
+  initialize_options__free_unpacked(back, NULL);
 }
 
 /* One channel {id 3, port 7, established, recv_consumed 100, send_acked 5, send_total
@@ -981,7 +1014,9 @@ static void test_migration_status_service(void)
       "ferry.migration.v1.StatusResponse { session_id 1 string; role 2 ferry.migration.v1.Role; "
       "state 3 ferry.migration.v1.SessionState; phase 4 Phase; phase_state 5 PhaseState; "
       "last_message_id 6 uint32; bytes_transferred 7 uint64; bytes_total 8 uint64; "
-      "last_error 9 google.rpc.Status; cleaned_up 10 bool }" },
+      "last_error 9 google.rpc.Status; cleaned_up 10 bool; guest_ran 11 bool; "
+      "bytes_remaining 12 uint64; rate_mbps 13 double; passes 14 uint64; "
+      "expected_downtime_ms 15 uint64; downtime_ms 16 uint64 }" },
   };
   assert_message_shapes(shapes, G_N_ELEMENTS(shapes));
 }
@@ -1165,6 +1200,8 @@ int main(int argc, char **argv)
                   test_migration_finalize_request_extension);
   g_test_add_func("/proto/migration/finalize-response-extension",
                   test_migration_finalize_response_extension);
+  g_test_add_func("/proto/migration/initialize-options-extension",
+                  test_migration_initialize_options_extension);
   g_test_add_func("/proto/migration/status-service", test_migration_status_service);
 
   g_test_add_func("/proto/malformed", test_malformed);
