@@ -47,6 +47,7 @@ HEADER_MODULE = {
     "migration-notifications": "migration",
     "sandbox-state": "migration",
     "migration-wire": "migration",
+    "migration": "migration",
 }
 
 # Generated protobuf headers, by the module allowed to use them first.
