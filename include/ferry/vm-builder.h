@@ -157,6 +157,20 @@ const char *ferry_vm_accel_name(FerryVmAccel accel);
  * for microvm's tsc_early_khz; 0 when unknown. */
 guint64 ferry_vm_host_tsc_khz(const char *cpuinfo_path);
 
+/*
+ * What a QEMU binary is, for a migration's compatibility check (docs/migration.md, the
+ * sandbox state): its version and the machine type a machine name resolves to there (an
+ * alias such as "q35" names "pc-q35-7.2" on QEMU 7.2, another machine on another QEMU).
+ * The parsers are pure: `--version`'s text gives "7.2.22"; `-machine help`'s text and a
+ * name give the name it is an alias of, or the name itself, or NULL if QEMU lacks it.
+ */
+char *ferry_vm_parse_qemu_version(const char *version_text);
+char *ferry_vm_parse_machine_type(const char *machine_help, const char *machine);
+/* Runs `qemu_binary` (NULL: qemu-system-x86_64) with --version and -machine help; blocks
+ * for as long as QEMU takes to print them (tens of milliseconds). */
+gboolean ferry_vm_probe_qemu(const char *qemu_binary, const char *machine, char **version,
+                             char **machine_type, GError **error);
+
 typedef struct {
   const char *qemu_binary; /* NULL: "qemu-system-x86_64" (on PATH) */
   FerryVmAccel accel;      /* AUTO: ferry_vm_detect_accel(NULL, NULL) */

@@ -35,6 +35,10 @@
 #define SOCKET_RECV_TIMEOUT_S 10
 /* How often a source asks QEMU for the transfer's figures, while it runs. */
 #define STATS_INTERVAL_MS 200
+/* The compatibility data's CPU model: the VM document passes no -cpu, so the guest gets
+ * QEMU's default model for the machine type, the same wherever the QEMU version and the
+ * machine type are (both compared too). */
+#define CPU_MODEL "qemu-default"
 
 struct ShimMigration {
   FerryTaskService *svc;
@@ -56,6 +60,10 @@ struct ShimMigration {
   /* source: the transfer's figures, refreshed while it runs */
   GSource *stats_timer;
   FerryVmMigrationStats stats;
+  /* this host's QEMU for the compatibility data, probed once per machine */
+  char *probed_machine;
+  char *qemu_version;
+  char *machine_type;
 };
 
 static void dest_step_ended(ShimMigration *m);
@@ -127,6 +135,9 @@ void shim_migration_free(ShimMigration *m)
   ferry_source_clear(&m->drop_idle);
   ferry_source_clear(&m->cancel_idle);
   ferry_source_clear(&m->stats_timer);
+  g_free(m->probed_machine);
+  g_free(m->qemu_version);
+  g_free(m->machine_type);
   g_free(m->deferred_cancel); /* its call goes with the server */
   stop_response_clear(m);
   if (m->imported != NULL)
@@ -303,9 +314,35 @@ static char *file_digest(const char *path)
 }
 
 /* What this host runs, for the destination's compatibility check. */
+/* This host's QEMU as the compatibility data names it (its version, what `machine`
+ * resolves to), probed on first use. */
+static gboolean probe_qemu(ShimMigration *m, const char *machine, GError **error)
+{
+  if (m->qemu_version != NULL && g_strcmp0(m->probed_machine, machine) == 0)
+    return TRUE;
+  g_autofree char *version = NULL, *type = NULL;
+  if (!ferry_vm_probe_qemu(m->svc->vm.qemu_binary, machine, &version, &type, error))
+    return FALSE;
+  g_free(m->probed_machine);
+  g_free(m->qemu_version);
+  g_free(m->machine_type);
+  m->probed_machine = g_strdup(machine);
+  m->qemu_version = g_steal_pointer(&version);
+  m->machine_type = g_steal_pointer(&type);
+  return TRUE;
+}
+
+static void fill_qemu(ShimMigration *m, Ferry__V1__Compatibility *c)
+{
+  c->qemu_version = m->qemu_version;
+  c->machine_type = m->machine_type;
+  c->cpu_model = (char *)CPU_MODEL;
+}
+
 static void fill_compat(Pool *pool, FerryTaskService *svc, Ferry__V1__Compatibility *c)
 {
   ferry__v1__compatibility__init(c);
+  fill_qemu(svc->migration, c);
   FerryVm *vm = ferry_sandbox_get_vm(svc->sandbox);
   c->accelerator = (char *)ferry_vm_accel_name(ferry_vm_get_accel(vm));
   g_autofree char *kernel = file_digest(svc->kernel);
@@ -496,7 +533,9 @@ static void handle_prepare_and_export(FerryTtrpcCall *call, const ProtobufCMessa
     ferry_ttrpc_call_reply_gerror(call, error);
     return;
   }
-  if (!can_export(m->svc, &error)) {
+  if (!can_export(m->svc, &error) ||
+      !probe_qemu(m, ferry_vm_doc_machine(ferry_vm_get_doc(ferry_sandbox_get_vm(m->svc->sandbox))),
+                  &error)) {
     step_failed(m, &step, call, error);
     return;
   }
@@ -898,6 +937,7 @@ static void handle_cleanup(FerryTtrpcCall *call, const ProtobufCMessage *request
 static void local_compat(FerryTaskService *svc, Pool *pool, Ferry__V1__Compatibility *c)
 {
   ferry__v1__compatibility__init(c);
+  fill_qemu(svc->migration, c);
   FerryVmAccel accel = svc->vm.accel != FERRY_VM_ACCEL_AUTO
                            ? svc->vm.accel
                            : ferry_vm_detect_accel(NULL, NULL, NULL);
@@ -943,6 +983,14 @@ static void handle_import(FerryTtrpcCall *call, const ProtobufCMessage *request,
   /* Before anything starts here: the same guest image and accelerator. */
   Pool pool = { g_ptr_array_new_with_free_func(g_free), g_ptr_array_new_with_free_func(g_free) };
   Ferry__V1__Compatibility local;
+  /* The machine this host renders for an incoming sandbox (the shim's documents). */
+  if (!probe_qemu(m, FERRY_VM_DEFAULT_MACHINE, &error)) {
+    g_ptr_array_unref(pool.strings);
+    g_ptr_array_unref(pool.blocks);
+    protobuf_c_message_free_unpacked(&state->base, NULL);
+    step_failed(m, &step, call, error);
+    return;
+  }
   local_compat(svc, &pool, &local);
   gboolean compatible = state->compatibility != NULL &&
                         ferry_sandbox_state_check_compat(&local, state->compatibility, &error);

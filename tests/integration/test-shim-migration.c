@@ -480,6 +480,10 @@ static void test_source_session(void)
   g_assert_cmpuint(state->schema_version, ==, FERRY_SANDBOX_STATE_SCHEMA_VERSION);
   g_assert_cmpstr(state->compatibility->accelerator, !=, "");
   g_assert_true(g_str_has_prefix(state->compatibility->guest_image_digest, "sha256-kernel:"));
+  /* This QEMU's version and the machine it resolved (microvm is no alias). */
+  g_assert_true(g_ascii_isdigit(state->compatibility->qemu_version[0]));
+  g_assert_cmpstr(state->compatibility->machine_type, ==, "microvm");
+  g_assert_cmpstr(state->compatibility->cpu_model, ==, "qemu-default");
   g_assert_cmpuint(state->n_disks, ==, 1);
   g_assert_true(g_str_has_prefix(state->disks[0]->digest, "sha256:"));
   g_assert_cmpuint(state->n_containers, ==, 1);

@@ -1733,6 +1733,57 @@ static void test_qemu_pc_incoming(QemuFixture *f, gconstpointer data)
   check_real_qemu(f, doc, TRUE, "inmigrate");
 }
 
+/* QEMU 7.2's own texts: the version's digits; an alias resolved, a machine that is no
+ * alias kept, a prefix that is another machine not taken, a machine QEMU lacks NULL. */
+static void test_qemu_identity_parse(void)
+{
+  g_autofree char *v =
+      ferry_vm_parse_qemu_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\n"
+                                  "Copyright (c) 2003-2022 Fabrice Bellard\n");
+  g_assert_cmpstr(v, ==, "7.2.22");
+  g_assert_null(ferry_vm_parse_qemu_version("no such thing"));
+  g_assert_null(ferry_vm_parse_qemu_version("version x"));
+  static const char help[] =
+      "Supported machines are:\n"
+      "microvm              microvm (i386)\n"
+      "pc                   Standard PC (i440FX + PIIX, 1996) (alias of pc-i440fx-7.2)\n"
+      "pc-i440fx-7.2        Standard PC (i440FX + PIIX, 1996) (default)\n"
+      "q35                  Standard PC (Q35 + ICH9, 2009) (alias of pc-q35-7.2)\n"
+      "pc-q35-7.2           Standard PC (Q35 + ICH9, 2009)\n";
+  g_autofree char *q35 = ferry_vm_parse_machine_type(help, "q35");
+  g_assert_cmpstr(q35, ==, "pc-q35-7.2");
+  g_autofree char *pc = ferry_vm_parse_machine_type(help, "pc");
+  g_assert_cmpstr(pc, ==, "pc-i440fx-7.2");
+  g_autofree char *micro = ferry_vm_parse_machine_type(help, "microvm");
+  g_assert_cmpstr(micro, ==, "microvm");
+  g_autofree char *exact = ferry_vm_parse_machine_type(help, "pc-q35-7.2");
+  g_assert_cmpstr(exact, ==, "pc-q35-7.2");
+  g_assert_null(ferry_vm_parse_machine_type(help, "pc-q35"));
+  g_assert_null(ferry_vm_parse_machine_type(help, "virt"));
+  g_assert_null(ferry_vm_parse_machine_type(help, ""));
+}
+
+/* The real binary, when it is installed. */
+static void test_qemu_identity_probe(void)
+{
+  g_autofree char *qemu = g_find_program_in_path("qemu-system-x86_64");
+  if (qemu == NULL) {
+    g_test_skip("qemu-system-x86_64 is not installed");
+    return;
+  }
+  g_autofree char *version = NULL, *machine = NULL;
+  g_autoptr(GError) error = NULL;
+  g_assert_true(ferry_vm_probe_qemu(NULL, "q35", &version, &machine, &error));
+  g_assert_no_error(error);
+  g_assert_true(g_ascii_isdigit(version[0]));
+  g_assert_true(g_str_has_prefix(machine, "pc-q35-"));
+  g_assert_false(ferry_vm_probe_qemu(NULL, "no-such-machine", &version, &machine, &error));
+  g_assert_error(error, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION);
+  g_clear_error(&error);
+  g_assert_false(ferry_vm_probe_qemu("/nonexistent/qemu", "q35", &version, &machine, &error));
+  g_assert_nonnull(error);
+}
+
 int main(int argc, char **argv)
 {
   g_test_init(&argc, &argv, NULL);
@@ -1792,6 +1843,8 @@ int main(int argc, char **argv)
   TT("accel/needs-flag-and-device", test_accel_needs_flag_and_device);
   TT("accel/ignores-environment", test_accel_ignores_environment);
   g_test_add_func("/vm-builder/accel/parse", test_accel_parse);
+  g_test_add_func("/vm-builder/qemu-identity/parse", test_qemu_identity_parse);
+  g_test_add_func("/vm-builder/qemu-identity/probe", test_qemu_identity_probe);
   TT("tsc/parse", test_tsc_parse);
 #undef TT
 #define TQ(path, fn)                                                                               \
