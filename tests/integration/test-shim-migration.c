@@ -26,6 +26,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "containerd/events/task.pb-c.h"
+#include "containerd/services/events/ttrpc/v1/events.pb-c.h"
 #include "containerd/task/v2/shim.pb-c.h"
 #include "ferry/error.h"
 #include "ferry/fd.h"
@@ -76,6 +78,10 @@ typedef struct {
   char *log;
   FerryTtrpcClient *c;
   pid_t daemon;
+  /* containerd's event service for this shim (TTRPC_ADDRESS): what it published, as
+   * "exit <id> <status>" for a TaskExit, else the topic */
+  FerryTtrpcServer *events;
+  GPtrArray *published;
 } Rig;
 
 static ProtobufCMessage *call(Rig *r, const char *service, const char *method,
@@ -110,6 +116,38 @@ static void call_fails(Rig *r, const char *service, const char *method, const Pr
             error->code, error->message);
 }
 
+static void on_forward(FerryTtrpcCall *call, const ProtobufCMessage *request, gpointer ud)
+{
+  Rig *r = ud;
+  const Containerd__Services__Events__Ttrpc__V1__ForwardRequest *req = (const void *)request;
+  const Containerd__Types__Envelope *env = req->envelope;
+  if (env != NULL && g_strcmp0(env->topic, "/tasks/exit") == 0 && env->event != NULL) {
+    Containerd__Events__TaskExit *ev =
+        containerd__events__task_exit__unpack(NULL, env->event->value.len, env->event->value.data);
+    g_assert_nonnull(ev);
+    g_ptr_array_add(r->published, g_strdup_printf("exit %s %u", ev->id, ev->exit_status));
+    containerd__events__task_exit__free_unpacked(ev, NULL);
+  } else if (env != NULL) {
+    g_ptr_array_add(r->published, g_strdup(env->topic));
+  }
+  Google__Protobuf__Empty empty = GOOGLE__PROTOBUF__EMPTY__INIT;
+  ferry_ttrpc_call_reply(call, &empty.base);
+}
+
+static const FerryTtrpcMethodImpl events_methods[] = {
+  { "Forward", on_forward, FERRY_TTRPC_UNARY },
+  { NULL, NULL, 0 },
+};
+
+/* How many of the rig's published events are `what`. */
+static guint published_count(Rig *r, const char *what)
+{
+  guint n = 0;
+  for (guint i = 0; i < r->published->len; i++)
+    n += g_strcmp0(r->published->pdata[i], what) == 0;
+  return n;
+}
+
 /* containerd's start, as test-shim-contract runs it: the daemon's address. */
 static char *start_shim(Rig *r)
 {
@@ -121,6 +159,8 @@ static char *start_shim(Rig *r)
                                 G_SUBPROCESS_FLAGS_STDERR_PIPE);
   g_subprocess_launcher_setenv(l, "FERRY_SHIM_RUN_DIR", r->run_dir, TRUE);
   g_subprocess_launcher_setenv(l, "FERRY_SHIM_CONFIG", r->config, TRUE);
+  g_autofree char *events = g_build_filename(r->dir, "events.sock", NULL);
+  g_subprocess_launcher_setenv(l, "TTRPC_ADDRESS", events, TRUE);
   g_subprocess_launcher_set_cwd(l, r->bundle);
   g_autoptr(GError) error = NULL;
   g_autoptr(GSubprocess) p = g_subprocess_launcher_spawnv(l, argv, &error);
@@ -197,6 +237,13 @@ static void rig_prepare(Rig *r, const char *source_id)
   g_autofree char *link = g_build_filename(record, "bundle", NULL);
   g_assert_cmpint(symlink(r->bundle, link), ==, 0);
 
+  r->published = g_ptr_array_new_with_free_func(g_free);
+  r->events = ferry_ttrpc_server_new();
+  g_autofree char *events = g_build_filename(r->dir, "events.sock", NULL);
+  g_assert_true(ferry_ttrpc_server_register(
+      r->events, NULL, &containerd__services__events__ttrpc__v1__events__descriptor, events_methods,
+      r, &error));
+  g_assert_true(ferry_ttrpc_server_listen_unix(r->events, events, &error));
   g_autofree char *address = start_shim(r);
   r->c = ferry_ttrpc_client_connect_unix(address, &error);
   g_assert_no_error(error);
@@ -250,6 +297,19 @@ static void rig_start(Rig *r)
   wait_lines(r, 5);
 }
 
+/* The rig's files and records, once its daemon is gone. */
+static void rig_free(Rig *r)
+{
+  ferry_ttrpc_server_free(r->events);
+  g_ptr_array_unref(r->published);
+  test_rm_rf(r->dir);
+  g_free(r->dir);
+  g_free(r->run_dir);
+  g_free(r->config);
+  g_free(r->bundle);
+  g_free(r->log);
+}
+
 static void rig_stop(Rig *r)
 {
   Containerd__Task__V2__KillRequest kill_req = CONTAINERD__TASK__V2__KILL_REQUEST__INIT;
@@ -279,12 +339,7 @@ static void rig_stop(Rig *r)
   if (kill(r->daemon, 0) == 0)
     g_error("the shim daemon %d did not exit after Shutdown", (int)r->daemon);
   daemon_track(r->daemon, FALSE);
-  test_rm_rf(r->dir);
-  g_free(r->dir);
-  g_free(r->run_dir);
-  g_free(r->config);
-  g_free(r->bundle);
-  g_free(r->log);
+  rig_free(r);
 }
 
 /* A daemon whose sandbox moved away (or that was killed: signum 0): ended by signal,
@@ -299,12 +354,7 @@ static void rig_end(Rig *r, int signum)
     g_usleep(20000);
   g_assert_cmpint(kill(r->daemon, 0), <, 0);
   daemon_track(r->daemon, FALSE);
-  test_rm_rf(r->dir);
-  g_free(r->dir);
-  g_free(r->run_dir);
-  g_free(r->config);
-  g_free(r->bundle);
-  g_free(r->log);
+  rig_free(r);
 }
 
 static void rig_end_daemon(Rig *r)
@@ -1019,6 +1069,11 @@ typedef struct Drive_ {
   void (*fault)(struct Drive_ *d);
   gpointer fault_ctx;
   gboolean fault_done;
+  /* and an earlier hook, once, when the progress reaches pre_stage */
+  FerryMigrationStage pre_stage;
+  void (*pre)(struct Drive_ *d);
+  gpointer pre_ctx;
+  gboolean pre_done;
   const InitializeOptions *options;
   /* the bind step's verdict when set: the Create's error is expected */
   gboolean bind_may_fail;
@@ -1098,6 +1153,10 @@ static void on_progress(FerryMigration *m, const FerryMigrationProgress *p, gpoi
   if (d->stages->len == 0 ||
       g_array_index(d->stages, FerryMigrationStage, d->stages->len - 1) != p->stage)
     g_array_append_val(d->stages, p->stage);
+  if (d->pre != NULL && !d->pre_done && p->stage == d->pre_stage) {
+    d->pre_done = TRUE;
+    d->pre(d);
+  }
   if (d->fault != NULL && !d->fault_done && p->stage == d->fault_stage &&
       p->bytes_transferred >= d->fault_min_bytes) {
     d->fault_done = TRUE;
@@ -1199,6 +1258,40 @@ static void workload_goes_on(Host *h, Trail *trail)
   wait_joined(trail->init_logs, "line", check_sequence(lines, "line") + 3);
 }
 
+/* A hop's hook: the "quit" process reads its line and exits. */
+static void release_quit(Drive *d)
+{
+  int fd = *(int *)(d->pre_ctx != NULL ? d->pre_ctx : d->fault_ctx);
+  g_assert_cmpint(write(fd, "go\n", 3), ==, 3);
+}
+
+/* "quit" on `r`: a process that exits with 9 once a line comes on `fifo` (held open
+ * here, writing: the fd returned). */
+static int start_quit(Rig *r, const char *fifo)
+{
+  g_assert_cmpint(mkfifo(fifo, 0600), ==, 0);
+  int fd = open(fifo, O_RDWR | O_CLOEXEC);
+  g_assert_cmpint(fd, >=, 0);
+  exec_process(r, "quit", "[\"sh\",\"-c\",\"read x; exit 9\"]", fifo, NULL);
+  start_exec(r, "quit");
+  return fd;
+}
+
+/* The TaskExit of `what` on these rigs, waited for, then counted over a second more. */
+static guint exits_published(Rig *r1, Rig *r2, const char *what)
+{
+  gint64 until = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
+  while (published_count(r1, what) + (r2 != NULL ? published_count(r2, what) : 0) == 0 &&
+         g_get_monotonic_time() < until)
+    g_main_context_iteration(NULL, TRUE);
+  until = g_get_monotonic_time() + G_USEC_PER_SEC;
+  while (g_get_monotonic_time() < until)
+    g_main_context_iteration(NULL, FALSE);
+  guint n1 = published_count(r1, what), n2 = r2 != NULL ? published_count(r2, what) : 0;
+  g_test_message("TaskExit %s: %u and %u", what, n1, n2);
+  return n1 + n2;
+}
+
 /*
  * The acceptance run: a container printing numbered lines every 20 ms, an exec'd cat
  * echoing its stdin, and an exec'd process that exits with 7 while the sandbox moves,
@@ -1218,6 +1311,10 @@ static void test_hops(void)
   /* It exits during the moves: on the source, in a blackout or on a destination. */
   exec_process(&a, "short", "[\"sh\",\"-c\",\"sleep 4; exit 7\"]", NULL, NULL);
   start_exec(&a, "short");
+  /* It exits on the source while the first migration runs (told to on its stdin once
+   * the export is out): its exit must be told once, by the destination. */
+  g_autofree char *quit_fifo = g_build_filename(a.dir, "quit", NULL);
+  int quit_fd = start_quit(&a, quit_fifo);
 
   rig_prepare(&b, NULL);
   assert_ps(&a, trail.pid);
@@ -1228,6 +1325,11 @@ static void test_hops(void)
     host_files(to, hop, &trail);
     g_autofree char *session = g_strdup_printf("hop%u", hop);
     Drive d = { .check_binding = hop == 1 };
+    if (hop == 1) {
+      d.pre = release_quit;
+      d.pre_ctx = &quit_fd;
+      d.pre_stage = FERRY_MIGRATION_STAGE_IMPORT;
+    }
     FerryMigrationOutcome outcome = migrate(from, to, session, &d);
     if (outcome != FERRY_MIGRATION_OUTCOME_MIGRATED)
       g_error("%s: %s: %s", session, ferry_migration_outcome_name(outcome),
@@ -1269,6 +1371,14 @@ static void test_hops(void)
   Containerd__Task__V2__WaitResponse *w = wait_exec(&b, "short");
   g_assert_cmpuint(w->exit_status, ==, 7);
   protobuf_c_message_free_unpacked(&w->base, NULL);
+  /* Its TaskExit, published once over both hosts: a source holds its events during a
+   * session and drops them when the sandbox moved (the destination reports). */
+  g_assert_cmpuint(exits_published(&a, &b, "exit short 7"), ==, 1);
+  w = wait_exec(&b, "quit");
+  g_assert_cmpuint(w->exit_status, ==, 9);
+  protobuf_c_message_free_unpacked(&w->base, NULL);
+  g_assert_cmpuint(exits_published(&a, &b, "exit quit 9"), ==, 1);
+  close(quit_fd);
   g_autofree char *lines = joined(trail.init_logs);
   g_autofree char *echoes = joined(trail.echo_logs);
   g_test_message("%u lines over %u logs, %u stdin lines echoed once", check_sequence(lines, "line"),
@@ -1363,6 +1473,8 @@ static void test_faults(void)
     { "cancel in import", FAULT_CANCEL, FERRY_MIGRATION_STAGE_IMPORT, FALSE, "cancelled" },
     { "cancel in bind", FAULT_CANCEL, FERRY_MIGRATION_STAGE_BIND, FALSE, "cancelled" },
     { "cancel in prepare", FAULT_CANCEL, FERRY_MIGRATION_STAGE_PREPARE, FALSE, "cancelled" },
+    /* "quit" exits on the source after the export, then the cancel: the source tells
+     * its exit once, after it took the guest back. */
     { "cancel in socket", FAULT_CANCEL, FERRY_MIGRATION_STAGE_SOCKET, FALSE, "cancelled" },
     { "cancel in transfer", FAULT_CANCEL, FERRY_MIGRATION_STAGE_TRANSFER, TRUE, "cancelled" },
     { "cancel in stop", FAULT_CANCEL, FERRY_MIGRATION_STAGE_STOP, FALSE, "cancelled" },
@@ -1381,6 +1493,8 @@ static void test_faults(void)
   Host ha = { .rig = &a, .fifo_fd = -1 }, hb = { .rig = &b, .fifo_fd = -1 };
   workload_start(&ha, &trail);
   rig_prepare(&b, NULL);
+  g_autofree char *quit_fifo = g_build_filename(a.dir, "quit", NULL);
+  int quit_fd = -1;
   /* The transfer, slowed so that a fault lands in it: 16 MiB/s. */
   InitializeOptions slow = INITIALIZE_OPTIONS__INIT;
   slow.ferry_max_bandwidth = 16 << 20;
@@ -1407,6 +1521,12 @@ static void test_faults(void)
       d.fault_min_bytes = f->mid_transfer ? 1 : 0;
     }
     d.options = f->mid_transfer ? &slow : NULL;
+    if (f->stage == FERRY_MIGRATION_STAGE_SOCKET) {
+      quit_fd = start_quit(&a, quit_fifo);
+      d.pre = release_quit;
+      d.pre_ctx = &quit_fd;
+      d.pre_stage = FERRY_MIGRATION_STAGE_IMPORT;
+    }
     d.bind_may_fail = f->kind == FAULT_OTHER_ROOT;
     d.extra_file = f->kind == FAULT_OTHER_ROOT ? "extra" : NULL;
     FerryMigrationOutcome outcome = migrate(&a, dest, session, &d);
@@ -1434,6 +1554,19 @@ static void test_faults(void)
     host_clear(dest);
     /* The workload runs on the source as if nothing happened. */
     workload_goes_on(&ha, &trail);
+    if (quit_fd >= 0) {
+      Containerd__Task__V2__WaitResponse *qw = wait_exec(&a, "quit");
+      g_assert_cmpuint(qw->exit_status, ==, 9);
+      protobuf_c_message_free_unpacked(&qw->base, NULL);
+      g_assert_cmpuint(exits_published(&a, NULL, "exit quit 9"), ==, 1);
+      Containerd__Task__V2__DeleteRequest qdel = CONTAINERD__TASK__V2__DELETE_REQUEST__INIT;
+      qdel.id = "t1";
+      qdel.exec_id = "quit";
+      call_ok(&a, "containerd.task.v2.Task", "Delete", &qdel.base,
+              &containerd__task__v2__delete_response__descriptor);
+      close(quit_fd);
+      quit_fd = -1;
+    }
 
     if (f->kind == FAULT_OTHER_IMAGE)
       rig_end_daemon(&other);
