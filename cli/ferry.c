@@ -35,6 +35,7 @@
 #include "ferry/error.h"
 #include "ferry/fd.h"
 #include "ferry/json.h"
+#include "ferry/tls.h"
 #include "ferry/ttrpc.h"
 #include "ferry/vm-builder.h"
 
@@ -1255,6 +1256,39 @@ static int cmd_inspect(int argc, char **argv)
   return 0;
 }
 
+/* ------------------------------------------------------------ certs -- */
+
+/* `ferry certs DIR --host NAME...`: a CA in DIR and a directory per host (docs/tls.md). */
+static int cmd_certs(int argc, char **argv)
+{
+  const char *dir = NULL;
+  guint64 days = 365;
+  g_autoptr(GPtrArray) hosts = g_ptr_array_new();
+  for (int i = 0; i < argc; i++) {
+    if (g_str_equal(argv[i], "--host") && i + 1 < argc) {
+      g_ptr_array_add(hosts, argv[++i]);
+    } else if (g_str_equal(argv[i], "--days") && i + 1 < argc) {
+      if (!g_ascii_string_to_unsigned(argv[++i], 10, 1, 36500, &days, NULL))
+        return fail("certs: --days takes 1 to 36500, not %s", argv[i]);
+    } else if (argv[i][0] == '-') {
+      return fail("certs: unknown option %s (ferry help certs)", argv[i]);
+    } else if (dir == NULL) {
+      dir = argv[i];
+    } else {
+      return fail("certs: one directory only (ferry help certs)");
+    }
+  }
+  if (dir == NULL || hosts->len == 0)
+    return fail("certs: usage: ferry certs DIR --host NAME [--host NAME]... (ferry help certs)");
+  g_ptr_array_add(hosts, NULL);
+  g_autoptr(GError) error = NULL;
+  if (!ferry_tls_make_certs(dir, (const char *const *)hosts->pdata, (guint)days, &error))
+    return fail("%s", error->message);
+  for (guint i = 0; hosts->pdata[i] != NULL; i++)
+    printf("%s/%s\n", dir, (const char *)hosts->pdata[i]);
+  return 0;
+}
+
 /* `ferry help COMMAND`. */
 static const struct {
   const char *name;
@@ -1291,6 +1325,12 @@ static const struct {
           "a dead shim's VM is killed too.\n" },
   { "inspect",
     "usage: ferry inspect NAME\nJSON: the sandbox's directory, spec, state and shim pid.\n" },
+  { "certs",
+    "usage: ferry certs DIR --host NAME [--host NAME]... [--days N]\n"
+    "A CA in DIR (made once, kept after) and, for each host (a DNS name or an IP address),\n"
+    "DIR/NAME/ with ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem and\n"
+    "client-key.pem: the --tls-dir of ferry receive and ferry migrate on that host, and the\n"
+    "layout QEMU's tls-creds-x509 reads. Valid N days (default 365). Keep ca-key.pem apart.\n" },
   { "version", "usage: ferry version\n" },
 };
 
@@ -1304,6 +1344,7 @@ static const char *usage =
     "  ps [-a] [--json]      sandboxes (running ones; -a all)\n"
     "  logs [-f] [--since WHEN] NAME  a detached container's output (-f: follow it)\n"
     "  kill [-s SIGNAL] NAME  stop [-t SECONDS] NAME  rm [-f] NAME...  inspect NAME\n"
+    "  certs DIR --host NAME...  a CA and each host's TLS directory\n"
     "  version\n";
 
 static int cmd_help(int argc, char **argv)
@@ -1348,6 +1389,9 @@ int main(int argc, char **argv)
     return EXIT_FERRY;
   }
   root_dir = g_strdup(root != NULL ? root : "/run/ferry");
+  /* Commands that need no shim. */
+  if (g_str_equal(argv[i], "certs"))
+    return cmd_certs(argc - i - 1, argv + i + 1);
   if (shim != NULL) {
     shim_path = g_strdup(shim);
   } else {

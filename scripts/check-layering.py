@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Check that dependencies between Ferry's modules point one way (docs/design.md, module layering).
 
-base <- (ttrpc, bridge, transport, runtime, rootfs) <- (gcs, vm, cmd) <- migration <- programs
+base <- (ttrpc, bridge, transport, runtime, rootfs, tls) <- (gcs, vm, cmd) <- migration <- programs
 
 A file in lib/<module>/ or a public header include/ferry/<header>.h may include the
 public headers of its own module and of modules of a lower rank only. Nothing in lib/
@@ -13,7 +13,8 @@ import os
 import re
 import sys
 
-RANK = {"base": 0, "proto": 1, "ttrpc": 1, "bridge": 1, "transport": 1, "runtime": 1, "rootfs": 1, "gcs": 2,
+RANK = {"base": 0, "proto": 1, "ttrpc": 1, "bridge": 1, "transport": 1, "runtime": 1, "rootfs": 1,
+        "tls": 1, "gcs": 2,
         "vm": 2, "cmd": 2, "migration": 3, "sandbox": 3, "shim": 4}
 
 # Which module each public header belongs to. A new header must be added here.
@@ -48,6 +49,7 @@ HEADER_MODULE = {
     "sandbox-state": "migration",
     "migration-wire": "migration",
     "migration": "migration",
+    "tls": "tls",
 }
 
 # Generated protobuf headers, by the module allowed to use them first.

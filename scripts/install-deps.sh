@@ -11,7 +11,8 @@ set -euo pipefail
 
 declare -A groups=(
   [build]="gcc make pkg-config meson ninja-build python3 libglib2.0-dev libjansson-dev
-           protobuf-c-compiler libprotobuf-c-dev libprotobuf-dev crun busybox-static"
+           protobuf-c-compiler libprotobuf-c-dev libprotobuf-dev crun busybox-static
+           libgnutls28-dev glib-networking"
   [interop]="golang-go golang-github-containerd-ttrpc-dev"
   [ci]="clang libclang-rt-14-dev clang-format"
   [vm]="qemu-system-x86 qemu-system-data cpio busybox-static crun python3"

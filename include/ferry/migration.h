@@ -95,9 +95,12 @@ typedef struct {
   const char *socket_dir;
   const char *source_socket_path;
   const char *destination_socket_path;
-  const InitializeOptions *init_options; /* both sides' (hcsshim's); NULL: defaults */
-  guint call_timeout_ms;                 /* each call; 0: 120 s */
-  guint transfer_timeout_ms;             /* the whole transfer; 0: 600 s */
+  const InitializeOptions *init_options; /* the source's (hcsshim's); NULL: defaults */
+  /* The destination's PrepareSandbox options; NULL: init_options. Each side's own when
+   * they differ (its TLS directory). */
+  const InitializeOptions *destination_init_options;
+  guint call_timeout_ms;     /* each call; 0: 120 s */
+  guint transfer_timeout_ms; /* the whole transfer; 0: 600 s */
 } FerryMigrationConfig;
 
 /* Start; the first call goes out from the loop. NULL with *error for a config that

@@ -136,6 +136,13 @@ typedef struct {
   /* Our extensions */
   guint64 max_bandwidth; /* bytes/s; 0: 1 GiB/s */
   gboolean no_postcopy;  /* never switch to post-copy (non-convergence then cancels) */
+  /* TLS on the memory stream, by QEMU itself (docs/tls.md): a directory in QEMU's
+   * tls-creds-x509 layout (the source uses its client-*.pem, the destination its
+   * server-*.pem; both ca-cert.pem, and each verifies the other). NULL: plain. Both
+   * sides must agree. The source names the destination by tls_hostname (NULL: "ferry"):
+   * QEMU needs one on an fd stream. Copied. */
+  const char *tls_dir;
+  const char *tls_hostname;
 } FerryVmMigrationOptions;
 
 typedef enum {

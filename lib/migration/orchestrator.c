@@ -51,6 +51,7 @@ struct FerryMigration {
   char *socket_dir;
   char *path[2]; /* the caller's memory stream paths, or NULL */
   InitializeOptions *init_options;
+  InitializeOptions *destination_init_options; /* NULL: init_options */
   gint64 call_timeout_ns;
   guint transfer_timeout_ms;
   FerryMigrationHandlers handlers;
@@ -700,7 +701,8 @@ static void do_prepare(FerryMigration *m)
   set_stage(m, FERRY_MIGRATION_STAGE_PREPARE);
   PrepareSandboxRequest req = PREPARE_SANDBOX_REQUEST__INIT;
   req.session_id = m->session_id;
-  req.init_options = m->init_options;
+  req.init_options =
+      m->destination_init_options != NULL ? m->destination_init_options : m->init_options;
   call(m, DST, MIGRATION_SERVICE, "PrepareSandbox", &req.base,
        &prepare_sandbox_response__descriptor, on_prepared);
 }
@@ -805,6 +807,9 @@ FerryMigration *ferry_migration_start(FerryTtrpcClient *source, FerryTtrpcClient
   m->path[DST] = g_strdup(config->destination_socket_path);
   if (config->init_options != NULL)
     m->init_options = (InitializeOptions *)copy_message(&config->init_options->base);
+  if (config->destination_init_options != NULL)
+    m->destination_init_options =
+        (InitializeOptions *)copy_message(&config->destination_init_options->base);
   m->call_timeout_ns =
       (gint64)(config->call_timeout_ms != 0 ? config->call_timeout_ms : DEFAULT_CALL_TIMEOUT_MS) *
       1000000;
@@ -887,6 +892,8 @@ void ferry_migration_free(FerryMigration *m)
     protobuf_c_message_free_unpacked(&m->stop->base, NULL);
   if (m->init_options != NULL)
     protobuf_c_message_free_unpacked(&m->init_options->base, NULL);
+  if (m->destination_init_options != NULL)
+    protobuf_c_message_free_unpacked(&m->destination_init_options->base, NULL);
   g_clear_error(&m->error);
   g_free(m->session_id);
   g_free(m->sandbox_id);

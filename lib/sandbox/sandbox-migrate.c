@@ -123,7 +123,6 @@ void ferry_sandbox_migration_prepare(FerrySandbox *sandbox, const FerryVmMigrati
     report_error(sandbox, done, user_data, g_steal_pointer(&check));
     return;
   }
-  sandbox->mig_options = options != NULL ? *options : (FerryVmMigrationOptions){ 0 };
   sandbox->mig_step_busy = TRUE;
   ferry_vm_migration_initialize(sandbox->vm, options, on_initialized,
                                 vm_step_new(sandbox, what, done, user_data));

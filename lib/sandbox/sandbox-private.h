@@ -85,7 +85,6 @@ struct FerrySandbox {
   GList *creates;         /* CreateOp in flight */
   /* live migration (sandbox-migrate.c) */
   SandboxMigration mig;
-  FerryVmMigrationOptions mig_options;
   gboolean transfer_completed; /* OFFLINE_DONE seen, no failure since */
   gboolean guest_ran;          /* a destination told its QEMU to run the guest */
   Transfer *transfer;          /* a source waiting for its flush */

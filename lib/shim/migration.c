@@ -449,6 +449,12 @@ static void options_from(const InitializeOptions *in, FerryVmMigrationOptions *o
   out->cancel_if_blackout_threshold_exceeds = in->cancel_if_blackout_threshold_exceeds;
   out->max_bandwidth = in->ferry_max_bandwidth;
   out->no_postcopy = in->ferry_no_postcopy;
+  /* Borrowed from the request: the VM copies them. */
+  out->tls_dir =
+      in->ferry_tls_dir != NULL && in->ferry_tls_dir[0] != '\0' ? in->ferry_tls_dir : NULL;
+  out->tls_hostname = in->ferry_tls_hostname != NULL && in->ferry_tls_hostname[0] != '\0'
+                          ? in->ferry_tls_hostname
+                          : NULL;
 }
 
 /* Everything that would make the export fail, before the VM is touched. */

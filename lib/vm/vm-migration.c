@@ -84,7 +84,40 @@ static gboolean take_options(FerryVm *vm, const FerryVmMigrationOptions *options
     return FALSE;
   }
   vm->mopts = options != NULL ? *options : none;
+  g_free(vm->tls_dir);
+  g_free(vm->tls_hostname);
+  vm->tls_dir = g_strdup(vm->mopts.tls_dir);
+  vm->tls_hostname = g_strdup(vm->mopts.tls_hostname);
+  vm->mopts.tls_dir = vm->tls_dir;
+  vm->mopts.tls_hostname = vm->tls_hostname;
   return TRUE;
+}
+
+#define TLS_OBJECT_ID "ferry-tls"
+
+/* The memory stream's TLS (or none) for the sequence that sets the migration up. */
+void vm_migration_tls(FerryVm *vm, Seq *s)
+{
+  const FerryVmMigrationOptions *o = &vm->mopts;
+  gboolean source = vm->origin == FERRY_VM_ORIGIN_SOURCE;
+  if (vm->tls_object) {
+    vm_seq_add(s, "object-del", json_pack("{s:s}", "id", TLS_OBJECT_ID));
+    vm->tls_object = FALSE;
+  }
+  if (o->tls_dir == NULL) {
+    vm_seq_add(s, "migrate-set-parameters", json_pack("{s:s}", "tls-creds", ""));
+    return;
+  }
+  vm_seq_add(s, "object-add",
+             json_pack("{s:s, s:s, s:s, s:s, s:b}", "qom-type", "tls-creds-x509", "id",
+                       TLS_OBJECT_ID, "dir", o->tls_dir, "endpoint", source ? "client" : "server",
+                       "verify-peer", 1));
+  vm->tls_object = TRUE;
+  json_t *params = json_pack("{s:s}", "tls-creds", TLS_OBJECT_ID);
+  if (source)
+    json_object_set_new(params, "tls-hostname",
+                        json_string(o->tls_hostname != NULL ? o->tls_hostname : "ferry"));
+  vm_seq_add(s, "migrate-set-parameters", params);
 }
 
 void ferry_vm_start_incoming(FerryVm *vm, const FerryVmMigrationOptions *options,
@@ -148,6 +181,7 @@ void ferry_vm_migration_initialize(FerryVm *vm, const FerryVmMigrationOptions *o
   vm_seq_add(s, "migrate-set-capabilities",
              json_pack("{s:o}", "capabilities", vm_migration_capabilities(vm)));
   vm_seq_add(s, "migrate-set-parameters", params);
+  vm_migration_tls(vm, s);
   s->then = after_initialize;
   vm_seq_step(s);
 }

@@ -75,8 +75,10 @@ struct FerryVm {
   gboolean postcopy_active;
   gboolean convergence_handled;
   gboolean cancel_requested;
-  FerryVmMigrationStats stats; /* the last query-migrate's */
-  gint64 blackout_started_us;  /* destination: the start of the blackout it reports */
+  FerryVmMigrationStats stats;  /* the last query-migrate's */
+  char *tls_dir, *tls_hostname; /* mopts' strings, owned */
+  gboolean tls_object;          /* the tls-creds-x509 object exists in QEMU */
+  gint64 blackout_started_us;   /* destination: the start of the blackout it reports */
   gint64 incoming_done_us;
   Op *finalize_op;
   FerryVmFinalize finalize_action;
@@ -124,6 +126,8 @@ void vm_notify(FerryVm *vm, FerryVmNotification n);
 void vm_killed(FerryVm *vm);
 /* The migration capabilities both sides set before a transfer. */
 json_t *vm_migration_capabilities(FerryVm *vm);
+/* The memory stream's TLS (or none), added to the sequence setting the migration up. */
+void vm_migration_tls(FerryVm *vm, Seq *s);
 /* Every QMP event of the VM. */
 void vm_on_qmp_event(FerryQmp *qmp, const char *event, json_t *data, gint64 ts, gpointer ud);
 

@@ -421,9 +421,11 @@ static void on_greeted(FerryQmp *qmp, json_t *result, const GError *error, gpoin
   }
   Op *op = g_steal_pointer(&vm->start_op);
   Seq *s = vm_seq_new(vm, op);
-  if (vm->start_incoming)
+  if (vm->start_incoming) {
     vm_seq_add(s, "migrate-set-capabilities",
                json_pack("{s:o}", "capabilities", vm_migration_capabilities(vm)));
+    vm_migration_tls(vm, s);
+  }
   s->then = after_qmp_ready;
   vm_seq_step(s);
 }
@@ -637,6 +639,8 @@ void ferry_vm_free(FerryVm *vm)
   g_array_unref(vm->waiters);
   g_clear_error(&vm->exit_error);
   ferry_vm_doc_free(vm->doc);
+  g_free(vm->tls_dir);
+  g_free(vm->tls_hostname);
   g_free(vm->id);
   g_free(vm->state_dir);
   g_free(vm->qemu_binary);

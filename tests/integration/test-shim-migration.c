@@ -35,6 +35,7 @@
 #include "ferry/migration.h"
 #include "ferry/migration/v1/status.pb-c.h"
 #include "ferry/sandbox-state.h"
+#include "ferry/tls.h"
 #include "ferry/ttrpc.h"
 #include "google/protobuf/empty.pb-c.h"
 #include "hcsshim/migration.pb-c.h"
@@ -1075,6 +1076,7 @@ typedef struct Drive_ {
   gpointer pre_ctx;
   gboolean pre_done;
   const InitializeOptions *options;
+  const InitializeOptions *destination_options; /* NULL: options */
   /* the bind step's verdict when set: the Create's error is expected */
   gboolean bind_may_fail;
   /* set: the destination's rootfs gets this file before the binding Create */
@@ -1182,7 +1184,8 @@ static FerryMigrationOutcome migrate(Rig *src, Host *dest, const char *session, 
   d->stages = g_array_new(FALSE, FALSE, sizeof(FerryMigrationStage));
   FerryMigrationConfig config = { .session_id = session,
                                   .socket_dir = dest->rig->dir,
-                                  .init_options = d->options };
+                                  .init_options = d->options,
+                                  .destination_init_options = d->destination_options };
   static const FerryMigrationHandlers handlers = { on_bind, on_progress, on_done };
   g_autoptr(GError) error = NULL;
   d->m = ferry_migration_start(src->c, dest->rig->c, &config, &handlers, d, &error);
@@ -1319,12 +1322,24 @@ static void test_hops(void)
   rig_prepare(&b, NULL);
   assert_ps(&a, trail.pid);
   assert_ps(&b, 0);
+  g_autofree char *certs = g_build_filename(a.dir, "certs", NULL);
+  const char *hosts[] = { "localhost", NULL };
+  g_autoptr(GError) cert_error = NULL;
+  g_assert_true(ferry_tls_make_certs(certs, hosts, 2, &cert_error));
+  g_autofree char *tls_dir = g_build_filename(certs, "localhost", NULL);
   Rig *from = &a;
   Host *to = &hb, *at = &ha;
   for (guint hop = 1; hop <= 3; hop++) {
     host_files(to, hop, &trail);
     g_autofree char *session = g_strdup_printf("hop%u", hop);
     Drive d = { .check_binding = hop == 1 };
+    /* The second hop's memory stream under QEMU's TLS (both shims on this host share
+     * one host directory of the test's CA). */
+    InitializeOptions tls = INITIALIZE_OPTIONS__INIT;
+    tls.ferry_tls_dir = tls_dir;
+    tls.ferry_tls_hostname = "localhost";
+    if (hop == 2)
+      d.options = &tls;
     if (hop == 1) {
       d.pre = release_quit;
       d.pre_ctx = &quit_fd;
@@ -1402,6 +1417,7 @@ typedef enum {
   FAULT_KILL_SHIM,       /* the destination's shim daemon */
   FAULT_OTHER_IMAGE,     /* the destination runs another guest image */
   FAULT_OTHER_ROOT,      /* the destination's copy of the rootfs differs */
+  FAULT_OTHER_CA,        /* the memory stream's TLS: the destination from another CA */
 } FaultKind;
 
 typedef struct {
@@ -1484,6 +1500,8 @@ static void test_faults(void)
       "layer 0 differs" },
     { "compatibility mismatch", FAULT_OTHER_IMAGE, FERRY_MIGRATION_STAGE_IMPORT, FALSE,
       "guest image digest" },
+    { "memory stream from another CA", FAULT_OTHER_CA, FERRY_MIGRATION_STAGE_TRANSFER, FALSE,
+      "transfer" },
     { "destination shim killed before RESUME", FAULT_KILL_SHIM, FERRY_MIGRATION_STAGE_STOP, FALSE,
       "RESUME" },
   };
@@ -1495,6 +1513,20 @@ static void test_faults(void)
   rig_prepare(&b, NULL);
   g_autofree char *quit_fifo = g_build_filename(a.dir, "quit", NULL);
   int quit_fd = -1;
+  /* Two CAs: the source's memory stream from one, the destination's from the other. */
+  g_autofree char *ca1 = g_build_filename(a.dir, "ca1", NULL);
+  g_autofree char *ca2 = g_build_filename(a.dir, "ca2", NULL);
+  const char *tls_hosts[] = { "localhost", NULL };
+  g_autoptr(GError) cert_error = NULL;
+  g_assert_true(ferry_tls_make_certs(ca1, tls_hosts, 2, &cert_error));
+  g_assert_true(ferry_tls_make_certs(ca2, tls_hosts, 2, &cert_error));
+  g_autofree char *tls_dir1 = g_build_filename(ca1, "localhost", NULL);
+  g_autofree char *tls_dir2 = g_build_filename(ca2, "localhost", NULL);
+  InitializeOptions tls_source = INITIALIZE_OPTIONS__INIT;
+  tls_source.ferry_tls_dir = tls_dir1;
+  tls_source.ferry_tls_hostname = "localhost";
+  InitializeOptions tls_stranger = INITIALIZE_OPTIONS__INIT;
+  tls_stranger.ferry_tls_dir = tls_dir2;
   /* The transfer, slowed so that a fault lands in it: 16 MiB/s. */
   InitializeOptions slow = INITIALIZE_OPTIONS__INIT;
   slow.ferry_max_bandwidth = 16 << 20;
@@ -1514,13 +1546,17 @@ static void test_faults(void)
     host_files(dest, i + 1, &trail);
     g_autofree char *session = g_strdup_printf("fault%u", i + 1);
     Drive d = { 0 };
-    if (f->kind != FAULT_OTHER_IMAGE && f->kind != FAULT_OTHER_ROOT) {
+    if (f->kind != FAULT_OTHER_IMAGE && f->kind != FAULT_OTHER_ROOT && f->kind != FAULT_OTHER_CA) {
       d.fault = do_fault;
       d.fault_ctx = (gpointer)f;
       d.fault_stage = f->stage;
       d.fault_min_bytes = f->mid_transfer ? 1 : 0;
     }
     d.options = f->mid_transfer ? &slow : NULL;
+    if (f->kind == FAULT_OTHER_CA) {
+      d.options = &tls_source;
+      d.destination_options = &tls_stranger;
+    }
     if (f->stage == FERRY_MIGRATION_STAGE_SOCKET) {
       quit_fd = start_quit(&a, quit_fifo);
       d.pre = release_quit;

@@ -24,6 +24,7 @@
 #include "ferry/guest.h"
 #include "ferry/json.h"
 #include "ferry/mux.h"
+#include "ferry/tls.h"
 #include "ferry/transport.h"
 #include "ferry/vm.h"
 #include "guest-session.h"
@@ -420,10 +421,11 @@ static gboolean not_flushed(Mig *m)
 
 /* Destination waiting with its port's client connected, source initialised, the host
  * mux quiet and flushed: everything but the transfer. */
-static void mig_prepare(Mig *m, const FerryVmMigrationOptions *options)
+static void mig_prepare_with(Mig *m, const FerryVmMigrationOptions *options,
+                             const FerryVmMigrationOptions *dst_options)
 {
   Done d = { 0 };
-  ferry_vm_start_incoming(m->dst, options, on_vm_done, &d);
+  ferry_vm_start_incoming(m->dst, dst_options, on_vm_done, &d);
   wait_ok(&d, 30);
   g_assert_cmpint(ferry_vm_get_state(m->dst), ==, FERRY_VM_PAUSED);
   /* The destination's chardev has its client before the transfer (docs/qemu.md, migration). */
@@ -436,10 +438,17 @@ static void mig_prepare(Mig *m, const FerryVmMigrationOptions *options)
   pump_while(m, not_flushed, 30, "host mux flush");
 }
 
-/* Prepared, and the memory stream flowing over a connected socketpair. */
-static void mig_begin(Mig *m, const FerryVmMigrationOptions *options)
+static void mig_prepare(Mig *m, const FerryVmMigrationOptions *options)
 {
-  mig_prepare(m, options);
+  mig_prepare_with(m, options, options);
+}
+
+/* Prepared, and the memory stream flowing over a connected socketpair (each side with
+ * its options). */
+static void mig_begin_with(Mig *m, const FerryVmMigrationOptions *options,
+                           const FerryVmMigrationOptions *dst_options)
+{
+  mig_prepare_with(m, options, dst_options);
   Done d = { 0 };
   int sp[2];
   g_autoptr(GError) error = NULL;
@@ -450,6 +459,11 @@ static void mig_begin(Mig *m, const FerryVmMigrationOptions *options)
   wait_ok(&d, 30);
   close(sp[0]);
   close(sp[1]);
+}
+
+static void mig_begin(Mig *m, const FerryVmMigrationOptions *options)
+{
+  mig_begin_with(m, options, options);
 }
 
 static void mig_clear(Mig *m)
@@ -721,6 +735,49 @@ static void test_migrate_postcopy(void)
   mig_clear(&m);
 }
 
+/* The memory stream under QEMU's own TLS (tls-creds-x509, over the fd): certificates
+ * from ferry_tls_make_certs, the source as hosta, the destination as hostb. Signed by
+ * one CA, it migrates exactly as without; a source from another CA is refused (the
+ * destination's QEMU checks the client's certificate, the source the server's) and the
+ * source takes its guest back. */
+static void test_migrate_tls(void)
+{
+  if (skip_reason != NULL) {
+    g_test_skip(skip_reason);
+    return;
+  }
+  g_autofree char *certs = test_make_tmpdir();
+  g_autofree char *other = g_build_filename(certs, "other", NULL);
+  const char *hosts[] = { "hosta", "hostb", NULL };
+  g_autoptr(GError) error = NULL;
+  g_assert_true(ferry_tls_make_certs(certs, hosts, 2, &error));
+  g_assert_true(ferry_tls_make_certs(other, hosts, 2, &error));
+  g_autofree char *a = g_build_filename(certs, "hosta", NULL);
+  g_autofree char *b = g_build_filename(certs, "hostb", NULL);
+  g_autofree char *stranger = g_build_filename(other, "hosta", NULL);
+
+  Mig m;
+  mig_setup(&m, NULL);
+  FerryVmMigrationOptions src = { .target_blackout_ms = 50, .tls_dir = a, .tls_hostname = "hostb" };
+  FerryVmMigrationOptions dst = { .target_blackout_ms = 50, .tls_dir = b };
+  mig_begin_with(&m, &src, &dst);
+  pump_while(&m, not_offline_done, 120, "transfer over TLS");
+  mig_switch(&m);
+  counter_advance(&m, 10);
+  counter_check(m.counter);
+  terminate(m.dst);
+  mig_clear(&m);
+
+  mig_setup(&m, NULL);
+  src.tls_dir = stranger;
+  mig_begin_with(&m, &src, &dst);
+  pump_while(&m, src_not_failed, 60, "the source's refusal");
+  g_assert_nonnull(find_note(&m.src_notes, FERRY_VM_PHASE_FAILED));
+  mig_rollback_checks(&m, TRUE);
+  mig_clear(&m);
+  test_rm_rf(certs);
+}
+
 int main(int argc, char **argv)
 {
   g_test_init(&argc, &argv, NULL);
@@ -746,5 +803,6 @@ int main(int argc, char **argv)
   g_test_add_func("/vm/migrate-cancel", test_migrate_cancel);
   g_test_add_func("/vm/migrate-refused", test_migrate_refused);
   g_test_add_func("/vm/migrate-postcopy", test_migrate_postcopy);
+  g_test_add_func("/vm/migrate-tls", test_migrate_tls);
   return g_test_run();
 }

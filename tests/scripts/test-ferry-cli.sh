@@ -185,6 +185,15 @@ out=$(ferry run --memory lots "$dir/rootfs" true 2>&1); st=$?
 check "a bad --memory" 125 "ferry: run: --memory lots: a size in MB, or with a unit (512m, 1g)" "$st" "$out"
 out=$(ferry kill -s NOPE web 2>&1); st=$?
 check "a bad signal" 125 "ferry: kill: NOPE is not a signal" "$st" "$out"
+out=$(ferry certs "$dir/certs" --host hosta --host 10.199.0.2); st=$?
+check "certs: a directory per host" 0 "$dir/certs/hosta
+$dir/certs/10.199.0.2" "$st" "$out"
+out=$(cd "$dir/certs/hosta" && ls | tr '\n' ' ' && stat -c %a client-key.pem); st=$?
+check "certs: QEMU's layout, keys private" 0 "ca-cert.pem client-cert.pem client-key.pem server-cert.pem server-key.pem 600" "$st" "$out"
+out=$(ferry certs "$dir/certs" 2>&1); st=$?
+check "certs without a host" 125 "ferry: certs: usage: ferry certs DIR --host NAME [--host NAME]... (ferry help certs)" "$st" "$out"
+out=$(ferry certs "$dir/certs" --host 'a b' 2>&1); st=$?
+check "certs of a bad host name" 125 'ferry: certs: "a b" is not a host name or an IP address' "$st" "$out"
 left=$(ls "$root/sandboxes" 2>/dev/null)
 check "nothing left running or on disk" 0 "" 0 "$left"
 echo "1..$n"

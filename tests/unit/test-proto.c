@@ -392,7 +392,7 @@ static void test_migration_fields(void)
       "compression_settings 3 CompressionSettings; checksum_verification 4 bool; "
       "perf_tracing_enabled 5 bool; cancel_if_blackout_threshold_exceeds 6 bool; "
       "prepare_memory_transfer_mode 7 bool; ferry_max_bandwidth 1000 uint64; "
-      "ferry_no_postcopy 1001 bool }" },
+      "ferry_no_postcopy 1001 bool; ferry_tls_dir 1002 string; ferry_tls_hostname 1003 string }" },
     { &memory_transfer_throttle_params__descriptor,
       "MemoryTransferThrottleParams { skip_throttling 1 bool; throttling_scale 2 double; "
       "minimum_throttle_percentage 3 uint32; target_number_of_brownout_transfer_passes 4 uint32; "
@@ -856,7 +856,7 @@ static void test_migration_ferry_extensions(void)
       extensions += ours;
     }
   }
-  g_assert_cmpuint(extensions, ==, 4);
+  g_assert_cmpuint(extensions, ==, 6);
 }
 
 /*
