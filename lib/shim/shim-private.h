@@ -116,6 +116,10 @@ void shim_migration_on_note(FerryTaskService *svc, const FerryVmNotification *no
 /* The annotations that make a Create bind an imported container (Ferry's, hcsshim's). */
 #define SHIM_SOURCE_CONTAINER_ANNOTATION "io.ferry.migration.source-container-id"
 #define SHIM_SOURCE_CONTAINER_ANNOTATION_HCS "io.microsoft.migration.source-container-id"
+/* With it, a binding Create takes the container's layer images from this directory
+ * (<hex of the digest>.erofs, each checked against its digest) instead of building them
+ * from the bundle's rootfs: the images travelled from the source (docs/migration.md). */
+#define SHIM_LAYER_DIR_ANNOTATION "io.ferry.migration.layer-dir"
 
 /* The imported state's container `source_id` (borrowed), or NULL with the error: no
  * session has imported one (FAILED_PRECONDITION), no such container (NOT_FOUND), or it

@@ -817,6 +817,82 @@ static void on_bound_images(FerryRootfsBuilder *builder, FerryRootfsImages *buil
   g_free(op);
 }
 
+/* ---- layer images that travelled: checked against their digests off the loop ---- */
+
+typedef struct {
+  char *dir;
+  GStrv digests; /* the imported container's, top first */
+} StoreCheck;
+
+static void store_check_free(gpointer p)
+{
+  StoreCheck *c = p;
+  g_free(c->dir);
+  g_strfreev(c->digests);
+  g_free(c);
+}
+
+/* "sha256:<64 lowercase hex>" -> the hex, or NULL. */
+static const char *digest_hex(const char *digest)
+{
+  if (digest == NULL || !g_str_has_prefix(digest, "sha256:") || strlen(digest) != 7 + 64)
+    return NULL;
+  for (const char *c = digest + 7; *c != '\0'; c++)
+    if (!g_ascii_isxdigit(*c) || g_ascii_isupper(*c))
+      return NULL;
+  return digest + 7;
+}
+
+static void store_check_run(GTask *task, gpointer source, gpointer data, GCancellable *cancel)
+{
+  StoreCheck *c = data;
+  FerryRootfsImages *images = g_new0(FerryRootfsImages, 1);
+  guint n = g_strv_length(c->digests);
+  images->images = g_new0(FerryRootfsImage, n);
+  images->mkfs_version = g_strdup("travelled");
+  for (guint i = 0; i < n; i++) {
+    const char *hex = digest_hex(c->digests[i]);
+    g_autofree char *name = hex != NULL ? g_strconcat(hex, ".erofs", NULL) : NULL;
+    g_autofree char *path = name != NULL ? g_build_filename(c->dir, name, NULL) : NULL;
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GMappedFile) file = path != NULL ? g_mapped_file_new(path, FALSE, &error) : NULL;
+    if (hex == NULL) {
+      g_task_return_new_error(task, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                              "layer %u's digest %s is no sha256", i, c->digests[i]);
+    } else if (file == NULL) {
+      g_task_return_new_error(task, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION,
+                              "layer %u (%s) is not in %s: %s", i, c->digests[i], c->dir,
+                              error->message);
+    } else {
+      g_autofree char *sum = g_compute_checksum_for_data(
+          G_CHECKSUM_SHA256, (const guchar *)g_mapped_file_get_contents(file),
+          g_mapped_file_get_length(file));
+      if (g_strcmp0(sum, hex) == 0) {
+        images->images[i].path = g_steal_pointer(&path);
+        images->images[i].image_sha256 = g_strdup(c->digests[i]);
+        images->images[i].size = g_mapped_file_get_length(file);
+        images->n_images = i + 1;
+        continue;
+      }
+      g_task_return_new_error(task, FERRY_ERROR, FERRY_ERROR_FAILED_PRECONDITION,
+                              "layer %u: %s holds sha256:%s, not %s", i, path, sum, c->digests[i]);
+    }
+    ferry_rootfs_images_free(images);
+    return;
+  }
+  g_task_return_pointer(task, images, (GDestroyNotify)ferry_rootfs_images_free);
+}
+
+static void on_bound_images(FerryRootfsBuilder *builder, FerryRootfsImages *built,
+                            const GError *error, gpointer ud);
+
+static void on_store_checked(GObject *source, GAsyncResult *result, gpointer ud)
+{
+  g_autoptr(GError) error = NULL;
+  FerryRootfsImages *images = g_task_propagate_pointer(G_TASK(result), &error);
+  on_bound_images(NULL, images, error, ud);
+}
+
 static void bind_imported(FerryTaskService *svc, FerryTtrpcCall *call,
                           const Containerd__Task__V2__CreateTaskRequest *req, json_t *spec,
                           FerryRootfsLayers *layers, const char *source_id)
@@ -843,7 +919,22 @@ static void bind_imported(FerryTaskService *svc, FerryTtrpcCall *call,
   op->call = call;
   op->task = t;
   op->layers = layers;
-  ferry_rootfs_builder_build(svc->builder, layers, NULL, on_bound_images, op);
+  const char *store = json_string_value(
+      json_object_get(json_object_get(spec, "annotations"), SHIM_LAYER_DIR_ANNOTATION));
+  if (store == NULL) {
+    ferry_rootfs_builder_build(svc->builder, layers, NULL, on_bound_images, op);
+    return;
+  }
+  /* The images travelled: check each one against the source's digest, off the loop. */
+  const Ferry__V1__Container *c = shim_migration_container_to_bind(svc, source_id, NULL);
+  StoreCheck *check = g_new0(StoreCheck, 1);
+  check->dir = g_strdup(store);
+  check->digests = g_new0(char *, c->n_layer_digests + 1);
+  for (size_t i = 0; i < c->n_layer_digests; i++)
+    check->digests[i] = g_strdup(c->layer_digests[i]);
+  g_autoptr(GTask) task = g_task_new(NULL, NULL, on_store_checked, op);
+  g_task_set_task_data(task, check, store_check_free);
+  g_task_run_in_thread(task, store_check_run);
 }
 
 static void handle_create(FerryTtrpcCall *call, const ProtobufCMessage *request, gpointer ud)
@@ -869,13 +960,19 @@ static void handle_create(FerryTtrpcCall *call, const ProtobufCMessage *request,
     return;
   }
   g_autoptr(json_t) spec = load_spec(req->bundle, &error);
-  g_autoptr(FerryRootfsLayers) layers = spec != NULL ? request_layers(req, spec, &error) : NULL;
+  json_t *annotations = json_object_get(spec, "annotations");
+  /* A binding Create with travelled images needs no rootfs in the bundle. */
+  gboolean travelled = json_object_get(annotations, SHIM_LAYER_DIR_ANNOTATION) != NULL &&
+                       (json_object_get(annotations, SHIM_SOURCE_CONTAINER_ANNOTATION) != NULL ||
+                        json_object_get(annotations, SHIM_SOURCE_CONTAINER_ANNOTATION_HCS) != NULL);
+  g_autoptr(FerryRootfsLayers) layers = spec == NULL ? NULL
+                                        : travelled  ? g_new0(FerryRootfsLayers, 1)
+                                                     : request_layers(req, spec, &error);
   if (layers == NULL) {
     g_prefix_error(&error, "create task %s: ", req->id);
     ferry_ttrpc_call_reply_gerror(call, error);
     return;
   }
-  json_t *annotations = json_object_get(spec, "annotations");
   const char *source_id =
       json_string_value(json_object_get(annotations, SHIM_SOURCE_CONTAINER_ANNOTATION));
   if (source_id == NULL)

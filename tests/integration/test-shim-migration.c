@@ -1041,8 +1041,9 @@ static void send_stdin(Host *h, Trail *trail, guint n)
   }
 }
 
-/* The bundle's spec names the source container to bind (or none). */
-static void rig_set_source(Rig *r, const char *source_id)
+/* The bundle's spec names the source container to bind (or none), and with
+ * `layer_dir` the directory its travelled layer images are in. */
+static void rig_set_source(Rig *r, const char *source_id, const char *layer_dir)
 {
   g_autofree char *config_path = g_build_filename(r->bundle, "config.json", NULL);
   json_error_t jerr;
@@ -1053,6 +1054,9 @@ static void rig_set_source(Rig *r, const char *source_id)
                         json_pack("{s:s}", "io.ferry.migration.source-container-id", source_id));
   else
     json_object_del(spec, "annotations");
+  if (layer_dir != NULL)
+    json_object_set_new(json_object_get(spec, "annotations"), "io.ferry.migration.layer-dir",
+                        json_string(layer_dir));
   g_assert_cmpint(json_dump_file(spec, config_path, 0), ==, 0);
 }
 
@@ -1081,6 +1085,8 @@ typedef struct Drive_ {
   gboolean bind_may_fail;
   /* set: the destination's rootfs gets this file before the binding Create */
   const char *extra_file;
+  /* set: the binding Create takes the layer images from here, not from a rootfs */
+  const char *layer_dir;
   /* check the binding's refusals on the way (unbound, unknown, bound twice) */
   gboolean check_binding;
   const char *session;
@@ -1096,7 +1102,7 @@ static gboolean do_bind(gpointer ud)
   g_source_unref(g_steal_pointer(&d->bind_idle));
   Rig *r = d->dest->rig;
   const Ferry__V1__Container *c = d->state->containers[0];
-  rig_set_source(r, c->id);
+  rig_set_source(r, c->id, d->layer_dir);
   if (d->extra_file != NULL) {
     g_autofree char *path = g_build_filename(r->bundle, "rootfs", d->extra_file, NULL);
     g_assert_true(g_file_set_contents(path, "not on the source\n", -1, NULL));
@@ -1261,6 +1267,35 @@ static void workload_goes_on(Host *h, Trail *trail)
   wait_joined(trail->init_logs, "line", check_sequence(lines, "line") + 3);
 }
 
+/* What a node agent does before a binding Create on another host (docs/migration.md):
+ * the source's layer images in `store`, each named by its digest. `corrupt`: one byte
+ * of each changed after the name was taken. */
+static void fill_store(Rig *src, const char *store, gboolean corrupt)
+{
+  g_assert_cmpint(g_mkdir_with_parents(store, 0700), ==, 0);
+  g_autofree char *cache = g_build_filename(src->run_dir, "images", NULL);
+  g_autoptr(GDir) d = g_dir_open(cache, 0, NULL);
+  g_assert_nonnull(d);
+  const char *name;
+  guint n = 0;
+  while ((name = g_dir_read_name(d)) != NULL) {
+    if (!g_str_has_suffix(name, ".erofs"))
+      continue;
+    g_autofree char *path = g_build_filename(cache, name, NULL);
+    g_autofree char *data = NULL;
+    gsize len = 0;
+    g_assert_true(g_file_get_contents(path, &data, &len, NULL));
+    g_autofree char *hex = g_compute_checksum_for_data(G_CHECKSUM_SHA256, (guchar *)data, len);
+    g_autofree char *file = g_strconcat(hex, ".erofs", NULL);
+    g_autofree char *copy = g_build_filename(store, file, NULL);
+    if (corrupt)
+      data[len / 2] ^= 0x5a;
+    g_assert_true(g_file_set_contents(copy, data, (gssize)len, NULL));
+    n++;
+  }
+  g_assert_cmpuint(n, >, 0);
+}
+
 /* A hop's hook: the "quit" process reads its line and exits. */
 static void release_quit(Drive *d)
 {
@@ -1340,6 +1375,15 @@ static void test_hops(void)
     tls.ferry_tls_hostname = "localhost";
     if (hop == 2)
       d.options = &tls;
+    /* The last hop's images travel: B binds from them, its rootfs gone. */
+    g_autofree char *store = g_build_filename(to->rig->dir, "store", NULL);
+    if (hop == 3) {
+      fill_store(from, store, FALSE);
+      g_autofree char *rootfs = g_build_filename(to->rig->bundle, "rootfs", NULL);
+      g_autofree char *away = g_build_filename(to->rig->bundle, "rootfs.away", NULL);
+      g_assert_cmpint(rename(rootfs, away), ==, 0);
+      d.layer_dir = store;
+    }
     if (hop == 1) {
       d.pre = release_quit;
       d.pre_ctx = &quit_fd;
@@ -1418,6 +1462,7 @@ typedef enum {
   FAULT_OTHER_IMAGE,     /* the destination runs another guest image */
   FAULT_OTHER_ROOT,      /* the destination's copy of the rootfs differs */
   FAULT_OTHER_CA,        /* the memory stream's TLS: the destination from another CA */
+  FAULT_BAD_LAYER,       /* a travelled layer image does not match its digest */
 } FaultKind;
 
 typedef struct {
@@ -1502,6 +1547,8 @@ static void test_faults(void)
       "guest image digest" },
     { "memory stream from another CA", FAULT_OTHER_CA, FERRY_MIGRATION_STAGE_TRANSFER, FALSE,
       "transfer" },
+    { "travelled layer image corrupt", FAULT_BAD_LAYER, FERRY_MIGRATION_STAGE_BIND, FALSE,
+      "not sha256:" },
     { "destination shim killed before RESUME", FAULT_KILL_SHIM, FERRY_MIGRATION_STAGE_STOP, FALSE,
       "RESUME" },
   };
@@ -1546,7 +1593,8 @@ static void test_faults(void)
     host_files(dest, i + 1, &trail);
     g_autofree char *session = g_strdup_printf("fault%u", i + 1);
     Drive d = { 0 };
-    if (f->kind != FAULT_OTHER_IMAGE && f->kind != FAULT_OTHER_ROOT && f->kind != FAULT_OTHER_CA) {
+    if (f->kind != FAULT_OTHER_IMAGE && f->kind != FAULT_OTHER_ROOT && f->kind != FAULT_OTHER_CA &&
+        f->kind != FAULT_BAD_LAYER) {
       d.fault = do_fault;
       d.fault_ctx = (gpointer)f;
       d.fault_stage = f->stage;
@@ -1563,7 +1611,12 @@ static void test_faults(void)
       d.pre_ctx = &quit_fd;
       d.pre_stage = FERRY_MIGRATION_STAGE_IMPORT;
     }
-    d.bind_may_fail = f->kind == FAULT_OTHER_ROOT;
+    d.bind_may_fail = f->kind == FAULT_OTHER_ROOT || f->kind == FAULT_BAD_LAYER;
+    g_autofree char *store = g_build_filename(b.dir, "bad-store", NULL);
+    if (f->kind == FAULT_BAD_LAYER) {
+      fill_store(&a, store, TRUE);
+      d.layer_dir = store;
+    }
     d.extra_file = f->kind == FAULT_OTHER_ROOT ? "extra" : NULL;
     FerryMigrationOutcome outcome = migrate(&a, dest, session, &d);
     if (outcome != FERRY_MIGRATION_OUTCOME_RECOVERED || d.error == NULL ||
