@@ -57,6 +57,18 @@ typedef void (*FerryTlsHandshakeFunc)(GIOStream *stream, const GError *error, gp
 void ferry_tls_handshake(GIOStream *stream, GCancellable *cancellable, FerryTlsHandshakeFunc done,
                          gpointer user_data);
 
+/*
+ * A TLS stream as a plain file descriptor, for code that speaks over fds (ttrpc): what is
+ * written to *fd goes out encrypted and what the peer sends comes out of it. One end of a
+ * socket pair goes to the caller (who owns it); the other is spliced with `tls` on the
+ * thread-default main context until either side closes, and then both are closed (the
+ * fd sees EOF when the peer goes, the peer when the fd is closed). Free to stop.
+ */
+typedef struct FerryTlsPipe FerryTlsPipe;
+FerryTlsPipe *ferry_tls_pipe_new(GIOStream *tls, int *fd, GError **error);
+void ferry_tls_pipe_free(FerryTlsPipe *pipe);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(FerryTlsPipe, ferry_tls_pipe_free)
+
 /* Whether GIO has a TLS backend (glib-networking): without it nothing here works. */
 gboolean ferry_tls_available(GError **error);
 

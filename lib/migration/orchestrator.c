@@ -224,6 +224,10 @@ static void on_note(FerryTtrpcClient *client, const ProtobufCMessage *message, g
     return;
   s->m->progress.phase = n->notification->phase;
   s->m->progress.phase_from_destination = s->side == DST;
+  if (s->side == DST && n->notification->phase == PHASE__PHASE_BLACKOUT_EXITED &&
+      n->notification->phase_details_case == NOTIFICATION__PHASE_DETAILS_BLACKOUT_EXITED &&
+      n->notification->blackout_exited != NULL)
+    s->m->progress.blackout_ms = n->notification->blackout_exited->blackout_duration_milliseconds;
   report(s->m);
 }
 

@@ -2,7 +2,10 @@
  * GIO TLS with mutual authentication against one CA (include/ferry/tls.h, docs/tls.md).
  * GIO's TLS comes from its backend, glib-networking (GnuTLS).
  */
+#include <errno.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "ferry/error.h"
 #include "ferry/tls.h"
@@ -157,4 +160,55 @@ void ferry_tls_handshake(GIOStream *stream, GCancellable *cancellable, FerryTlsH
   h->user_data = user_data;
   g_tls_connection_handshake_async(G_TLS_CONNECTION(stream), G_PRIORITY_DEFAULT, cancellable,
                                    on_handshake, h);
+}
+
+/* ------------------------------------------------------------------ the pipe -- */
+
+struct FerryTlsPipe {
+  GCancellable *cancellable;
+};
+
+static void on_spliced(GObject *object, GAsyncResult *result, gpointer ud)
+{
+  GCancellable *cancellable = ud; /* the splice's own reference */
+  g_io_stream_splice_finish(result, NULL); /* an end either way: both streams are closed */
+  g_object_unref(cancellable);
+}
+
+FerryTlsPipe *ferry_tls_pipe_new(GIOStream *tls, int *fd, GError **error)
+{
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+    int e = errno;
+    g_set_error(error, FERRY_ERROR, ferry_error_code_from_errno(e), "TLS pipe: socketpair: %s",
+                g_strerror(e));
+    return NULL;
+  }
+  GError *local = NULL;
+  g_autoptr(GSocket) socket = g_socket_new_from_fd(sv[1], &local);
+  if (socket == NULL) {
+    close(sv[0]);
+    close(sv[1]);
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "TLS pipe: %s", local->message);
+    g_error_free(local);
+    return NULL;
+  }
+  g_autoptr(GSocketConnection) inner = g_socket_connection_factory_create_connection(socket);
+  FerryTlsPipe *pipe = g_new0(FerryTlsPipe, 1);
+  pipe->cancellable = g_cancellable_new();
+  g_io_stream_splice_async(tls, G_IO_STREAM(inner),
+                           G_IO_STREAM_SPLICE_CLOSE_STREAM1 | G_IO_STREAM_SPLICE_CLOSE_STREAM2,
+                           G_PRIORITY_DEFAULT, pipe->cancellable, on_spliced,
+                           g_object_ref(pipe->cancellable));
+  *fd = sv[0];
+  return pipe;
+}
+
+void ferry_tls_pipe_free(FerryTlsPipe *pipe)
+{
+  if (pipe == NULL)
+    return;
+  g_cancellable_cancel(pipe->cancellable);
+  g_object_unref(pipe->cancellable);
+  g_free(pipe);
 }

@@ -1067,6 +1067,7 @@ typedef struct Drive_ {
   FerryMigrationOutcome outcome;
   GError *error;
   GArray *stages; /* FerryMigrationStage, as reported */
+  FerryMigrationProgress last; /* the latest progress */
   /* a fault, when the progress reaches fault_stage (and, with fault_min_bytes, the
    * transfer has moved that much) */
   FerryMigrationStage fault_stage;
@@ -1158,6 +1159,7 @@ static void on_bind(FerryMigration *m, const Ferry__V1__SandboxState *state, gpo
 static void on_progress(FerryMigration *m, const FerryMigrationProgress *p, gpointer ud)
 {
   Drive *d = ud;
+  d->last = *p;
   if (d->stages->len == 0 ||
       g_array_index(d->stages, FerryMigrationStage, d->stages->len - 1) != p->stage)
     g_array_append_val(d->stages, p->stage);
@@ -1196,15 +1198,20 @@ static FerryMigrationOutcome migrate(Rig *src, Host *dest, const char *session, 
   g_autoptr(GError) error = NULL;
   d->m = ferry_migration_start(src->c, dest->rig->c, &config, &handlers, d, &error);
   g_assert_no_error(error);
-  gint64 until = g_get_monotonic_time() + 240 * G_USEC_PER_SEC;
+  gint64 started = g_get_monotonic_time();
+  gint64 until = started + 240 * G_USEC_PER_SEC;
   while (!d->done) {
     if (g_get_monotonic_time() > until)
       g_error("migration %s did not end (stage %s)", session,
               ferry_migration_stage_name(ferry_migration_get_stage(d->m)));
     g_main_context_iteration(NULL, TRUE);
   }
-  g_test_message("%s: %s%s%s", session, ferry_migration_outcome_name(d->outcome),
-                 d->error != NULL ? ": " : "", d->error != NULL ? d->error->message : "");
+  FerryMigrationReport report = { .outcome = d->outcome,
+                                  .error = d->error != NULL ? d->error->message : NULL,
+                                  .total_us = g_get_monotonic_time() - started,
+                                  .last = d->last };
+  g_autofree char *text = ferry_migration_report_text(&report);
+  g_test_message("%s: %s", session, text);
   g_clear_pointer(&d->m, ferry_migration_free);
   return d->outcome;
 }
@@ -1394,6 +1401,11 @@ static void test_hops(void)
       g_error("%s: %s: %s", session, ferry_migration_outcome_name(outcome),
               d.error != NULL ? d.error->message : "");
     g_assert_no_error(d.error); /* both sides cleaned up */
+    /* The figures came: QEMU's bytes and passes through Status, the blackout through the
+     * destination's notification. */
+    g_assert_cmpuint(d.last.bytes_transferred, >, 0);
+    g_assert_cmpuint(d.last.passes, >, 0);
+    g_assert_cmpuint(d.last.blackout_ms, >, 0);
     /* Every stage in its order, none twice. */
     static const FerryMigrationStage order[] = {
       FERRY_MIGRATION_STAGE_EXPORT,  FERRY_MIGRATION_STAGE_IMPORT, FERRY_MIGRATION_STAGE_BIND,

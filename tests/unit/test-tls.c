@@ -11,7 +11,11 @@
 
 #include "ferry/error.h"
 #include "ferry/tls.h"
+#include "ferry/ttrpc.h"
+#include "google/protobuf/wrappers.pb-c.h"
+#include "interop-service.h"
 #include "test-util.h"
+#include "test/interop.pb-c.h"
 
 static char *dir;
 
@@ -236,6 +240,84 @@ static void test_handshakes(void)
   side_clear(&c);
 }
 
+typedef struct {
+  GIOStream *server, *client;
+} Pair;
+
+/* A handshaken TLS pair over a socket pair, B serving, A dialling B. */
+static void tls_pair(const char *server_dir, const char *client_dir, Pair *p)
+{
+  int sv[2];
+  g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
+  g_autoptr(GIOStream) a = stream_of(sv[0]);
+  g_autoptr(GIOStream) b = stream_of(sv[1]);
+  g_autoptr(GError) error = NULL;
+  g_autoptr(FerryTlsCredentials) sc =
+      ferry_tls_credentials_load(server_dir, FERRY_TLS_SERVER, &error);
+  g_autoptr(FerryTlsCredentials) cc =
+      ferry_tls_credentials_load(client_dir, FERRY_TLS_CLIENT, &error);
+  g_assert_no_error(error);
+  p->server = ferry_tls_wrap(a, sc, NULL, &error);
+  p->client = ferry_tls_wrap(b, cc, "hostb", &error);
+  g_assert_no_error(error);
+  Side s = { 0 }, c = { 0 };
+  ferry_tls_handshake(p->server, NULL, on_done, &s);
+  ferry_tls_handshake(p->client, NULL, on_done, &c);
+  while (!(s.done && c.done))
+    g_main_context_iteration(NULL, TRUE);
+  g_assert_no_error(s.error);
+  g_assert_no_error(c.error);
+}
+
+/* ttrpc over the TLS pipes: calls go through, big ones too, and the client closing its
+ * fd ends the server's connection through TLS. */
+static void test_ttrpc_over_tls(void)
+{
+  if (skip_without_tls())
+    return;
+  g_autofree char *d = g_build_filename(dir, "pipe", NULL);
+  const char *hosts[] = { "hosta", "hostb", NULL };
+  g_autoptr(GError) error = NULL;
+  g_assert_true(ferry_tls_make_certs(d, hosts, 30, &error));
+  g_autofree char *a = host_dir(d, "hosta");
+  g_autofree char *b = host_dir(d, "hostb");
+  Pair p;
+  tls_pair(b, a, &p);
+  int server_fd = -1, client_fd = -1;
+  g_autoptr(FerryTlsPipe) sp = ferry_tls_pipe_new(p.server, &server_fd, &error);
+  g_autoptr(FerryTlsPipe) cp = ferry_tls_pipe_new(p.client, &client_fd, &error);
+  g_assert_no_error(error);
+  g_autoptr(FerryTtrpcServer) server = ferry_ttrpc_server_new();
+  g_assert_true(ferry_test_interop_register(server, &error));
+  g_assert_true(ferry_ttrpc_server_add_connection(server, server_fd, &error));
+  FerryTtrpcClient *client = ferry_ttrpc_client_new(client_fd, &error);
+  g_assert_no_error(error);
+  Google__Protobuf__StringValue v = GOOGLE__PROTOBUF__STRING_VALUE__INIT;
+  v.value = "over tls";
+  FerryTtrpcCallOptions o = { .timeout_ns = 20 * G_TIME_SPAN_SECOND * 1000 };
+  Google__Protobuf__StringValue *r = (Google__Protobuf__StringValue *)ferry_ttrpc_client_call_sync(
+      client, "ferry.test.v1.Interop", "Echo", &v.base, &google__protobuf__string_value__descriptor,
+      &o, &error);
+  g_assert_no_error(error);
+  g_assert_true(g_str_has_prefix(r->value, "over tls"));
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  v.value = "1000000"; /* a megabyte back */
+  r = (Google__Protobuf__StringValue *)ferry_ttrpc_client_call_sync(
+      client, "ferry.test.v1.Interop", "Big", &v.base, &google__protobuf__string_value__descriptor,
+      &o, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(strlen(r->value), ==, 1000000);
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  g_assert_cmpuint(ferry_ttrpc_server_connection_count(server), ==, 1);
+  ferry_ttrpc_client_free(client);
+  gint64 until = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+  while (ferry_ttrpc_server_connection_count(server) > 0 && g_get_monotonic_time() < until)
+    g_main_context_iteration(NULL, TRUE);
+  g_assert_cmpuint(ferry_ttrpc_server_connection_count(server), ==, 0);
+  g_object_unref(p.server);
+  g_object_unref(p.client);
+}
+
 int main(int argc, char **argv)
 {
   g_test_init(&argc, &argv, NULL);
@@ -243,6 +325,7 @@ int main(int argc, char **argv)
   g_test_add_func("/tls/certs/layout", test_certs_layout);
   g_test_add_func("/tls/certs/refuse", test_certs_refuse);
   g_test_add_func("/tls/handshakes", test_handshakes);
+  g_test_add_func("/tls/ttrpc-over-tls", test_ttrpc_over_tls);
   int rc = g_test_run();
   test_rm_rf(dir);
   g_free(dir);
