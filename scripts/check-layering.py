@@ -50,6 +50,7 @@ HEADER_MODULE = {
     "migration-wire": "migration",
     "migration": "migration",
     "tls": "tls",
+    "layer-store": "migration",
 }
 
 # Generated protobuf headers, by the module allowed to use them first.

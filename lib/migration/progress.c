@@ -10,9 +10,9 @@
 
 static const char *phase_name(Phase phase)
 {
-  static const char *const names[] = { "",           "setup-done",     "transferring",
-                                       "blackout",   "offline-done",   "blackout-exited",
-                                       "done",       "recovery-done",  "failed" };
+  static const char *const names[] = { "",         "setup-done",    "transferring",
+                                       "blackout", "offline-done",  "blackout-exited",
+                                       "done",     "recovery-done", "failed" };
   return (guint)phase < G_N_ELEMENTS(names) ? names[phase] : "";
 }
 
@@ -56,11 +56,10 @@ json_t *ferry_migration_progress_json(const FerryMigrationProgress *p, gint64 el
                    phase_name(p->phase), "phase_from_destination", p->phase_from_destination,
                    "pass", (json_int_t)p->passes, "sent_bytes", (json_int_t)p->bytes_transferred,
                    "total_bytes", (json_int_t)p->bytes_total, "remaining_bytes",
-                   (json_int_t)p->bytes_remaining,
-                   "rate_mbps", isfinite(p->rate_mbps) ? p->rate_mbps : 0.0,
-                   "expected_downtime_ms", (json_int_t)p->expected_downtime_ms, "blackout_ms",
-                   (json_int_t)p->blackout_ms, "elapsed_ms",
-                   (json_int_t)(elapsed_us > 0 ? elapsed_us / 1000 : 0));
+                   (json_int_t)p->bytes_remaining, "rate_mbps",
+                   isfinite(p->rate_mbps) ? p->rate_mbps : 0.0, "expected_downtime_ms",
+                   (json_int_t)p->expected_downtime_ms, "blackout_ms", (json_int_t)p->blackout_ms,
+                   "elapsed_ms", (json_int_t)(elapsed_us > 0 ? elapsed_us / 1000 : 0));
 }
 
 char *ferry_migration_report_text(const FerryMigrationReport *r)
@@ -91,10 +90,9 @@ json_t *ferry_migration_report_json(const FerryMigrationReport *r)
   const FerryMigrationProgress *p = &r->last;
   json_t *j = json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I}", "event", "report", "outcome",
                         ferry_migration_outcome_name(r->outcome), "total_ms",
-                        (json_int_t)(r->total_us / 1000), "blackout_ms",
-                        (json_int_t)p->blackout_ms, "sent_bytes",
-                        (json_int_t)p->bytes_transferred, "passes", (json_int_t)p->passes,
-                        "downtime_ms", (json_int_t)p->downtime_ms);
+                        (json_int_t)(r->total_us / 1000), "blackout_ms", (json_int_t)p->blackout_ms,
+                        "sent_bytes", (json_int_t)p->bytes_transferred, "passes",
+                        (json_int_t)p->passes, "downtime_ms", (json_int_t)p->downtime_ms);
   json_object_set_new(j, "error", r->error != NULL ? json_string(r->error) : json_null());
   return j;
 }

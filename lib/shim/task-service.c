@@ -12,6 +12,7 @@
 #include "ferry/error.h"
 #include "ferry/fd.h"
 #include "ferry/json.h"
+#include "ferry/layer-store.h"
 #include "ferry/log.h"
 #include "ferry/rootfs.h"
 #include "ferry/sandbox.h"
@@ -832,17 +833,6 @@ static void store_check_free(gpointer p)
   g_free(c);
 }
 
-/* "sha256:<64 lowercase hex>" -> the hex, or NULL. */
-static const char *digest_hex(const char *digest)
-{
-  if (digest == NULL || !g_str_has_prefix(digest, "sha256:") || strlen(digest) != 7 + 64)
-    return NULL;
-  for (const char *c = digest + 7; *c != '\0'; c++)
-    if (!g_ascii_isxdigit(*c) || g_ascii_isupper(*c))
-      return NULL;
-  return digest + 7;
-}
-
 static void store_check_run(GTask *task, gpointer source, gpointer data, GCancellable *cancel)
 {
   StoreCheck *c = data;
@@ -851,7 +841,7 @@ static void store_check_run(GTask *task, gpointer source, gpointer data, GCancel
   images->images = g_new0(FerryRootfsImage, n);
   images->mkfs_version = g_strdup("travelled");
   for (guint i = 0; i < n; i++) {
-    const char *hex = digest_hex(c->digests[i]);
+    const char *hex = ferry_layer_digest_hex(c->digests[i]);
     g_autofree char *name = hex != NULL ? g_strconcat(hex, ".erofs", NULL) : NULL;
     g_autofree char *path = name != NULL ? g_build_filename(c->dir, name, NULL) : NULL;
     g_autoptr(GError) error = NULL;

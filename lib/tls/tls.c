@@ -170,7 +170,7 @@ struct FerryTlsPipe {
 
 static void on_spliced(GObject *object, GAsyncResult *result, gpointer ud)
 {
-  GCancellable *cancellable = ud; /* the splice's own reference */
+  GCancellable *cancellable = ud;          /* the splice's own reference */
   g_io_stream_splice_finish(result, NULL); /* an end either way: both streams are closed */
   g_object_unref(cancellable);
 }
@@ -196,10 +196,9 @@ FerryTlsPipe *ferry_tls_pipe_new(GIOStream *tls, int *fd, GError **error)
   g_autoptr(GSocketConnection) inner = g_socket_connection_factory_create_connection(socket);
   FerryTlsPipe *pipe = g_new0(FerryTlsPipe, 1);
   pipe->cancellable = g_cancellable_new();
-  g_io_stream_splice_async(tls, G_IO_STREAM(inner),
-                           G_IO_STREAM_SPLICE_CLOSE_STREAM1 | G_IO_STREAM_SPLICE_CLOSE_STREAM2,
-                           G_PRIORITY_DEFAULT, pipe->cancellable, on_spliced,
-                           g_object_ref(pipe->cancellable));
+  g_io_stream_splice_async(
+      tls, G_IO_STREAM(inner), G_IO_STREAM_SPLICE_CLOSE_STREAM1 | G_IO_STREAM_SPLICE_CLOSE_STREAM2,
+      G_PRIORITY_DEFAULT, pipe->cancellable, on_spliced, g_object_ref(pipe->cancellable));
   *fd = sv[0];
   return pipe;
 }

@@ -1066,7 +1066,7 @@ typedef struct Drive_ {
   gboolean done;
   FerryMigrationOutcome outcome;
   GError *error;
-  GArray *stages; /* FerryMigrationStage, as reported */
+  GArray *stages;              /* FerryMigrationStage, as reported */
   FerryMigrationProgress last; /* the latest progress */
   /* a fault, when the progress reaches fault_stage (and, with fault_min_bytes, the
    * transfer has moved that much) */

@@ -20,8 +20,9 @@ static void test_line(void)
   p.rate_mbps = 8 * 1.048576 * 35; /* 35 MiB/s in QEMU's megabits */
   p.expected_downtime_ms = 28;
   g_autofree char *moving = ferry_migration_progress_line(&p, 4200000);
-  g_assert_cmpstr(moving, ==,
-                  "transfer  pass 3  96.0 MiB sent  12.5 MiB left  35.0 MiB/s  blackout ~28 ms  4.2 s");
+  g_assert_cmpstr(
+      moving, ==,
+      "transfer  pass 3  96.0 MiB sent  12.5 MiB left  35.0 MiB/s  blackout ~28 ms  4.2 s");
 
   /* After the switch: the measured blackout, no estimate, no bytes left shown. */
   p.stage = FERRY_MIGRATION_STAGE_CLEANUP;
