@@ -40,10 +40,15 @@ static void on_done(GIOStream *stream, const GError *error, gpointer ud)
     s->error = g_error_copy(error);
 }
 
+typedef struct {
+  GIOStream *server, *client;
+} Pair;
+
 /* A handshake between a server from `server_dir` and a client from `client_dir` (NULL:
- * a client with no certificate) that dials `identity`. Both sides' results. */
-static void handshake(const char *server_dir, const char *client_dir, const char *identity,
-                      Side *server, Side *client)
+ * a client with no certificate) that dials `identity`. Both sides' results; with
+ * `keep`, the two TLS streams too (else they go). */
+static void handshake_keep(const char *server_dir, const char *client_dir, const char *identity,
+                           Side *server, Side *client, Pair *keep)
 {
   int sv[2];
   g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
@@ -53,9 +58,9 @@ static void handshake(const char *server_dir, const char *client_dir, const char
   g_autoptr(FerryTlsCredentials) sc =
       ferry_tls_credentials_load(server_dir, FERRY_TLS_SERVER, &error);
   g_assert_no_error(error);
-  g_autoptr(GIOStream) ts = ferry_tls_wrap(a, sc, NULL, &error);
+  GIOStream *ts = ferry_tls_wrap(a, sc, NULL, &error);
   g_assert_no_error(error);
-  g_autoptr(GIOStream) tc = NULL;
+  GIOStream *tc = NULL;
   if (client_dir != NULL) {
     g_autoptr(FerryTlsCredentials) cc =
         ferry_tls_credentials_load(client_dir, FERRY_TLS_CLIENT, &error);
@@ -97,6 +102,19 @@ static void handshake(const char *server_dir, const char *client_dir, const char
         g_input_stream_read_all(g_io_stream_get_input_stream(ts), buf, 4, &n, NULL, &error));
     g_assert_cmpmem(buf, n, "ping", 4);
   }
+  if (keep != NULL) {
+    keep->server = ts;
+    keep->client = tc;
+    return;
+  }
+  g_object_unref(ts);
+  g_object_unref(tc);
+}
+
+static void handshake(const char *server_dir, const char *client_dir, const char *identity,
+                      Side *server, Side *client)
+{
+  handshake_keep(server_dir, client_dir, identity, server, client, NULL);
 }
 
 static void side_clear(Side *s)
@@ -240,31 +258,11 @@ static void test_handshakes(void)
   side_clear(&c);
 }
 
-typedef struct {
-  GIOStream *server, *client;
-} Pair;
-
 /* A handshaken TLS pair over a socket pair, B serving, A dialling B. */
 static void tls_pair(const char *server_dir, const char *client_dir, Pair *p)
 {
-  int sv[2];
-  g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
-  g_autoptr(GIOStream) a = stream_of(sv[0]);
-  g_autoptr(GIOStream) b = stream_of(sv[1]);
-  g_autoptr(GError) error = NULL;
-  g_autoptr(FerryTlsCredentials) sc =
-      ferry_tls_credentials_load(server_dir, FERRY_TLS_SERVER, &error);
-  g_autoptr(FerryTlsCredentials) cc =
-      ferry_tls_credentials_load(client_dir, FERRY_TLS_CLIENT, &error);
-  g_assert_no_error(error);
-  p->server = ferry_tls_wrap(a, sc, NULL, &error);
-  p->client = ferry_tls_wrap(b, cc, "hostb", &error);
-  g_assert_no_error(error);
-  Side s = { 0 }, c = { 0 };
-  ferry_tls_handshake(p->server, NULL, on_done, &s);
-  ferry_tls_handshake(p->client, NULL, on_done, &c);
-  while (!(s.done && c.done))
-    g_main_context_iteration(NULL, TRUE);
+  Side s, c;
+  handshake_keep(server_dir, client_dir, "hostb", &s, &c, p);
   g_assert_no_error(s.error);
   g_assert_no_error(c.error);
 }
