@@ -35,6 +35,7 @@
 #include "ferry/error.h"
 #include "ferry/fd.h"
 #include "ferry/json.h"
+#include "ferry/node.h"
 #include "ferry/tls.h"
 #include "ferry/ttrpc.h"
 #include "ferry/vm-builder.h"
@@ -1289,6 +1290,308 @@ static int cmd_certs(int argc, char **argv)
   return 0;
 }
 
+/* ------------------------------------------------ receive and migrate -- */
+
+/* The TLS directory of a node agent: --tls-dir, or --insecure (tests only, said loudly). */
+static FerryTlsCredentials *node_tls(const char *cmd, const char *dir, gboolean insecure,
+                                     FerryTlsRole role, int *status)
+{
+  *status = 0;
+  if (insecure) {
+    g_printerr("ferry %s: --insecure: NO TLS. The control connection and the memory stream are "
+               "neither authenticated nor encrypted. For tests only.\n",
+               cmd);
+    return NULL;
+  }
+  if (dir == NULL) {
+    *status =
+        fail("%s: --tls-dir DIR is required (ferry certs makes one; --insecure for tests)", cmd);
+    return NULL;
+  }
+  g_autoptr(GError) error = NULL;
+  FerryTlsCredentials *creds = ferry_tls_credentials_load(dir, role, &error);
+  if (creds == NULL)
+    *status = fail("%s: %s", cmd, error->message);
+  return creds;
+}
+
+static char *rx_start_shim(FerryReceiver *r, const char *name, const char *bundle, gpointer ud,
+                           GError **error)
+{
+  /* A placeholder spec for the shim's start; Bind writes the real one. */
+  g_autofree char *config = g_build_filename(bundle, "config.json", NULL);
+  if (!g_file_set_contents(config, "{\"ociVersion\": \"1.0.2\"}", -1, error) ||
+      !shim_start(name, bundle, error))
+    return NULL;
+  g_autofree char *path = g_build_filename(bundle, "address", NULL);
+  g_autofree char *address = NULL;
+  if (!g_file_get_contents(path, &address, NULL, error))
+    return NULL;
+  return g_strdup(g_strstrip(address));
+}
+
+static void rx_stdio(FerryReceiver *r, const char *name, const char *exec_id, char **out,
+                     char **err, gpointer ud)
+{
+  /* As `ferry run -d`: the sandbox's logs, so that `ferry logs` goes on here. */
+  g_autofree char *dir = sandbox_dir(name);
+  g_autofree char *logs = g_build_filename(dir, "logs", NULL);
+  g_mkdir(logs, 0700);
+  *out = logger_uri(logs, exec_id[0] != '\0' ? exec_id : "init");
+  *err = g_strdup(*out);
+}
+
+static void rx_discard(FerryReceiver *r, const char *name, const char *bundle, gpointer ud)
+{
+  FerryTtrpcClient *c = connect_sandbox(name, TRUE);
+  sandbox_remove(c, name);
+  if (c != NULL)
+    ferry_ttrpc_client_free(c);
+}
+
+static void rx_session(FerryReceiver *r, const char *name, const char *what, const GError *error,
+                       gpointer ud)
+{
+  g_printerr("ferry receive: %s%s%s%s%s\n", name != NULL ? name : "", name != NULL ? ": " : "",
+             what, error != NULL ? ": " : "", error != NULL ? error->message : "");
+}
+
+static gboolean on_quit_signal(gpointer ud)
+{
+  g_main_loop_quit(ud);
+  return G_SOURCE_CONTINUE;
+}
+
+/* `ferry receive --listen ADDR:PORT [--tls-dir DIR | --insecure]`: until stopped. */
+static int cmd_receive(int argc, char **argv)
+{
+  const char *listen = NULL, *tls_dir = NULL;
+  gboolean insecure = FALSE;
+  for (int i = 0; i < argc; i++) {
+    if (g_str_equal(argv[i], "--listen") && i + 1 < argc)
+      listen = argv[++i];
+    else if (g_str_equal(argv[i], "--tls-dir") && i + 1 < argc)
+      tls_dir = argv[++i];
+    else if (g_str_equal(argv[i], "--insecure"))
+      insecure = TRUE;
+    else
+      return fail("receive: unknown option %s (ferry help receive)", argv[i]);
+  }
+  if (listen == NULL)
+    return fail("receive: --listen ADDR:PORT is required (ferry help receive)");
+  int status = 0;
+  g_autoptr(FerryTlsCredentials) tls =
+      node_tls("receive", tls_dir, insecure, FERRY_TLS_SERVER, &status);
+  if (status != 0)
+    return status;
+  FerryReceiverConfig config = { .root = root_dir, .tls = tls };
+  static const FerryReceiverHandlers handlers = { rx_start_shim, rx_stdio, rx_discard, rx_session };
+  g_autoptr(GError) error = NULL;
+  g_autoptr(FerryReceiver) r = ferry_receiver_new(&config, &handlers, NULL, &error);
+  if (r == NULL || !ferry_receiver_listen(r, listen, &error))
+    return fail("receive: %s", error->message);
+  g_autofree char *host = g_strdup(listen);
+  char *colon = strrchr(host, ':');
+  if (colon != NULL)
+    *colon = '\0';
+  printf("listening on %s:%u\n", host, ferry_receiver_port(r));
+  fflush(stdout);
+  g_autoptr(GMainLoop) loop = g_main_loop_new(NULL, FALSE);
+  guint s1 = g_unix_signal_add(SIGINT, on_quit_signal, loop);
+  guint s2 = g_unix_signal_add(SIGTERM, on_quit_signal, loop);
+  g_main_loop_run(loop);
+  g_source_remove(s1);
+  g_source_remove(s2);
+  return 0;
+}
+
+typedef struct {
+  GMainLoop *loop;
+  gboolean json, tty;
+  gint64 started;
+  FerryMigrationStage last_stage;
+  FerryMigrationProgress last;
+  gboolean done;
+  FerryMigrationOutcome outcome;
+  char *error;
+  FerryMigrator *m;
+  gboolean cancel_asked;
+} MigrateRun;
+
+static void mig_progress(FerryMigrator *m, const FerryMigrationProgress *p, gpointer ud)
+{
+  MigrateRun *run = ud;
+  run->last = *p;
+  gint64 elapsed = g_get_monotonic_time() - run->started;
+  if (run->json) {
+    g_autoptr(json_t) j = ferry_migration_progress_json(p, elapsed);
+    g_autofree char *text = json_dumps(j, JSON_COMPACT);
+    printf("%s\n", text);
+    fflush(stdout);
+    return;
+  }
+  if (!run->tty && p->stage == run->last_stage)
+    return;
+  run->last_stage = p->stage;
+  g_autofree char *line = ferry_migration_progress_line(p, elapsed);
+  if (run->tty)
+    g_printerr("\r%s\033[K", line);
+  else
+    g_printerr("%s\n", line);
+}
+
+static void mig_done(FerryMigrator *m, FerryMigrationOutcome outcome, const GError *error,
+                     gpointer ud)
+{
+  MigrateRun *run = ud;
+  run->done = TRUE;
+  run->outcome = outcome;
+  run->error = error != NULL ? g_strdup(error->message) : NULL;
+  g_main_loop_quit(run->loop);
+}
+
+static gboolean on_migrate_signal(gpointer ud)
+{
+  MigrateRun *run = ud;
+  if (!run->cancel_asked) {
+    run->cancel_asked = TRUE;
+    if (ferry_migrator_cancel(run->m))
+      g_printerr("\nferry migrate: cancelling (the sandbox stays here)\n");
+    else
+      g_printerr("\nferry migrate: too late to cancel: the destination is taking over\n");
+  }
+  return G_SOURCE_CONTINUE;
+}
+
+/* The source shim's layer image cache: the shim config's image_cache, else its run dir's. */
+static char *source_image_dir(void)
+{
+  const char *config = g_getenv("FERRY_SHIM_CONFIG");
+  json_error_t jerr;
+  g_autoptr(json_t) c = config != NULL ? json_load_file(config, 0, &jerr) : NULL;
+  const char *dir = json_string_value(json_object_get(c, "image_cache"));
+  if (dir != NULL)
+    return g_strdup(dir);
+  const char *run = g_getenv("FERRY_SHIM_RUN_DIR");
+  return run != NULL ? g_build_filename(run, "images", NULL)
+                     : g_build_filename(root_dir, "shim", "images", NULL);
+}
+
+/* `ferry migrate NAME --to HOST:PORT [--tls-dir DIR | --insecure] [--json] ...`. */
+static int cmd_migrate(int argc, char **argv)
+{
+  const char *name = NULL, *to = NULL, *tls_dir = NULL;
+  gboolean insecure = FALSE, json = FALSE;
+  InitializeOptions options = INITIALIZE_OPTIONS__INIT;
+  MemoryTransferThrottleParams throttle = MEMORY_TRANSFER_THROTTLE_PARAMS__INIT;
+  for (int i = 0; i < argc; i++) {
+    guint64 v = 0;
+    if (g_str_equal(argv[i], "--to") && i + 1 < argc) {
+      to = argv[++i];
+    } else if (g_str_equal(argv[i], "--tls-dir") && i + 1 < argc) {
+      tls_dir = argv[++i];
+    } else if (g_str_equal(argv[i], "--insecure")) {
+      insecure = TRUE;
+    } else if (g_str_equal(argv[i], "--json")) {
+      json = TRUE;
+    } else if (g_str_equal(argv[i], "--bandwidth") && i + 1 < argc) {
+      guint mb = 0;
+      if (!parse_memory(argv[++i], &mb))
+        return fail("migrate: --bandwidth %s: bytes per second as MB, or 100m, 1g", argv[i]);
+      options.ferry_max_bandwidth = (guint64)mb << 20;
+    } else if (g_str_equal(argv[i], "--downtime-ms") && i + 1 < argc) {
+      if (!g_ascii_string_to_unsigned(argv[++i], 10, 1, 60000, &v, NULL))
+        return fail("migrate: --downtime-ms takes 1 to 60000, not %s", argv[i]);
+      throttle.target_blackout_transfer_time = (guint32)v;
+      options.memory_transfer_throttle_params = &throttle;
+    } else if (g_str_equal(argv[i], "--postcopy") && i + 1 < argc) {
+      i++;
+      if (g_str_equal(argv[i], "never"))
+        options.ferry_no_postcopy = TRUE;
+      else if (!g_str_equal(argv[i], "auto"))
+        return fail("migrate: --postcopy auto or never, not %s", argv[i]);
+    } else if (argv[i][0] == '-') {
+      return fail("migrate: unknown option %s (ferry help migrate)", argv[i]);
+    } else if (name == NULL) {
+      name = argv[i];
+    } else {
+      return fail("migrate: one sandbox at a time (ferry help migrate)");
+    }
+  }
+  if (name == NULL || to == NULL)
+    return fail("migrate: usage: ferry migrate NAME --to HOST:PORT (ferry help migrate)");
+  int status = 0;
+  g_autoptr(FerryTlsCredentials) tls =
+      node_tls("migrate", tls_dir, insecure, FERRY_TLS_CLIENT, &status);
+  if (status != 0)
+    return status;
+  FerryTtrpcClient *c = connect_sandbox(name, FALSE);
+  if (c == NULL)
+    return EXIT_FERRY;
+  g_autofree char *images = source_image_dir();
+  g_autofree char *arrived = g_build_filename(root_dir, "images", NULL); /* ferry receive's */
+  const char *image_dirs[] = { images, arrived, NULL };
+  g_autofree char *dir = sandbox_dir(name);
+  MigrateRun run = { .loop = g_main_loop_new(NULL, FALSE),
+                     .json = json,
+                     .tty = isatty(2),
+                     .started = g_get_monotonic_time(),
+                     .last_stage = (FerryMigrationStage)-1 };
+  FerryMigratorConfig config = { .name = name,
+                                 .shim = c,
+                                 .image_dirs = image_dirs,
+                                 .address = to,
+                                 .tls = tls,
+                                 .socket_dir = dir,
+                                 .options = &options };
+  static const FerryMigratorHandlers handlers = { mig_progress, mig_done };
+  g_autoptr(GError) error = NULL;
+  run.m = ferry_migrator_start(&config, &handlers, &run, &error);
+  if (run.m == NULL) {
+    ferry_ttrpc_client_free(c);
+    g_main_loop_unref(run.loop);
+    return fail("%s", error->message);
+  }
+  guint s1 = g_unix_signal_add(SIGINT, on_migrate_signal, &run);
+  guint s2 = g_unix_signal_add(SIGTERM, on_migrate_signal, &run);
+  g_main_loop_run(run.loop);
+  g_source_remove(s1);
+  g_source_remove(s2);
+  if (run.tty && !json)
+    g_printerr("\n");
+  FerryMigrationReport report = { .outcome = run.outcome,
+                                  .error = run.error,
+                                  .total_us = g_get_monotonic_time() - run.started,
+                                  .last = run.last };
+  if (json) {
+    g_autoptr(json_t) j = ferry_migration_report_json(&report);
+    g_autofree char *text = json_dumps(j, JSON_COMPACT);
+    printf("%s\n", text);
+  } else {
+    g_autofree char *text = ferry_migration_report_text(&report);
+    printf("%s\n", text);
+  }
+  ferry_migrator_free(run.m);
+  /* It runs there now: nothing is left of it here but an empty shim, a directory and
+   * the logs of its time here, which are kept (ROOT/moved/NAME-<time>/logs). */
+  if (run.outcome == FERRY_MIGRATION_OUTCOME_MIGRATED) {
+    g_autofree char *logs = g_build_filename(dir, "logs", NULL);
+    g_autofree char *stamp = g_strdup_printf("%s-%" G_GINT64_FORMAT, name, g_get_real_time());
+    g_autofree char *moved = g_build_filename(root_dir, "moved", stamp, NULL);
+    if (g_file_test(logs, G_FILE_TEST_IS_DIR) && g_mkdir_with_parents(moved, 0700) == 0) {
+      g_autofree char *to_logs = g_build_filename(moved, "logs", NULL);
+      if (rename(logs, to_logs) == 0 && !json)
+        g_printerr("ferry migrate: its logs from before the move are in %s\n", to_logs);
+    }
+    sandbox_remove(c, name);
+  }
+  ferry_ttrpc_client_free(c);
+  g_main_loop_unref(run.loop);
+  int code = run.outcome == FERRY_MIGRATION_OUTCOME_MIGRATED ? 0 : EXIT_FERRY;
+  g_free(run.error);
+  return code;
+}
+
 /* `ferry help COMMAND`. */
 static const struct {
   const char *name;
@@ -1331,6 +1634,18 @@ static const struct {
     "DIR/NAME/ with ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem and\n"
     "client-key.pem: the --tls-dir of ferry receive and ferry migrate on that host, and the\n"
     "layout QEMU's tls-creds-x509 reads. Valid N days (default 365). Keep ca-key.pem apart.\n" },
+  { "receive",
+    "usage: ferry receive --listen ADDR:PORT [--tls-dir DIR | --insecure]\n"
+    "Accept sandboxes migrated here by ferry migrate, until stopped (SIGINT, SIGTERM). Each\n"
+    "arrives under --root as if ferry run had started it (ferry ps, logs, exec, rm). Peers\n"
+    "must hold a certificate from the CA of DIR (ferry certs); --insecure: no TLS, tests only.\n" },
+  { "migrate",
+    "usage: ferry migrate NAME --to HOST:PORT [--tls-dir DIR | --insecure] [--json]\n"
+    "                     [--bandwidth RATE] [--downtime-ms N] [--postcopy auto|never]\n"
+    "Move the running sandbox NAME to the ferry receive at HOST:PORT while it runs: every\n"
+    "process, its output and stdin exactly once. A line of progress on a terminal (--json:\n"
+    "one object per event), then a report. Ctrl-C cancels until the destination takes over;\n"
+    "any failure leaves the sandbox running here. RATE in MB/s (or 100m, 1g).\n" },
   { "version", "usage: ferry version\n" },
 };
 
@@ -1345,6 +1660,8 @@ static const char *usage =
     "  logs [-f] [--since WHEN] NAME  a detached container's output (-f: follow it)\n"
     "  kill [-s SIGNAL] NAME  stop [-t SECONDS] NAME  rm [-f] NAME...  inspect NAME\n"
     "  certs DIR --host NAME...  a CA and each host's TLS directory\n"
+    "  receive --listen ADDR:PORT [--tls-dir DIR]   accept migrated sandboxes\n"
+    "  migrate NAME --to HOST:PORT [--tls-dir DIR] [--json]   move a running sandbox there\n"
     "  version\n";
 
 static int cmd_help(int argc, char **argv)
@@ -1430,6 +1747,10 @@ int main(int argc, char **argv)
     return cmd_rm(n, rest);
   if (g_str_equal(cmd, "inspect"))
     return cmd_inspect(n, rest);
+  if (g_str_equal(cmd, "receive"))
+    return cmd_receive(n, rest);
+  if (g_str_equal(cmd, "migrate"))
+    return cmd_migrate(n, rest);
   if (g_str_equal(cmd, "version")) {
     printf("ferry %s\n", FERRY_VERSION);
     return 0;

@@ -15,7 +15,7 @@ import sys
 
 RANK = {"base": 0, "proto": 1, "ttrpc": 1, "bridge": 1, "transport": 1, "runtime": 1, "rootfs": 1,
         "tls": 1, "gcs": 2,
-        "vm": 2, "cmd": 2, "migration": 3, "sandbox": 3, "shim": 4}
+        "vm": 2, "cmd": 2, "migration": 3, "sandbox": 3, "shim": 4, "node": 4}
 
 # Which module each public header belongs to. A new header must be added here.
 HEADER_MODULE = {
@@ -51,6 +51,7 @@ HEADER_MODULE = {
     "migration": "migration",
     "tls": "tls",
     "layer-store": "migration",
+    "node": "node",
 }
 
 # Generated protobuf headers, by the module allowed to use them first.

@@ -65,4 +65,17 @@ gboolean ferry_fd_recv(int sock, void *data, gsize len, gsize *received, int *fd
 /* write(2) all of buf, retrying EINTR and short writes (blocking fds). */
 gboolean ferry_write_all(int fd, const void *buf, gsize len, GError **error);
 
+/*
+ * A descriptor handed out at a unix socket path: whoever connects there gets a copy of
+ * `fd` by SCM_RIGHTS (with one byte of data), for as long as the hand-off lives (the
+ * shim's CreateDuplicateSocket collects a memory stream this way, docs/migration.md).
+ * Takes `fd`; serves from the thread-default main context. Free closes `fd` and removes
+ * the path.
+ */
+typedef struct FerryFdHandoff FerryFdHandoff;
+FerryFdHandoff *ferry_fd_handoff_new(const char *path, int fd, GError **error);
+const char *ferry_fd_handoff_path(FerryFdHandoff *handoff);
+void ferry_fd_handoff_free(FerryFdHandoff *handoff);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(FerryFdHandoff, ferry_fd_handoff_free)
+
 G_END_DECLS

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <glib-unix.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -235,4 +236,60 @@ int ferry_unix_listen(const char *path, GError **error)
     return ferry_error_set_errno(error, errsv, "listen on %s", path), -1;
   }
   return ferry_fd_steal(&fd);
+}
+
+/* ---------------------------------------------------------------- hand-off -- */
+
+struct FerryFdHandoff {
+  char *path;
+  int listen_fd;
+  int fd;
+  GSource *source;
+};
+
+static gboolean on_handoff(gint listen_fd, GIOCondition cond, gpointer ud)
+{
+  FerryFdHandoff *h = ud;
+  int conn = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
+  if (conn >= 0) {
+    ferry_fd_send(conn, h->fd, "m", 1, NULL); /* a collector that went away gets nothing */
+    close(conn);
+  }
+  return G_SOURCE_CONTINUE;
+}
+
+FerryFdHandoff *ferry_fd_handoff_new(const char *path, int fd, GError **error)
+{
+  unlink(path);
+  int listen_fd = ferry_unix_listen(path, error);
+  if (listen_fd < 0) {
+    close(fd);
+    return NULL;
+  }
+  FerryFdHandoff *h = g_new0(FerryFdHandoff, 1);
+  h->path = g_strdup(path);
+  h->listen_fd = listen_fd;
+  h->fd = fd;
+  h->source = g_unix_fd_source_new(listen_fd, G_IO_IN);
+  g_source_set_callback(h->source, (GSourceFunc)(void (*)(void))on_handoff, h, NULL);
+  g_source_attach(h->source, g_main_context_get_thread_default());
+  return h;
+}
+
+const char *ferry_fd_handoff_path(FerryFdHandoff *h)
+{
+  return h->path;
+}
+
+void ferry_fd_handoff_free(FerryFdHandoff *h)
+{
+  if (h == NULL)
+    return;
+  g_source_destroy(h->source);
+  g_source_unref(h->source);
+  close(h->listen_fd);
+  close(h->fd);
+  unlink(h->path);
+  g_free(h->path);
+  g_free(h);
 }

@@ -9,7 +9,6 @@
  * it again and stays stopped. Cleanup ends both sessions either way.
  */
 #include <errno.h>
-#include <glib-unix.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -35,14 +34,6 @@ enum { SRC, DST };
 
 static const char *const side_names[] = { "source", "destination" };
 
-/* One end of the local memory stream, handed out at a unix socket path. */
-typedef struct {
-  char *path;
-  int listen_fd;
-  int fd;
-  GSource *source;
-} Handoff;
-
 struct FerryMigration {
   GMainContext *context;
   FerryTtrpcClient *client[2];
@@ -66,7 +57,7 @@ struct FerryMigration {
   Ferry__Migration__V1__SessionState polled_source; /* the source's, this poll round */
   GSource *poll_timer;
   gint64 transfer_deadline_us;
-  Handoff handoff[2];
+  FerryFdHandoff *handoff[2]; /* each end of the local memory stream, handed out */
 
   Google__Protobuf__Any *config;  /* the export (a copy) */
   Ferry__V1__SandboxState *state; /* ... decoded, for the bind handler */
@@ -269,30 +260,10 @@ static void unsubscribe(FerryMigration *m)
 
 /* ------------------------------------------------------- the memory stream -- */
 
-static gboolean on_handoff(gint fd, GIOCondition cond, gpointer ud)
-{
-  Handoff *h = ud;
-  g_auto(FerryFd) conn = accept4(h->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-  if (conn >= 0) {
-    g_autoptr(GError) error = NULL;
-    if (!ferry_fd_send(conn, h->fd, "m", 1, &error))
-      ferry_log(FERRY_LOG_DEBUG, "migration: could not hand out the memory stream", "path", h->path,
-                "error", error->message, NULL);
-  }
-  return G_SOURCE_CONTINUE;
-}
-
 static void handoffs_clear(FerryMigration *m)
 {
-  for (int side = SRC; side <= DST; side++) {
-    Handoff *h = &m->handoff[side];
-    ferry_source_clear(&h->source);
-    ferry_fd_clear(&h->listen_fd);
-    ferry_fd_clear(&h->fd);
-    if (h->path != NULL)
-      unlink(h->path);
-    g_clear_pointer(&h->path, g_free);
-  }
+  for (int side = SRC; side <= DST; side++)
+    g_clear_pointer(&m->handoff[side], ferry_fd_handoff_free);
 }
 
 /* A socket pair, each end served at its own path under socket_dir. */
@@ -302,20 +273,14 @@ static gboolean handoffs_open(FerryMigration *m, GError **error)
   if (!ferry_socketpair(pair, FALSE, error))
     return FALSE;
   for (int side = SRC; side <= DST; side++) {
-    Handoff *h = &m->handoff[side];
-    h->fd = pair[side];
-    h->path = g_strdup_printf("%s/%s-%s.sock", m->socket_dir, m->session_id, side_names[side]);
-    unlink(h->path);
-    h->listen_fd = ferry_unix_listen(h->path, error);
-    if (h->listen_fd < 0) {
-      g_clear_pointer(&h->path, g_free);
+    g_autofree char *path =
+        g_strdup_printf("%s/%s-%s.sock", m->socket_dir, m->session_id, side_names[side]);
+    m->handoff[side] = ferry_fd_handoff_new(path, pair[side], error);
+    if (m->handoff[side] == NULL) {
       if (side == SRC)
         close(pair[DST]);
       return FALSE;
     }
-    h->source = g_unix_fd_source_new(h->listen_fd, G_IO_IN);
-    g_source_set_callback(h->source, (GSourceFunc)(void (*)(void))on_handoff, h, NULL);
-    g_source_attach(h->source, m->context);
   }
   return TRUE;
 }
@@ -486,12 +451,27 @@ static void fail(FerryMigration *m, const char *what, const GError *error)
 
 /* ------------------------------------------------------------ the sequence -- */
 
+/* The source's last figures (its session, cleaned up, keeps them): for the report. */
+static void on_final_figures(FerryMigration *m, const ProtobufCMessage *r, const GError *e)
+{
+  const Ferry__Migration__V1__StatusResponse *st = (const void *)r;
+  if (st != NULL && st->bytes_transferred > 0) {
+    m->progress.bytes_transferred = st->bytes_transferred;
+    m->progress.bytes_total = st->bytes_total;
+    m->progress.passes = st->passes;
+    m->progress.downtime_ms = st->downtime_ms;
+  }
+  finish(m, FERRY_MIGRATION_OUTCOME_MIGRATED);
+}
+
+static void ask_status(FerryMigration *m, int side, Next next);
+
 /* A MIGRATED outcome's error says what did not clean up. */
 static void cleanup_done(FerryMigration *m, const ProtobufCMessage *r, const GError *e)
 {
   if (e != NULL)
     add_error(m, "the destination's Cleanup: %s", e->message);
-  finish(m, FERRY_MIGRATION_OUTCOME_MIGRATED);
+  ask_status(m, SRC, on_final_figures);
 }
 
 static void on_source_cleaned(FerryMigration *m, const ProtobufCMessage *r, const GError *e)
@@ -667,7 +647,8 @@ static void on_src_socket(FerryMigration *m, const ProtobufCMessage *r, const GE
 
 static void duplicate_socket(FerryMigration *m, int side, Next next)
 {
-  const char *path = m->path[side] != NULL ? m->path[side] : m->handoff[side].path;
+  const char *path =
+      m->path[side] != NULL ? m->path[side] : ferry_fd_handoff_path(m->handoff[side]);
   CreateDuplicateSocketRequest req = CREATE_DUPLICATE_SOCKET_REQUEST__INIT;
   req.session_id = m->session_id;
   req.protocol_info.data = (uint8_t *)path;
@@ -824,8 +805,6 @@ FerryMigration *ferry_migration_start(FerryTtrpcClient *source, FerryTtrpcClient
   m->user_data = user_data;
   m->pending = g_ptr_array_new();
   m->idles = g_ptr_array_new_with_free_func(source_destroy_unref);
-  for (int side = SRC; side <= DST; side++)
-    m->handoff[side] = (Handoff){ .listen_fd = -1, .fd = -1 };
   later(m, do_export);
   return m;
 }

@@ -188,6 +188,8 @@ static Op *op_new(ShimMigration *m, FerryTtrpcCall *call, const FerryMigrationSt
 
 /* --------------------------------------------------------- VM's phases -- */
 
+static void on_stats(FerryVm *vm, const GError *error, gpointer ud);
+
 void shim_migration_on_note(FerryTaskService *svc, const FerryVmNotification *note)
 {
   if (svc->migration == NULL)
@@ -198,8 +200,13 @@ void shim_migration_on_note(FerryTaskService *svc, const FerryVmNotification *no
   FerryMigrationNotifications *log = ferry_migration_session_get_notifications(m->session);
   if (log != NULL)
     ferry_migration_notifications_post(log, &n);
-  if (note->phase == FERRY_VM_PHASE_OFFLINE_DONE)
+  if (note->phase == FERRY_VM_PHASE_OFFLINE_DONE) {
     (void)ferry_migration_session_transfer_finished(m->session, NULL);
+    /* The final figures, while the source's QEMU is still there to ask. */
+    if (ferry_migration_session_get_role(m->session) == FERRY_MIGRATION_ROLE_SOURCE &&
+        svc->sandbox != NULL)
+      ferry_vm_migration_query(ferry_sandbox_get_vm(svc->sandbox), on_stats, m);
+  }
   if (note->phase == FERRY_VM_PHASE_FAILED) {
     g_autoptr(GError) e = g_error_new(FERRY_ERROR, FERRY_ERROR_ABORTED, "the transfer failed: %s",
                                       note->message != NULL ? note->message : "(no reason)");
