@@ -131,6 +131,7 @@ typedef struct {
   const InitializeOptions *destination_init_options;
   guint call_timeout_ms;     /* each call; 0: 120 s */
   guint transfer_timeout_ms; /* the whole transfer; 0: 600 s */
+  guint stall_timeout_ms;    /* no memory moved this long: the transfer failed; 0: 30 s */
 } FerryMigrationConfig;
 
 /* Start; the first call goes out from the loop. NULL with *error for a config that

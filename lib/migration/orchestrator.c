@@ -29,6 +29,10 @@
 #define DEFAULT_CALL_TIMEOUT_MS 120000
 #define DEFAULT_TRANSFER_TIMEOUT_MS 600000
 #define POLL_INTERVAL_MS 100
+/* A Status poll, and each call of the way back to the destination (best effort: a
+ * destination that does not answer is likely gone), wait this long at most. */
+#define SHORT_CALL_TIMEOUT_NS (15 * G_TIME_SPAN_SECOND * 1000)
+#define DEFAULT_STALL_TIMEOUT_MS 30000
 
 enum { SRC, DST };
 
@@ -45,6 +49,8 @@ struct FerryMigration {
   InitializeOptions *destination_init_options; /* NULL: init_options */
   gint64 call_timeout_ns;
   guint transfer_timeout_ms;
+  guint stall_timeout_ms;
+  gint64 moved_us; /* when the transfer's bytes last moved */
   FerryMigrationHandlers handlers;
   gpointer user_data;
 
@@ -155,14 +161,15 @@ static void on_reply(FerryTtrpcClient *client, const ProtobufCMessage *response,
   next(m, response, error);
 }
 
-static void call(FerryMigration *m, int side, const char *service, const char *method,
-                 const ProtobufCMessage *request, const ProtobufCMessageDescriptor *desc, Next next)
+static void call_for(FerryMigration *m, int side, const char *service, const char *method,
+                     const ProtobufCMessage *request, const ProtobufCMessageDescriptor *desc,
+                     Next next, gint64 timeout_ns)
 {
   Call *c = g_new0(Call, 1);
   c->m = m;
   c->side = side;
   c->next = next;
-  FerryTtrpcCallOptions options = { .timeout_ns = m->call_timeout_ns };
+  FerryTtrpcCallOptions options = { .timeout_ns = MIN(timeout_ns, m->call_timeout_ns) };
   c->id = ferry_ttrpc_client_call(m->client[side], service, method, request, desc, &options,
                                   on_reply, c);
   g_ptr_array_add(m->pending, c);
@@ -173,8 +180,14 @@ static void ask_status(FerryMigration *m, int side, Next next)
 {
   Ferry__Migration__V1__StatusRequest req = FERRY__MIGRATION__V1__STATUS_REQUEST__INIT;
   req.session_id = m->session_id;
-  call(m, side, STATUS_SERVICE, "Status", &req.base,
-       &ferry__migration__v1__status_response__descriptor, next);
+  call_for(m, side, STATUS_SERVICE, "Status", &req.base,
+           &ferry__migration__v1__status_response__descriptor, next, SHORT_CALL_TIMEOUT_NS);
+}
+
+static void call(FerryMigration *m, int side, const char *service, const char *method,
+                 const ProtobufCMessage *request, const ProtobufCMessageDescriptor *desc, Next next)
+{
+  call_for(m, side, service, method, request, desc, next, m->call_timeout_ns);
 }
 
 static void forget_calls(FerryMigration *m)
@@ -318,7 +331,9 @@ static void cleanup_side(FerryMigration *m, int side, Next next)
 {
   CleanupRequest req = CLEANUP_REQUEST__INIT;
   req.session_id = m->session_id;
-  call(m, side, MIGRATION_SERVICE, "Cleanup", &req.base, &cleanup_response__descriptor, next);
+  gboolean aborting = m->stage == FERRY_MIGRATION_STAGE_ABORTING;
+  call_for(m, side, MIGRATION_SERVICE, "Cleanup", &req.base, &cleanup_response__descriptor, next,
+           aborting && side == DST ? SHORT_CALL_TIMEOUT_NS : m->call_timeout_ns);
 }
 
 static void abort_done(FerryMigration *m, const ProtobufCMessage *r, const GError *e)
@@ -352,6 +367,7 @@ static void abort_cleanup(FerryMigration *m)
 
 /* The source's answer to taking the guest back decides the outcome. */
 static void source_back(FerryMigration *m);
+static void cancel_destination(FerryMigration *m);
 
 static void on_source_back(FerryMigration *m, const ProtobufCMessage *r, const GError *e)
 {
@@ -368,7 +384,7 @@ static void on_source_back(FerryMigration *m, const ProtobufCMessage *r, const G
     m->outcome = FERRY_MIGRATION_OUTCOME_LOST;
     add_error(m, "the source could not take the sandbox back: %s", e->message);
   }
-  abort_cleanup(m);
+  cancel_destination(m);
 }
 
 static void source_back(FerryMigration *m)
@@ -397,27 +413,30 @@ static void on_destination_cancelled(FerryMigration *m, const ProtobufCMessage *
   if (e != NULL && e->code != FERRY_ERROR_NOT_FOUND)
     ferry_log(FERRY_LOG_DEBUG, "migration: the destination's Cancel failed", "session",
               m->session_id, "error", e->message, NULL);
-  source_back(m);
+  abort_cleanup(m);
 }
 
-static void cancel_destination_then_source_back(FerryMigration *m)
+/* After the source decided: the destination drops what it has (best effort: it may be
+ * gone, or cut off), then Cleanup on both. */
+static void cancel_destination(FerryMigration *m)
 {
   if (!m->session_on[DST]) {
-    source_back(m);
+    abort_cleanup(m);
     return;
   }
   CancelRequest req = CANCEL_REQUEST__INIT;
   req.session_id = m->session_id;
-  call(m, DST, MIGRATION_SERVICE, "Cancel", &req.base, &cancel_response__descriptor,
-       on_destination_cancelled);
+  call_for(m, DST, MIGRATION_SERVICE, "Cancel", &req.base, &cancel_response__descriptor,
+           on_destination_cancelled, SHORT_CALL_TIMEOUT_NS);
 }
 
 static void on_destination_status(FerryMigration *m, const ProtobufCMessage *r, const GError *e)
 {
   const Ferry__Migration__V1__StatusResponse *st = (const void *)r;
-  /* Unreachable: its shim is gone, and its QEMU with it (PR_SET_PDEATHSIG). */
+  /* Unreachable: its shim is gone, and its QEMU with it (PR_SET_PDEATHSIG), or cut off
+   * before it was told to run the guest (only this orchestration tells it). */
   if (st == NULL || !st->guest_ran) {
-    cancel_destination_then_source_back(m);
+    source_back(m);
     return;
   }
   m->outcome = FERRY_MIGRATION_OUTCOME_DESTINATION_FAILED;
@@ -443,7 +462,7 @@ static void fail(FerryMigration *m, const char *what, const GError *error)
             ferry_migration_stage_name(m->stage), "error", m->error->message, NULL);
   set_stage(m, FERRY_MIGRATION_STAGE_ABORTING);
   if (!m->stop_sent) {
-    cancel_destination_then_source_back(m);
+    source_back(m); /* the source first: it is the one that matters, and likely near */
     return;
   }
   ask_status(m, DST, on_destination_status);
@@ -548,7 +567,15 @@ static gboolean side_failed(FerryMigration *m, int side,
 
 static void poll_again(FerryMigration *m)
 {
-  if (g_get_monotonic_time() > m->transfer_deadline_us) {
+  gint64 now = g_get_monotonic_time();
+  if (now - m->moved_us > (gint64)m->stall_timeout_ms * 1000) {
+    g_autoptr(GError) e = g_error_new(FERRY_ERROR, FERRY_ERROR_DEADLINE_EXCEEDED,
+                                      "no memory moved for %u ms (the link, or a peer, is gone)",
+                                      m->stall_timeout_ms);
+    fail(m, "the transfer stalled", e);
+    return;
+  }
+  if (now > m->transfer_deadline_us) {
     g_autoptr(GError) e = g_error_new(FERRY_ERROR, FERRY_ERROR_DEADLINE_EXCEEDED,
                                       "it did not complete in %u ms", m->transfer_timeout_ms);
     fail(m, "the transfer", e);
@@ -586,6 +613,9 @@ static void on_src_status(FerryMigration *m, const ProtobufCMessage *r, const GE
     return;
   m->polled_source = st->state;
   FerryMigrationProgress *p = &m->progress;
+  if (st->bytes_transferred != p->bytes_transferred ||
+      st->state == FERRY__MIGRATION__V1__SESSION_STATE__SESSION_STATE_TRANSFER_COMPLETED)
+    m->moved_us = g_get_monotonic_time();
   if (st->bytes_transferred != p->bytes_transferred || st->bytes_total != p->bytes_total ||
       st->bytes_remaining != p->bytes_remaining || st->passes != p->passes ||
       st->downtime_ms != p->downtime_ms) {
@@ -616,6 +646,7 @@ static void on_src_transfer(FerryMigration *m, const ProtobufCMessage *r, const 
     return;
   }
   m->transfer_deadline_us = g_get_monotonic_time() + (gint64)m->transfer_timeout_ms * 1000;
+  m->moved_us = g_get_monotonic_time();
   poll_again(m);
 }
 
@@ -800,6 +831,8 @@ FerryMigration *ferry_migration_start(FerryTtrpcClient *source, FerryTtrpcClient
       1000000;
   m->transfer_timeout_ms =
       config->transfer_timeout_ms != 0 ? config->transfer_timeout_ms : DEFAULT_TRANSFER_TIMEOUT_MS;
+  m->stall_timeout_ms =
+      config->stall_timeout_ms != 0 ? config->stall_timeout_ms : DEFAULT_STALL_TIMEOUT_MS;
   if (handlers != NULL)
     m->handlers = *handlers;
   m->user_data = user_data;

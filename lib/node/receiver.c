@@ -331,6 +331,10 @@ static void rx_open(FerryTtrpcCall *call, const ProtobufCMessage *request, gpoin
                                  bundle, g_strerror(e));
     return;
   }
+  /* Marked as arriving until its session ends with it here: a receiver that died
+   * meanwhile finds the mark when it starts again, and discards what was left. */
+  g_autofree char *mark = g_build_filename(dir, "incoming", NULL);
+  g_file_set_contents(mark, req->session_id, -1, NULL);
   g_autofree char *address = r->handlers.start_shim(r, req->name, bundle, r->user_data, &error);
   FerryTtrpcClient *shim =
       address != NULL ? ferry_ttrpc_client_connect_unix(address, &error) : NULL;
@@ -538,6 +542,10 @@ static void rx_close(FerryTtrpcCall *call, const ProtobufCMessage *request, gpoi
   g_autofree char *bundle = g_strdup(s->bundle);
   gboolean migrated = req->migrated;
   g_hash_table_remove(r->sessions, s->id);
+  if (migrated) {
+    g_autofree char *mark = g_build_filename(r->root, "sandboxes", name, "incoming", NULL);
+    unlink(mark);
+  }
   if (!migrated && r->handlers.discard != NULL)
     r->handlers.discard(r, name, bundle, r->user_data);
   note(r, name, migrated ? "arrived" : "discarded", NULL);
@@ -741,6 +749,33 @@ static gboolean on_incoming(GSocketService *service, GSocketConnection *connecti
 
 /* ------------------------------------------------------------------ the API -- */
 
+/* A session a dead receiver left in its shim: Cancel and Cleanup, so that the shim
+ * lets its tasks go (blocking: at start only). */
+static void end_shim_session(const char *bundle, const char *session)
+{
+  g_autofree char *path = g_build_filename(bundle, "address", NULL);
+  g_autofree char *address = NULL;
+  if (!g_file_get_contents(path, &address, NULL, NULL))
+    return;
+  FerryTtrpcClient *c = ferry_ttrpc_client_connect_unix(g_strstrip(address), NULL);
+  if (c == NULL)
+    return;
+  FerryTtrpcCallOptions options = { .timeout_ns = 10 * G_TIME_SPAN_SECOND * 1000 };
+  CancelRequest cancel = CANCEL_REQUEST__INIT;
+  cancel.session_id = (char *)session;
+  ProtobufCMessage *resp = ferry_ttrpc_client_call_sync(
+      c, MIGRATION_SERVICE, "Cancel", &cancel.base, &cancel_response__descriptor, &options, NULL);
+  if (resp != NULL)
+    protobuf_c_message_free_unpacked(resp, NULL);
+  CleanupRequest cleanup = CLEANUP_REQUEST__INIT;
+  cleanup.session_id = (char *)session;
+  resp = ferry_ttrpc_client_call_sync(c, MIGRATION_SERVICE, "Cleanup", &cleanup.base,
+                                      &cleanup_response__descriptor, &options, NULL);
+  if (resp != NULL)
+    protobuf_c_message_free_unpacked(resp, NULL);
+  ferry_ttrpc_client_free(c);
+}
+
 FerryReceiver *ferry_receiver_new(const FerryReceiverConfig *config,
                                   const FerryReceiverHandlers *handlers, gpointer user_data,
                                   GError **error)
@@ -763,6 +798,22 @@ FerryReceiver *ferry_receiver_new(const FerryReceiverConfig *config,
   r->user_data = user_data;
   r->store = store;
   r->sessions = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, session_free);
+  /* What a receiver that died left of the sessions it had. */
+  g_autofree char *sandboxes = g_build_filename(r->root, "sandboxes", NULL);
+  g_autoptr(GDir) d = g_dir_open(sandboxes, 0, NULL);
+  const char *name;
+  while (d != NULL && (name = g_dir_read_name(d)) != NULL) {
+    g_autofree char *mark = g_build_filename(sandboxes, name, "incoming", NULL);
+    if (!g_file_test(mark, G_FILE_TEST_EXISTS))
+      continue;
+    g_autofree char *bundle = g_build_filename(sandboxes, name, "bundle", NULL);
+    g_autofree char *session = NULL;
+    if (g_file_get_contents(mark, &session, NULL, NULL))
+      end_shim_session(bundle, session);
+    if (r->handlers.discard != NULL)
+      r->handlers.discard(r, name, bundle, r->user_data);
+    note(r, name, "discarded (its session was left unfinished)", NULL);
+  }
   r->server = ferry_ttrpc_server_new();
   if (!ferry_ttrpc_server_register(r->server, RECEIVE_SERVICE,
                                    &ferry__node__v1__receive__descriptor, receive_methods, r,

@@ -890,6 +890,16 @@ static void dest_step_ended(ShimMigration *m)
     m->cancel_idle = ferry_idle_new(m->svc->context, finish_deferred_cancel, m);
 }
 
+void shim_migration_bind_begin(FerryTaskService *svc)
+{
+  mig_of(svc)->dest_steps++;
+}
+
+void shim_migration_bind_end(FerryTaskService *svc)
+{
+  dest_step_ended(mig_of(svc));
+}
+
 static gboolean drop_moved_sandbox(gpointer ud)
 {
   ShimMigration *m = ud;

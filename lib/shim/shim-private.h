@@ -129,6 +129,10 @@ const Ferry__V1__Container *shim_migration_container_to_bind(FerryTaskService *s
 /* The container was bound: its layer images (digest -> path, copied). */
 void shim_migration_container_bound(FerryTaskService *svc, const char *source_id,
                                     GHashTable *images);
+/* A binding Create is in flight (begin) or answered (end): a Cancel meanwhile tears the
+ * destination down only once it ended. */
+void shim_migration_bind_begin(FerryTaskService *svc);
+void shim_migration_bind_end(FerryTaskService *svc);
 /* TRUE while a session is DestinationImported (a Task.Exec may bind then). */
 gboolean shim_migration_is_importing(FerryTaskService *svc);
 /* A new sandbox for the shim's config and handlers (not started). */

@@ -720,7 +720,9 @@ static void bind_fail(BindOp *op, const GError *error)
   ferry_ttrpc_call_reply_gerror(op->call, e);
   g_hash_table_remove(op->svc->tasks, op->task->id);
   ferry_rootfs_layers_free(op->layers);
+  FerryTaskService *svc = op->svc;
   g_free(op);
+  shim_migration_bind_end(svc);
 }
 
 static Process *bound_process(Task *t, const Ferry__V1__Process *sp, json_t *spec, const char *in,
@@ -815,7 +817,9 @@ static void on_bound_images(FerryRootfsBuilder *builder, FerryRootfsImages *buil
   resp.pid = t->init->pid;
   ferry_ttrpc_call_reply(op->call, &resp.base);
   ferry_rootfs_layers_free(op->layers);
+  FerryTaskService *svc = op->svc;
   g_free(op);
+  shim_migration_bind_end(svc);
 }
 
 /* ---- layer images that travelled: checked against their digests off the loop ---- */
@@ -909,6 +913,7 @@ static void bind_imported(FerryTaskService *svc, FerryTtrpcCall *call,
   op->call = call;
   op->task = t;
   op->layers = layers;
+  shim_migration_bind_begin(svc); /* a Cancel meanwhile waits for its end */
   const char *store = json_string_value(
       json_object_get(json_object_get(spec, "annotations"), SHIM_LAYER_DIR_ANNOTATION));
   if (store == NULL) {
