@@ -8,7 +8,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
-#include <sys/random.h>
 #include <unistd.h>
 
 #include "ferry/error.h"
@@ -16,6 +15,7 @@
 #include "ferry/layer-store.h"
 #include "ferry/node.h"
 #include "ferry/node/v1/receive.pb-c.h"
+#include "node-private.h"
 
 #define RECEIVE_SERVICE "ferry.node.v1.Receive"
 #define CALL_TIMEOUT_NS (120 * G_TIME_SPAN_SECOND * 1000)
@@ -397,20 +397,6 @@ static void on_control_connected(GObject *object, GAsyncResult *result, gpointer
   ferry_tls_handshake(m->tls_stream, m->cancellable, on_handshaken, m);
 }
 
-static char *new_session_id(void)
-{
-  guint8 raw[8];
-  for (gsize got = 0; got < sizeof(raw);) {
-    ssize_t n = getrandom(raw + got, sizeof(raw) - got, 0);
-    if (n > 0)
-      got += (gsize)n;
-  }
-  GString *s = g_string_new("mig-");
-  for (gsize i = 0; i < sizeof(raw); i++)
-    g_string_append_printf(s, "%02x", raw[i]);
-  return g_string_free(s, FALSE);
-}
-
 FerryMigrator *ferry_migrator_start(const FerryMigratorConfig *config,
                                     const FerryMigratorHandlers *handlers, gpointer user_data,
                                     GError **error)
@@ -440,7 +426,7 @@ FerryMigrator *ferry_migrator_start(const FerryMigratorConfig *config,
   m->address = g_strdup(config->address);
   m->host = g_strdup(g_network_address_get_hostname(G_NETWORK_ADDRESS(where)));
   m->socket_dir = g_strdup(config->socket_dir);
-  m->session = new_session_id();
+  m->session = node_random_hex("mig-", 8);
   m->shim = config->shim;
   m->tls = config->tls;
   m->call_timeout_ms = config->call_timeout_ms;

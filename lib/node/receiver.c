@@ -11,7 +11,6 @@
 #include <fcntl.h>
 #include <glib-unix.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -28,6 +27,7 @@
 #include "google/protobuf/any.pb-c.h"
 #include "google/protobuf/empty.pb-c.h"
 #include "hcsshim/migration.pb-c.h"
+#include "node-private.h"
 
 #define TASK_SERVICE "containerd.task.v2.Task"
 #define MIGRATION_SERVICE "Migration"
@@ -288,20 +288,6 @@ static void fwd_notifications(FerryTtrpcCall *call, const ProtobufCMessage *requ
 
 /* ------------------------------------------------------------------ Receive -- */
 
-static char *random_token(void)
-{
-  guint8 raw[16];
-  for (gsize got = 0; got < sizeof(raw);) {
-    ssize_t n = getrandom(raw + got, sizeof(raw) - got, 0);
-    if (n > 0)
-      got += (gsize)n;
-  }
-  GString *hex = g_string_new(NULL);
-  for (gsize i = 0; i < sizeof(raw); i++)
-    g_string_append_printf(hex, "%02x", raw[i]);
-  return g_string_free(hex, FALSE);
-}
-
 static void rx_open(FerryTtrpcCall *call, const ProtobufCMessage *request, gpointer ud)
 {
   FerryReceiver *r = ud;
@@ -350,7 +336,7 @@ static void rx_open(FerryTtrpcCall *call, const ProtobufCMessage *request, gpoin
   s->id = g_strdup(req->session_id);
   s->name = g_strdup(req->name);
   s->bundle = g_steal_pointer(&bundle);
-  s->token = random_token();
+  s->token = node_random_hex("", 16);
   s->shim = shim;
   s->memory_fd = -1;
   g_hash_table_insert(r->sessions, s->id, s);

@@ -30,13 +30,8 @@ cleanup() {
 trap cleanup EXIT
 python3 "$src/tests/scripts/busybox-image.py" rootfs "$dir/rootfs" --busybox /bin/busybox >/dev/null || exit 1
 
-n=0
-failed=0
-ok() { n=$((n + 1)); echo "ok $n - $*"; }
-not_ok() { n=$((n + 1)); failed=1; echo "not ok $n - $1"; shift; for l in "$@"; do echo "# $l"; done; }
-check() { # check DESCRIPTION WANT_STATUS WANT_OUT STATUS OUT [ERR]
-  if [[ $4 == "$2" && $5 == "$3" ]]; then ok "$1"; else not_ok "$1" "status $4 (want $2)" "out '$5' (want '$3')" "${6:-}"; fi
-}
+# shellcheck source=tap.sh
+source "$src/tests/scripts/tap.sh"
 
 out=$(ferry run "$dir/rootfs" sh -c 'echo hello; exit 6' 2>"$dir/err"); st=$?
 check "run attached: output and the container's status" 6 hello "$st" "$out" "$(cat "$dir/err")"

@@ -15,10 +15,8 @@ for bin in containerd ctr python3 qemu-system-x86_64; do
   command -v "$bin" >/dev/null || { echo "1..0 # SKIP $bin is not installed"; exit 0; }
 done
 
-n=0
-failed=0
-ok() { n=$((n + 1)); echo "ok $n - $*"; }
-not_ok() { n=$((n + 1)); failed=1; echo "not ok $n - $1"; shift; for l in "$@"; do echo "# $l"; done; }
+# shellcheck source=tap.sh
+source "$src/tests/scripts/tap.sh"
 
 dest=$(mktemp -d /tmp/ferry-install.XXXXXX)
 trap 'rm -rf "$dest"' EXIT
