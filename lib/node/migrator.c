@@ -383,6 +383,7 @@ static void on_control_connected(GObject *object, GAsyncResult *result, gpointer
     return;
   }
   m->control_conn = conn;
+  node_socket_keepalive(g_socket_get_fd(g_socket_connection_get_socket(conn)));
   if (m->tls == NULL) {
     int fd = fcntl(g_socket_get_fd(g_socket_connection_get_socket(conn)), F_DUPFD_CLOEXEC, 3);
     open_session(m, fd);

@@ -48,6 +48,7 @@ typedef struct Session {
   FerryTtrpcClient *shim;
   Ferry__V1__SandboxState *state; /* ImportSandbox's, once forwarded */
   int memory_fd;                  /* the memory connection, once it came */
+  gint64 seen_us;                 /* its last call */
   FerryFdHandoff *handoff;        /* ... handed to the shim */
 } Session;
 
@@ -71,6 +72,7 @@ struct FerryReceiver {
   FerryTtrpcServer *server;
   FerryLayerStore *store;
   GHashTable *sessions; /* id -> Session */
+  GSource *idle_timer;  /* abandons a session whose migrator fell silent */
   GList *conns;         /* Conn */
 };
 
@@ -105,6 +107,8 @@ static Session *session_of(FerryReceiver *r, FerryTtrpcCall *call, const char *i
   if (s == NULL)
     ferry_ttrpc_call_reply_error(call, FERRY_ERROR_NOT_FOUND, "no migration session %s here",
                                  id != NULL ? id : "");
+  else
+    s->seen_us = g_get_monotonic_time();
   return s;
 }
 
@@ -339,6 +343,7 @@ static void rx_open(FerryTtrpcCall *call, const ProtobufCMessage *request, gpoin
   s->token = node_random_hex("", 16);
   s->shim = shim;
   s->memory_fd = -1;
+  s->seen_us = g_get_monotonic_time();
   g_hash_table_insert(r->sessions, s->id, s);
   note(r, s->name, "opened", NULL);
   Ferry__Node__V1__OpenResponse resp = FERRY__NODE__V1__OPEN_RESPONSE__INIT;
@@ -724,6 +729,7 @@ static gboolean on_incoming(GSocketService *service, GSocketConnection *connecti
   Conn *c = g_new0(Conn, 1);
   c->r = r;
   c->conn = g_object_ref(connection);
+  node_socket_keepalive(conn_fd(c));
   g_socket_set_blocking(g_socket_connection_get_socket(connection), FALSE);
   c->watch = g_unix_fd_source_new(conn_fd(c), G_IO_IN | G_IO_HUP | G_IO_ERR);
   g_source_set_callback(c->watch, (GSourceFunc)(void (*)(void))on_readable, c, NULL);
@@ -734,6 +740,36 @@ static gboolean on_incoming(GSocketService *service, GSocketConnection *connecti
 }
 
 /* ------------------------------------------------------------------ the API -- */
+
+static void end_shim_session(const char *bundle, const char *session);
+
+/* A session with no call for this long is abandoned: its migrator is gone (a cut link,
+ * a dead host); the orchestration polls every 100 ms while anything happens. */
+#define SESSION_IDLE_US (60 * G_USEC_PER_SEC)
+#define IDLE_CHECK_MS 5000
+
+static gboolean on_idle_check(gpointer ud)
+{
+  FerryReceiver *r = ud;
+  gint64 now = g_get_monotonic_time();
+  GHashTableIter it;
+  gpointer value;
+  g_hash_table_iter_init(&it, r->sessions);
+  while (g_hash_table_iter_next(&it, NULL, &value)) {
+    Session *s = value;
+    if (now - s->seen_us < SESSION_IDLE_US)
+      continue;
+    g_autofree char *name = g_strdup(s->name);
+    g_autofree char *bundle = g_strdup(s->bundle);
+    g_autofree char *id = g_strdup(s->id);
+    g_hash_table_iter_remove(&it);
+    end_shim_session(bundle, id);
+    if (r->handlers.discard != NULL)
+      r->handlers.discard(r, name, bundle, r->user_data);
+    note(r, name, "abandoned (its migrator fell silent)", NULL);
+  }
+  return G_SOURCE_CONTINUE;
+}
 
 /* A session a dead receiver left in its shim: Cancel and Cleanup, so that the shim
  * lets its tasks go (blocking: at start only). */
@@ -800,6 +836,7 @@ FerryReceiver *ferry_receiver_new(const FerryReceiverConfig *config,
       r->handlers.discard(r, name, bundle, r->user_data);
     note(r, name, "discarded (its session was left unfinished)", NULL);
   }
+  r->idle_timer = ferry_timeout_new(r->context, IDLE_CHECK_MS, on_idle_check, r);
   r->server = ferry_ttrpc_server_new();
   if (!ferry_ttrpc_server_register(r->server, RECEIVE_SERVICE,
                                    &ferry__node__v1__receive__descriptor, receive_methods, r,
@@ -865,6 +902,7 @@ void ferry_receiver_free(FerryReceiver *r)
     g_signal_handlers_disconnect_by_data(r->service, r);
     g_clear_object(&r->service);
   }
+  ferry_source_clear(&r->idle_timer);
   g_list_free_full(g_steal_pointer(&r->conns), (GDestroyNotify)conn_free);
   ferry_ttrpc_server_free(r->server);
   g_hash_table_unref(r->sessions);
