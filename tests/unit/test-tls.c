@@ -285,6 +285,8 @@ static void test_ttrpc_over_tls(void)
   g_autoptr(FerryTlsPipe) sp = ferry_tls_pipe_new(p.server, &server_fd, &error);
   g_autoptr(FerryTlsPipe) cp = ferry_tls_pipe_new(p.client, &client_fd, &error);
   g_assert_no_error(error);
+  g_assert_nonnull(sp);
+  g_assert_nonnull(cp);
   g_autoptr(FerryTtrpcServer) server = ferry_ttrpc_server_new();
   g_assert_true(ferry_test_interop_register(server, &error));
   g_assert_true(ferry_ttrpc_server_add_connection(server, server_fd, &error));
