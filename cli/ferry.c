@@ -880,6 +880,9 @@ static int cmd_ps(int argc, char **argv)
 static char *logger_uri(const char *logs_dir, const char *name)
 {
   g_autofree char *self = g_file_read_link("/proc/self/exe", NULL);
+  /* A long-running ferry (receive) whose binary was replaced meanwhile: the new one. */
+  if (self != NULL && g_str_has_suffix(self, " (deleted)"))
+    self[strlen(self) - strlen(" (deleted)")] = '\0';
   g_autofree char *dir = g_uri_escape_string(logs_dir, "/", FALSE);
   g_autofree char *n = g_uri_escape_string(name, NULL, FALSE);
   return g_strdup_printf("binary://%s?--log-dir=%s&--log-name=%s&" LOGGER_COMMAND "=", self, dir,
