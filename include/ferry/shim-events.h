@@ -32,7 +32,14 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(FerryShimEvents, ferry_shim_events_free)
 void ferry_shim_events_publish(FerryShimEvents *events, const char *topic,
                                const ProtobufCMessage *event);
 
-/* Events not yet accepted by containerd. */
+/* From here on events wait (each with the time it was published) until
+ * ferry_shim_events_release(), which sends them, in order, or drops them (`send`
+ * FALSE). A migration source holds its events: if the sandbox moved, the destination
+ * tells containerd what happened (docs/migration.md). The bound above counts them. */
+void ferry_shim_events_hold(FerryShimEvents *events);
+void ferry_shim_events_release(FerryShimEvents *events, gboolean send);
+
+/* Events not yet accepted by containerd, held ones included. */
 guint ferry_shim_events_pending(FerryShimEvents *events);
 /* Events dropped because the queue was full. */
 guint ferry_shim_events_dropped(FerryShimEvents *events);

@@ -25,6 +25,8 @@ struct FerryShimEvents {
   char *address;
   char *namespace;
   GQueue queue; /* Event */
+  gboolean holding;
+  GQueue held; /* Event: published while holding, not sent yet */
   guint dropped;
   FerryTtrpcClient *client;
   gboolean in_flight; /* the head is being forwarded */
@@ -126,6 +128,7 @@ FerryShimEvents *ferry_shim_events_new(const char *address, const char *namespac
   ev->address = g_strdup(address);
   ev->namespace = g_strdup(namespace != NULL ? namespace : "default");
   g_queue_init(&ev->queue);
+  g_queue_init(&ev->held);
   return ev;
 }
 
@@ -138,6 +141,7 @@ void ferry_shim_events_free(FerryShimEvents *ev)
     ferry_ttrpc_client_cancel(ev->client, ev->call);
   g_clear_pointer(&ev->client, ferry_ttrpc_client_free);
   g_queue_clear_full(&ev->queue, event_free);
+  g_queue_clear_full(&ev->held, event_free);
   g_main_context_unref(ev->context);
   g_free(ev->address);
   g_free(ev->namespace);
@@ -151,9 +155,11 @@ void ferry_shim_events_publish(FerryShimEvents *ev, const char *topic,
     ev->dropped++;
     return;
   }
-  if (g_queue_get_length(&ev->queue) >= FERRY_SHIM_EVENTS_MAX_QUEUED) {
-    /* Never the one being sent: its answer pops the head. */
-    Event *old = g_queue_pop_nth(&ev->queue, ev->in_flight ? 1 : 0);
+  if (ferry_shim_events_pending(ev) >= FERRY_SHIM_EVENTS_MAX_QUEUED) {
+    /* The oldest, never the one being sent: its answer pops the head. */
+    guint sending = ev->in_flight ? 1 : 0;
+    Event *old = g_queue_get_length(&ev->queue) > sending ? g_queue_pop_nth(&ev->queue, sending)
+                                                          : g_queue_pop_head(&ev->held);
     event_free(old);
     ev->dropped++;
   }
@@ -165,13 +171,35 @@ void ferry_shim_events_publish(FerryShimEvents *ev, const char *topic,
   protobuf_c_message_pack(event, buf);
   e->value = g_bytes_new_take(buf, len);
   e->timestamp_us = g_get_real_time();
+  if (ev->holding) {
+    g_queue_push_tail(&ev->held, e);
+    return;
+  }
   g_queue_push_tail(&ev->queue, e);
+  send_head(ev);
+}
+
+void ferry_shim_events_hold(FerryShimEvents *ev)
+{
+  ev->holding = TRUE;
+}
+
+void ferry_shim_events_release(FerryShimEvents *ev, gboolean send)
+{
+  ev->holding = FALSE;
+  Event *e;
+  while ((e = g_queue_pop_head(&ev->held)) != NULL) {
+    if (send)
+      g_queue_push_tail(&ev->queue, e);
+    else
+      event_free(e);
+  }
   send_head(ev);
 }
 
 guint ferry_shim_events_pending(FerryShimEvents *ev)
 {
-  return g_queue_get_length(&ev->queue);
+  return g_queue_get_length(&ev->queue) + g_queue_get_length(&ev->held);
 }
 
 guint ferry_shim_events_dropped(FerryShimEvents *ev)

@@ -558,7 +558,8 @@ static void handle_prepare_and_export(FerryTtrpcCall *call, const ProtobufCMessa
   }
   if (!step.noop) {
     session_state_clear(m);
-    shim_hold_events(m->svc); /* an exit now is the destination's to report, if it moves */
+    ferry_shim_events_hold(
+        m->svc->events); /* an exit now is the destination's to report, if it moves */
   }
   m->start_time_us = g_get_real_time();
   FerryVmMigrationOptions options;
@@ -772,8 +773,9 @@ static void on_recovered(FerrySandbox *sandbox, const GError *error, gpointer ud
     g_free(op);
     return;
   }
-  stop_response_clear(m);            /* a STOP's handover is undone: nothing to clean up after it */
-  shim_release_events(m->svc, TRUE); /* the guest runs here: its exits are ours to tell */
+  stop_response_clear(m); /* a STOP's handover is undone: nothing to clean up after it */
+  ferry_shim_events_release(m->svc->events,
+                            TRUE); /* the guest runs here: its exits are ours to tell */
   ferry_migration_session_commit(m->session, &op->step);
   if (op->step.call == FERRY_MIGRATION_CALL_CANCEL) {
     CancelResponse resp = CANCEL_RESPONSE__INIT;
@@ -919,7 +921,7 @@ static void on_cleaned_up(FerrySandbox *sandbox, const GError *error, gpointer u
   }
   ferry_fd_clear(&m->socket_fd);
   stop_response_clear(m);
-  shim_release_events(m->svc, FALSE); /* the destination reports what happened */
+  ferry_shim_events_release(m->svc->events, FALSE); /* the destination reports what happened */
   /* The sandbox moved: its tasks are the destination's now. Nothing exited, so no
    * event goes out; the shim is empty (and may be a destination itself). The sandbox
    * goes from the loop (this runs inside its callback). */
@@ -954,7 +956,8 @@ static void handle_cleanup(FerryTtrpcCall *call, const ProtobufCMessage *request
   }
   ferry_fd_clear(&m->socket_fd);
   if (ferry_migration_session_get_role(m->session) == FERRY_MIGRATION_ROLE_SOURCE)
-    shim_release_events(m->svc, TRUE); /* the session ended with the guest still here */
+    ferry_shim_events_release(m->svc->events,
+                              TRUE); /* the session ended with the guest still here */
   ferry_migration_session_commit(m->session, &step);
   CleanupResponse resp = CLEANUP_RESPONSE__INIT;
   ferry_ttrpc_call_reply(call, &resp.base);

@@ -94,10 +94,6 @@ struct FerryTaskService {
   gboolean shutdown_asked;
   GSource *shutdown_idle;
   struct ShimMigration *migration; /* migration.c; NULL until a Migration call */
-  /* A migration source holds its events from the export on (task-service.c): they go
-   * out if the guest stays here, and nowhere if it moved (the destination reports). */
-  gboolean holding_events;
-  GPtrArray *held_events; /* HeldEvent */
 };
 
 typedef struct ShimMigration ShimMigration;
@@ -139,13 +135,6 @@ gboolean shim_migration_is_importing(FerryTaskService *svc);
 FerrySandbox *shim_sandbox_new(FerryTaskService *svc, GError **error);
 /* Events once a destination runs: TaskCreate per bound container. */
 void shim_publish_imported(FerryTaskService *svc);
-
-/* ---- a migration source ---- */
-
-/* From here on events are held, not published. */
-void shim_hold_events(FerryTaskService *svc);
-/* The held events go out (the guest runs here still) or are dropped (it moved). */
-void shim_release_events(FerryTaskService *svc, gboolean publish);
 
 /* Record the VM (qemu.pid, vm.json) in every task's bundle: when the incoming VM of a
  * destination has started, so that `delete` after a crash finds its QEMU. */

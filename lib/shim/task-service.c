@@ -122,48 +122,9 @@ static void task_free(gpointer ptr)
   g_free(t);
 }
 
-typedef struct {
-  char *topic;
-  ProtobufCMessage *event; /* a copy */
-} HeldEvent;
-
-static void held_event_free(gpointer p)
-{
-  HeldEvent *h = p;
-  g_free(h->topic);
-  protobuf_c_message_free_unpacked(h->event, NULL);
-  g_free(h);
-}
-
 static void publish(FerryTaskService *svc, const char *topic, const ProtobufCMessage *event)
 {
-  if (!svc->holding_events) {
-    ferry_shim_events_publish(svc->events, topic, event);
-    return;
-  }
-  gsize len = protobuf_c_message_get_packed_size(event);
-  g_autofree guint8 *buf = g_malloc(len + 1);
-  protobuf_c_message_pack(event, buf);
-  HeldEvent *h = g_new0(HeldEvent, 1);
-  h->topic = g_strdup(topic);
-  h->event = protobuf_c_message_unpack(event->descriptor, NULL, len, buf);
-  g_ptr_array_add(svc->held_events, h);
-}
-
-void shim_hold_events(FerryTaskService *svc)
-{
-  svc->holding_events = TRUE;
-}
-
-void shim_release_events(FerryTaskService *svc, gboolean publish_them)
-{
-  svc->holding_events = FALSE;
-  g_autoptr(GPtrArray) held = g_steal_pointer(&svc->held_events);
-  svc->held_events = g_ptr_array_new_with_free_func(held_event_free);
-  for (guint i = 0; publish_them && i < held->len; i++) {
-    HeldEvent *h = held->pdata[i];
-    ferry_shim_events_publish(svc->events, h->topic, h->event);
-  }
+  ferry_shim_events_publish(svc->events, topic, event);
 }
 
 /* Shutdown asked and nothing left: tell the program, from the loop. */
@@ -1731,7 +1692,6 @@ FerryTaskService *ferry_task_service_new(const FerryTaskServiceConfig *config,
   svc->builder = builder;
   svc->events = ferry_shim_events_new(svc->events_address, svc->namespace);
   svc->tasks = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, task_free);
-  svc->held_events = g_ptr_array_new_with_free_func(held_event_free);
   svc->boot_waiters = g_ptr_array_new();
   return svc;
 }
@@ -1742,7 +1702,6 @@ void ferry_task_service_free(FerryTaskService *svc)
     return;
   ferry_source_clear(&svc->shutdown_idle);
   g_hash_table_unref(svc->tasks);
-  g_ptr_array_unref(svc->held_events); /* a source shut down mid-session: nobody to tell */
   for (guint i = 0; i < svc->boot_waiters->len; i++)
     create_op_free(svc->boot_waiters->pdata[i]);
   g_ptr_array_unref(svc->boot_waiters);

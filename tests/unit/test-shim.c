@@ -1,5 +1,7 @@
-/* lib/shim's pure parts: the VM sizing rule. */
+/* lib/shim's parts that need no VM: the VM sizing rule; events held and released. */
+#include "containerd/events/task.pb-c.h"
 #include "ferry/json.h"
+#include "ferry/shim-events.h"
 #include "ferry/task-service.h"
 
 static void size_of(const char *spec_text, guint cfg_mb, guint cfg_cpus, gboolean tcg, guint *mb,
@@ -56,6 +58,34 @@ static void test_tcg_keeps_one_vcpu(void)
   g_assert_cmpuint(cpus, ==, 1);
 }
 
+/* Held events wait, counted (and bounded) with the rest; a release sends them or drops
+ * them. containerd is not there: everything stays queued. */
+static void test_events_hold(void)
+{
+  g_autoptr(FerryShimEvents) ev = ferry_shim_events_new("/nonexistent/ferry-test.sock", "t");
+  Containerd__Events__TaskExit exit = CONTAINERD__EVENTS__TASK_EXIT__INIT;
+  exit.container_id = "c";
+  ferry_shim_events_publish(ev, "/tasks/exit", &exit.base);
+  ferry_shim_events_hold(ev);
+  ferry_shim_events_publish(ev, "/tasks/exit", &exit.base);
+  ferry_shim_events_publish(ev, "/tasks/exit", &exit.base);
+  g_assert_cmpuint(ferry_shim_events_pending(ev), ==, 3);
+  ferry_shim_events_release(ev, FALSE);
+  g_assert_cmpuint(ferry_shim_events_pending(ev), ==, 1);
+  ferry_shim_events_hold(ev);
+  ferry_shim_events_publish(ev, "/tasks/exit", &exit.base);
+  ferry_shim_events_release(ev, TRUE);
+  g_assert_cmpuint(ferry_shim_events_pending(ev), ==, 2);
+  /* The bound counts held ones: past it the oldest go. */
+  ferry_shim_events_hold(ev);
+  for (guint i = 0; i < FERRY_SHIM_EVENTS_MAX_QUEUED; i++)
+    ferry_shim_events_publish(ev, "/tasks/exit", &exit.base);
+  g_assert_cmpuint(ferry_shim_events_pending(ev), ==, FERRY_SHIM_EVENTS_MAX_QUEUED);
+  g_assert_cmpuint(ferry_shim_events_dropped(ev), ==, 2);
+  ferry_shim_events_release(ev, FALSE);
+  g_assert_cmpuint(ferry_shim_events_pending(ev), ==, 0); /* the two dropped were the oldest */
+}
+
 int main(int argc, char **argv)
 {
   g_test_init(&argc, &argv, NULL);
@@ -63,5 +93,6 @@ int main(int argc, char **argv)
   g_test_add_func("/shim/size/resources-plus-overhead", test_resources_plus_overhead);
   g_test_add_func("/shim/size/annotations-win", test_annotations_win);
   g_test_add_func("/shim/size/tcg-keeps-one-vcpu", test_tcg_keeps_one_vcpu);
+  g_test_add_func("/shim/events/hold", test_events_hold);
   return g_test_run();
 }
