@@ -80,11 +80,6 @@ const char *ferry_layer_digest_hex(const char *digest)
   return digest + 7;
 }
 
-static const char *digest_hex(const char *digest)
-{
-  return ferry_layer_digest_hex(digest);
-}
-
 static char *image_path(FerryLayerStore *s, const char *hex)
 {
   g_autofree char *name = g_strconcat(hex, ".erofs", NULL);
@@ -93,7 +88,7 @@ static char *image_path(FerryLayerStore *s, const char *hex)
 
 char *ferry_layer_store_path(FerryLayerStore *s, const char *digest)
 {
-  const char *hex = digest_hex(digest);
+  const char *hex = ferry_layer_digest_hex(digest);
   if (hex == NULL)
     return NULL;
   char *path = image_path(s, hex);
@@ -106,7 +101,7 @@ char *ferry_layer_store_path(FerryLayerStore *s, const char *digest)
 
 void ferry_layer_store_abort(FerryLayerStore *s, const char *digest)
 {
-  const char *hex = digest_hex(digest);
+  const char *hex = ferry_layer_digest_hex(digest);
   if (hex != NULL)
     g_hash_table_remove(s->uploads, hex);
 }
@@ -129,7 +124,7 @@ static gboolean refuse(FerryLayerStore *s, const char *hex, GError **error, int 
 gboolean ferry_layer_store_put(FerryLayerStore *s, const char *digest, guint64 offset,
                                const guint8 *data, gsize len, gboolean last, GError **error)
 {
-  const char *hex = digest_hex(digest);
+  const char *hex = ferry_layer_digest_hex(digest);
   if (hex == NULL)
     return refuse(s, NULL, error, FERRY_ERROR_INVALID_ARGUMENT,
                   "\"%.80s\" is not a sha256 digest of 64 lowercase hex digits",

@@ -471,19 +471,15 @@ static void fail(FerryMigration *m, const char *what, const GError *error)
 /* ------------------------------------------------------------ the sequence -- */
 
 /* The source's last figures (its session, cleaned up, keeps them): for the report. */
+static gboolean take_figures(FerryMigration *m, const Ferry__Migration__V1__StatusResponse *st);
+
 static void on_final_figures(FerryMigration *m, const ProtobufCMessage *r, const GError *e)
 {
   const Ferry__Migration__V1__StatusResponse *st = (const void *)r;
-  if (st != NULL && st->bytes_transferred > 0) {
-    m->progress.bytes_transferred = st->bytes_transferred;
-    m->progress.bytes_total = st->bytes_total;
-    m->progress.passes = st->passes;
-    m->progress.downtime_ms = st->downtime_ms;
-  }
+  if (st != NULL && st->bytes_transferred > 0)
+    take_figures(m, st);
   finish(m, FERRY_MIGRATION_OUTCOME_MIGRATED);
 }
-
-static void ask_status(FerryMigration *m, int side, Next next);
 
 /* A MIGRATED outcome's error says what did not clean up. */
 static void cleanup_done(FerryMigration *m, const ProtobufCMessage *r, const GError *e)
@@ -548,6 +544,23 @@ static void do_stop(FerryMigration *m)
 }
 
 /* The transfer: Status of both sides until both completed or either failed. */
+/* The source's transfer figures into the progress; whether they moved. */
+static gboolean take_figures(FerryMigration *m, const Ferry__Migration__V1__StatusResponse *st)
+{
+  FerryMigrationProgress *p = &m->progress;
+  gboolean moved = st->bytes_transferred != p->bytes_transferred ||
+                   st->bytes_total != p->bytes_total || st->bytes_remaining != p->bytes_remaining ||
+                   st->passes != p->passes || st->downtime_ms != p->downtime_ms;
+  p->bytes_transferred = st->bytes_transferred;
+  p->bytes_total = st->bytes_total;
+  p->bytes_remaining = st->bytes_remaining;
+  p->rate_mbps = st->rate_mbps;
+  p->passes = st->passes;
+  p->expected_downtime_ms = st->expected_downtime_ms;
+  p->downtime_ms = st->downtime_ms;
+  return moved;
+}
+
 static gboolean on_poll_timer(gpointer ud);
 
 static gboolean side_failed(FerryMigration *m, int side,
@@ -612,22 +625,11 @@ static void on_src_status(FerryMigration *m, const ProtobufCMessage *r, const GE
   if (side_failed(m, SRC, st))
     return;
   m->polled_source = st->state;
-  FerryMigrationProgress *p = &m->progress;
-  if (st->bytes_transferred != p->bytes_transferred ||
+  if (st->bytes_transferred != m->progress.bytes_transferred ||
       st->state == FERRY__MIGRATION__V1__SESSION_STATE__SESSION_STATE_TRANSFER_COMPLETED)
     m->moved_us = g_get_monotonic_time();
-  if (st->bytes_transferred != p->bytes_transferred || st->bytes_total != p->bytes_total ||
-      st->bytes_remaining != p->bytes_remaining || st->passes != p->passes ||
-      st->downtime_ms != p->downtime_ms) {
-    p->bytes_transferred = st->bytes_transferred;
-    p->bytes_total = st->bytes_total;
-    p->bytes_remaining = st->bytes_remaining;
-    p->rate_mbps = st->rate_mbps;
-    p->passes = st->passes;
-    p->expected_downtime_ms = st->expected_downtime_ms;
-    p->downtime_ms = st->downtime_ms;
+  if (take_figures(m, st))
     report(m);
-  }
   ask_status(m, DST, on_dst_status);
 }
 

@@ -100,15 +100,25 @@ static void session_free(gpointer p)
   g_free(s);
 }
 
-/* The session a request names, or NULL having answered NOT_FOUND. */
-static Session *session_of(FerryReceiver *r, FerryTtrpcCall *call, const char *id)
+/* The session a request names (a call: it is alive), or NULL with NOT_FOUND. */
+static Session *session_find(FerryReceiver *r, const char *id, GError **error)
 {
   Session *s = id != NULL ? g_hash_table_lookup(r->sessions, id) : NULL;
   if (s == NULL)
-    ferry_ttrpc_call_reply_error(call, FERRY_ERROR_NOT_FOUND, "no migration session %s here",
-                                 id != NULL ? id : "");
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "no migration session %s here",
+                id != NULL ? id : "");
   else
     s->seen_us = g_get_monotonic_time();
+  return s;
+}
+
+/* The same for a unary call, answered NOT_FOUND when there is none. */
+static Session *session_of(FerryReceiver *r, FerryTtrpcCall *call, const char *id)
+{
+  g_autoptr(GError) error = NULL;
+  Session *s = session_find(r, id, &error);
+  if (s == NULL)
+    ferry_ttrpc_call_reply_gerror(call, error);
   return s;
 }
 
@@ -277,13 +287,10 @@ static void on_notes_end(FerryTtrpcClient *client, const ProtobufCMessage *respo
 static void fwd_notifications(FerryTtrpcCall *call, const ProtobufCMessage *request, gpointer ud)
 {
   const NotificationsRequest *req = (const NotificationsRequest *)request;
-  Session *s = g_hash_table_lookup(((FerryReceiver *)ud)->sessions,
-                                   req->session_id != NULL ? req->session_id : "");
+  g_autoptr(GError) error = NULL;
+  Session *s = session_find(ud, req->session_id, &error);
   if (s == NULL) {
-    g_autoptr(GError) e =
-        g_error_new(FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "no migration session %s here",
-                    req->session_id != NULL ? req->session_id : "");
-    ferry_ttrpc_call_finish(call, e);
+    ferry_ttrpc_call_finish(call, error); /* a stream ends with its error */
     return;
   }
   ferry_ttrpc_client_stream(s->shim, MIGRATION_SERVICE, "Notifications", request,

@@ -320,7 +320,6 @@ static char *file_digest(const char *path)
                                      g_mapped_file_get_length(f));
 }
 
-/* What this host runs, for the destination's compatibility check. */
 /* This host's QEMU as the compatibility data names it (its version, what `machine`
  * resolves to), probed on first use. */
 static gboolean probe_qemu(ShimMigration *m, const char *machine, GError **error)
@@ -346,6 +345,7 @@ static void fill_qemu(ShimMigration *m, Ferry__V1__Compatibility *c)
   c->cpu_model = (char *)CPU_MODEL;
 }
 
+/* What this host runs, for the destination's compatibility check. */
 static void fill_compat(Pool *pool, FerryTaskService *svc, Ferry__V1__Compatibility *c)
 {
   ferry__v1__compatibility__init(c);
@@ -643,8 +643,6 @@ static void handle_create_duplicate_socket(FerryTtrpcCall *call, const ProtobufC
   ferry_ttrpc_call_reply(call, &resp.base);
 }
 
-/* --------------------------------------------------------- TransferSandbox -- */
-
 /* ------------------------------------------------------ the transfer's figures -- */
 
 static void on_stats(FerryVm *vm, const GError *error, gpointer ud)
@@ -672,6 +670,8 @@ static gboolean on_stats_timer(gpointer ud)
   }
   return G_SOURCE_CONTINUE;
 }
+
+/* --------------------------------------------------------- TransferSandbox -- */
 
 static void on_transfer_started(FerrySandbox *sandbox, const GError *error, gpointer ud)
 {
